@@ -1,0 +1,164 @@
+// Command demo runs the whole chat tier on loopback in one process: Redis
+// (embedded by default, or a real one given by --redis), one relay and two
+// message servers, then prints how to chat across them with telnet.
+//
+//	go run ./cmd/demo
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/relay"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	cli.Usage(fs, "demo: Redis, a relay and two message servers on 127.0.0.1, in one process.\n\nUsage: go run ./cmd/demo [flags]")
+	var (
+		redisURL  = fs.String("redis", "", "use this Redis (redis://127.0.0.1:6379/0) instead of the embedded one")
+		relayPort = fs.Int("relay-port", 7000, "relay link port")
+		port1     = fs.Int("port1", 7001, "client port of message server msg-1")
+		port2     = fs.Int("port2", 7002, "client port of message server msg-2")
+		adminPort = fs.Int("admin-port", 9100, "relay admin port; msg-1 and msg-2 use the next two")
+		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
+	)
+	if err := cli.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		return 2
+	}
+	log, err := cli.NewLogger(*logLevel, "text")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		return 2
+	}
+	if err := demo(log, *redisURL, *relayPort, *port1, *port2, *adminPort); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		return 1
+	}
+	return 0
+}
+
+func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort int) error {
+	ctx, stop := cli.SignalContext()
+	defer stop()
+
+	redisDesc := redisURL
+	if redisURL == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("start embedded redis: %w", err)
+		}
+		defer mr.Close()
+		redisURL = "redis://" + mr.Addr()
+		redisDesc = "embedded, at " + mr.Addr()
+	}
+	ropts, err := msgserver.ParseRedisURL(redisURL)
+	if err != nil {
+		return err
+	}
+
+	secret := []byte(randomSecret())
+	relayReg := health.NewRegistry()
+	rl, err := relay.New(relay.Config{ID: "relay-demo", Secret: secret, Logger: log, Metrics: relay.NewMetrics(relayReg)})
+	if err != nil {
+		return err
+	}
+	defer rl.Close()
+	relayAddr := fmt.Sprintf("127.0.0.1:%d", relayPort)
+	rln, err := net.Listen("tcp", relayAddr)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	go func() {
+		if err := rl.Serve(rln); err != nil {
+			log.Error("relay stopped", "err", err)
+		}
+	}()
+	started := time.Now()
+	relayReport := func() health.Report {
+		return health.Report{Service: "relay", ID: "relay-demo", Serving: true, Role: "standalone", Links: rl.Links(), StartedAt: started}
+	}
+	if _, _, err := cli.ServeAdmin(fmt.Sprintf("127.0.0.1:%d", adminPort), health.AdminHandler(relayReport, relayReg, false), log); err != nil {
+		return err
+	}
+
+	var servers []*msgserver.Server
+	for i, port := range []int{port1, port2} {
+		id := fmt.Sprintf("msg-%d", i+1)
+		rdb := redis.NewUniversalClient(ropts)
+		defer rdb.Close()
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s: %w", id, err)
+		}
+		reg := health.NewRegistry()
+		srv, err := msgserver.New(msgserver.Config{
+			ID: id, AdvertiseAddr: addr, RelayAddr: relayAddr, Secret: secret, Redis: rdb,
+			Logger: log, Metrics: msgserver.NewMetrics(reg),
+		})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		servers = append(servers, srv)
+		go func() {
+			if err := srv.Serve(ln); err != nil {
+				log.Error("message server stopped", "server", id, "err", err)
+			}
+		}()
+		if _, _, err := cli.ServeAdmin(fmt.Sprintf("127.0.0.1:%d", adminPort+1+i), health.AdminHandler(srv.Report, reg, false), log); err != nil {
+			return err
+		}
+	}
+
+	fmt.Printf(`
+chat relay demo is running (Redis: %s)
+  relay      127.0.0.1:%d   health: curl http://127.0.0.1:%d/healthz
+  msg-1      127.0.0.1:%d   health: curl http://127.0.0.1:%d/healthz
+  msg-2      127.0.0.1:%d   health: curl http://127.0.0.1:%d/healthz
+
+In one terminal:   telnet 127.0.0.1 %d
+  {"cmd":"login","name":"zhima201"}
+In another:        telnet 127.0.0.1 %d
+  {"cmd":"login","name":"zhima202"}
+Then, in the first:
+  {"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you"}
+
+Ctrl-C stops everything.
+`, redisDesc, relayPort, adminPort, port1, adminPort+1, port2, adminPort+2, port1, port2)
+
+	<-ctx.Done()
+	log.Info("stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	return nil
+}
+
+func randomSecret() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%x", b)
+}

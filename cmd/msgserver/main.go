@@ -1,0 +1,157 @@
+// Command msgserver is a chat message server: clients connect with telnet
+// or an app, log in, and chat with users here or, through the relay, on
+// other message servers.
+//
+//	msgserver --id msg-1 --listen :7001 --relay 192.168.56.100:7000 \
+//	  --redis redis://127.0.0.1:6379/0 --link-secret-file /etc/chatrelay/link.secret
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	sockaddr "github.com/hashicorp/go-sockaddr"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/msgserver"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("msgserver", flag.ContinueOnError)
+	cli.Usage(fs, "msgserver: a chat message server.\n\nUsage: msgserver [flags]")
+	var (
+		id          = fs.String("id", host, "server id, unique among message servers (letters, digits, . _ -)")
+		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
+		advertise   = fs.String("advertise", "", "client address published in the server registry; default: this host's private IP (go-sockaddr) and the listen port")
+		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port); empty runs without a relay")
+		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://, rediss://, redis-sentinel://h1,h2/master, redis-cluster://h1,h2")
+		secretFile  = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes); needed with --relay")
+		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
+		presenceTTL = fs.Duration("presence-ttl", 30*time.Second, "TTL of a user's presence record; a crashed server's users vanish after it")
+		inboxMax    = fs.Int("inbox-max", 200, "offline messages kept per user (oldest dropped)")
+		inboxTTL    = fs.Duration("inbox-ttl", 7*24*time.Hour, "how long offline messages are kept")
+		maxSessions = fs.Int("max-sessions", 200000, "most client connections at once")
+		idle        = fs.Duration("idle-timeout", 2*time.Minute, "disconnect a client silent for this long (clients send ping)")
+		maxUnacked  = fs.Int("max-unacked", 100000, "forwarded messages kept for resending until acked")
+		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
+		pprofOn     = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat   = fs.String("log-format", "text", "text or json")
+	)
+	if err := cli.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "msgserver:", err)
+		return 2
+	}
+	log, err := cli.NewLogger(*logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "msgserver:", err)
+		return 2
+	}
+	var secret []byte
+	if *relayAddr != "" {
+		if secret, err = cli.ReadSecret(*secretFile); err != nil {
+			fmt.Fprintln(os.Stderr, "msgserver:", err)
+			return 2
+		}
+	}
+	ropts, err := msgserver.ParseRedisURL(*redisURL)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "msgserver:", err)
+		return 2
+	}
+	rdb := redis.NewUniversalClient(ropts)
+	defer rdb.Close()
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Error("cannot listen for clients", "addr", *listen, "err", err)
+		return 1
+	}
+	adv := *advertise
+	if adv == "" {
+		adv = defaultAdvertise(ln.Addr())
+	}
+
+	reg := health.NewRegistry()
+	srv, err := msgserver.New(msgserver.Config{
+		ID:            *id,
+		AdvertiseAddr: adv,
+		RelayAddr:     *relayAddr,
+		Secret:        secret,
+		Redis:         rdb,
+		PresenceTTL:   *presenceTTL,
+		InboxMax:      *inboxMax,
+		InboxTTL:      *inboxTTL,
+		MaxSessions:   *maxSessions,
+		IdleTimeout:   *idle,
+		MaxUnacked:    *maxUnacked,
+		Logger:        log,
+		Metrics:       msgserver.NewMetrics(reg),
+	})
+	if err != nil {
+		ln.Close()
+		fmt.Fprintln(os.Stderr, "msgserver:", err)
+		return 2
+	}
+	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(srv.Report, reg, *pprofOn), log)
+	if err != nil {
+		log.Error("cannot serve admin address", "err", err)
+		srv.Close()
+		return 1
+	}
+
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, shutting down", "grace", *grace)
+		sctx, cancel := context.WithTimeout(context.Background(), *grace)
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("shutdown incomplete", "err", err)
+		}
+		cancel()
+	case err := <-errc:
+		log.Error("message server stopped", "err", err)
+		srv.Close()
+		code = 1
+	}
+	if adminSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = adminSrv.Shutdown(sctx)
+	}
+	return code
+}
+
+// defaultAdvertise is this host's private IP (as go-sockaddr finds it) with
+// the listen port, or the listen address itself when it is specific.
+func defaultAdvertise(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	if !tcp.IP.IsUnspecified() {
+		return tcp.String()
+	}
+	ip, err := sockaddr.GetPrivateIP()
+	if err != nil || ip == "" {
+		ip = "127.0.0.1"
+	}
+	return net.JoinHostPort(ip, fmt.Sprint(tcp.Port))
+}

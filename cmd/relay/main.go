@@ -1,0 +1,137 @@
+// Command relay is the chat relay: message servers dial it (through the
+// keepalived VIP) and it passes their messages to each other.
+//
+//	relay --listen :7000 --admin :9100 --link-secret-file /etc/chatrelay/link.secret --vip 192.168.56.100
+//	relay check [--admin 127.0.0.1:9100]   (the keepalived vrrp_script check)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/relay"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		os.Exit(health.CheckMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	cli.Usage(fs, "relay: the chat relay between message servers.\n\nUsage: relay [flags]\n       relay check --help   (health check for keepalived's vrrp_script)")
+	var (
+		listen     = fs.String("listen", ":7000", "link address message servers dial (host:port); listen on all addresses so the VIP is covered")
+		admin      = fs.String("admin", "127.0.0.1:9100", "admin HTTP address for /healthz and /metrics; empty disables it")
+		id         = fs.String("id", host, "relay id shown to message servers and in logs")
+		secretFile = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes)")
+		vip        = fs.String("vip", "", "the keepalived virtual IP; the relay reports whether it holds it and drops links on it when it loses it")
+		vipPoll    = fs.Duration("vip-poll", 100*time.Millisecond, "how often to check whether this host holds the VIP")
+		maxFrame   = fs.Int("max-frame", relay.DefaultMaxFrame, "largest link frame accepted, bytes")
+		maxQueue   = fs.Int("max-queue", relay.DefaultMaxQueueBytes, "outbound bytes queued per link before it is cut as too slow")
+		ping       = fs.Duration("ping", relay.DefaultPingInterval, "heartbeat interval on each link")
+		deadAfter  = fs.Duration("dead-after", relay.DefaultDeadAfter, "drop a link silent for this long")
+		pprofOn    = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
+		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat  = fs.String("log-format", "text", "text or json")
+	)
+	if err := cli.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		return 2
+	}
+	log, err := cli.NewLogger(*logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		return 2
+	}
+	secret, err := cli.ReadSecret(*secretFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		return 2
+	}
+	var vipIP net.IP
+	if *vip != "" {
+		if vipIP = net.ParseIP(*vip); vipIP == nil {
+			fmt.Fprintf(os.Stderr, "relay: --vip %q is not an IP address\n", *vip)
+			return 2
+		}
+	}
+
+	reg := health.NewRegistry()
+	metrics := relay.NewMetrics(reg)
+	srv, err := relay.New(relay.Config{
+		ID:            *id,
+		Secret:        secret,
+		MaxFrame:      *maxFrame,
+		MaxQueueBytes: *maxQueue,
+		PingInterval:  *ping,
+		DeadAfter:     *deadAfter,
+		Logger:        log,
+		Metrics:       metrics,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Error("cannot listen for links", "addr", *listen, "err", err)
+		return 1
+	}
+
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	var watcher *relay.VIPWatcher
+	if vipIP != nil {
+		watcher = &relay.VIPWatcher{VIP: vipIP, Interval: *vipPoll, Server: srv}
+		go watcher.Run(ctx)
+	}
+	started := time.Now()
+	report := func() health.Report {
+		rep := health.Report{Service: "relay", ID: *id, Serving: true, Role: "standalone", Links: srv.Links(), StartedAt: started}
+		if watcher != nil {
+			rep.VIP = vipIP.String()
+			rep.Role = "backup"
+			if watcher.Held() {
+				rep.Role = "master"
+			}
+		}
+		return rep
+	}
+	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(report, reg, *pprofOn), log)
+	if err != nil {
+		log.Error("cannot serve admin address", "err", err)
+		return 1
+	}
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, closing links")
+	case err := <-errc:
+		log.Error("relay stopped", "err", err)
+		srv.Close()
+		return 1
+	}
+	srv.Close()
+	if adminSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = adminSrv.Shutdown(sctx)
+	}
+	return 0
+}

@@ -1,0 +1,73 @@
+package health
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Report is the /healthz document of either binary.
+type Report struct {
+	// Service is "relay" or "msgserver"; ID is its configured id.
+	Service string `json:"service"`
+	ID      string `json:"id"`
+	// Serving is true when the process is up and doing its job; /healthz
+	// answers 200 then and 503 otherwise.
+	Serving bool   `json:"serving"`
+	Reason  string `json:"reason,omitempty"`
+	// Role is, on a relay, "master" while it holds the VIP and "backup"
+	// otherwise ("standalone" when no VIP is configured).
+	Role string `json:"role,omitempty"`
+	VIP  string `json:"vip,omitempty"`
+	// Redis is, on a message server, "ok" or "unreachable".
+	Redis    string `json:"redis,omitempty"`
+	Sessions *int   `json:"sessions,omitempty"`
+	// Links are the relay links: one per message server seen on a relay,
+	// the uplink on a message server.
+	Links     []Link    `json:"links"`
+	StartedAt time.Time `json:"started_at"`
+	Time      time.Time `json:"time"`
+}
+
+// NewRegistry returns a Prometheus registry of the project's own with the
+// Go runtime and process collectors registered.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// AdminHandler serves /healthz from report, /metrics from reg, and, when
+// withPprof is set, /debug/pprof/.
+func AdminHandler(report func() Report, reg *prometheus.Registry, withPprof bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		rep := report()
+		rep.Time = time.Now()
+		if rep.Links == nil {
+			rep.Links = []Link{}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		if !rep.Serving {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(rep)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}

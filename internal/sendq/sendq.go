@@ -1,0 +1,144 @@
+// Package sendq is the outbound side of every connection in the project: a
+// bounded byte queue that producers append encoded frames or lines to, and one
+// writer goroutine that drains it with a single write per batch.
+//
+// Producers never block on the network: Append copies into the pending buffer
+// and returns. When the pending bytes exceed the limit the queue reports
+// ErrFull and the owner cuts the connection (a slow consumer is cut, not
+// waited for). The writer swaps the pending buffer for an empty one and
+// writes everything queued so far in one syscall, so under load many frames
+// share a write and at low rates nothing waits for a timer.
+package sendq
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// ErrFull means the peer is not reading fast enough: the queue passed its
+// byte limit. ErrClosed means the queue was closed.
+var (
+	ErrFull   = errors.New("outbound queue full: peer too slow")
+	ErrClosed = errors.New("outbound queue closed")
+)
+
+// Queue is a bounded outbound byte queue for one connection.
+type Queue struct {
+	max    int
+	notify chan struct{}
+	done   chan struct{}
+
+	mu      sync.Mutex
+	buf     []byte
+	items   int
+	oldest  time.Time // when the first item now pending was appended
+	closed  bool
+	flushed func(bytes, items int, waited time.Duration)
+}
+
+// New returns a queue that holds at most maxBytes unwritten bytes.
+// flushed, if not nil, is called after each write with its size in bytes, in
+// items (calls to Append), and how long its oldest item waited; use it for
+// metrics.
+func New(maxBytes int, flushed func(bytes, items int, waited time.Duration)) *Queue {
+	return &Queue{
+		max:     maxBytes,
+		notify:  make(chan struct{}, 1),
+		done:    make(chan struct{}),
+		flushed: flushed,
+	}
+}
+
+// Append lets fn append one item to the pending buffer. It never blocks on
+// the network.
+func (q *Queue) Append(fn func([]byte) []byte) error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return ErrClosed
+	}
+	if len(q.buf) > q.max {
+		q.mu.Unlock()
+		return ErrFull
+	}
+	if q.items == 0 && q.flushed != nil {
+		q.oldest = time.Now()
+	}
+	q.buf = fn(q.buf)
+	q.items++
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Write queues a copy of p.
+func (q *Queue) Write(p []byte) error {
+	return q.Append(func(b []byte) []byte { return append(b, p...) })
+}
+
+// Len returns the number of bytes waiting to be written.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.buf)
+}
+
+// Close stops the writer after it has written what is already queued
+// (bounded by the write timeout). Appends after Close fail.
+func (q *Queue) Close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.closed {
+		q.closed = true
+		close(q.done)
+	}
+}
+
+// Run writes queued bytes to conn until the queue is closed or a write fails.
+// Each write has the given deadline. It returns nil after a Close with
+// everything flushed, or the write error.
+func (q *Queue) Run(conn net.Conn, writeTimeout time.Duration) error {
+	var spare []byte
+	for {
+		select {
+		case <-q.notify:
+		case <-q.done:
+		}
+		q.mu.Lock()
+		out, items, oldest, closed := q.buf, q.items, q.oldest, q.closed
+		q.buf, q.items = spare[:0], 0
+		q.mu.Unlock()
+		if len(out) > 0 {
+			if writeTimeout > 0 {
+				_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+			}
+			if _, err := conn.Write(out); err != nil {
+				q.Close()
+				return fmt.Errorf("write %d bytes: %w", len(out), err)
+			}
+			if q.flushed != nil {
+				q.flushed(len(out), items, time.Since(oldest))
+			}
+		}
+		// Keep the buffer for the next round unless one burst made it huge.
+		if cap(out) <= 1<<20 {
+			spare = out
+		} else {
+			spare = nil
+		}
+		if closed {
+			q.mu.Lock()
+			empty := len(q.buf) == 0
+			q.mu.Unlock()
+			if empty {
+				return nil
+			}
+		}
+	}
+}

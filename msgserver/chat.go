@@ -1,0 +1,235 @@
+package msgserver
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/chatrelay/chatrelay/relay/wire"
+)
+
+// maxRoutes is how many times a message follows a "not here" answer to a
+// fresh location before it is stored offline instead.
+const maxRoutes = 3
+
+// delivery is one accepted chat message on its way to the recipient.
+type delivery struct {
+	srv      *Server
+	sender   *session
+	ref      string
+	id       wire.ID
+	ev       chatEvent
+	accepted time.Time
+	routes   int // how many servers it has been sent to
+}
+
+// chat accepts a message from a logged-in sender and sends it on its way:
+// to a local session, through the relay to the recipient's server, or to
+// the recipient's offline inbox. The reply says which, once it is known.
+func (s *Server) chat(sess *session, r request) *clientError {
+	if sess.name == "" {
+		return errorf(CodeNotLoggedIn, "log in first: {\"cmd\":\"login\",\"name\":\"...\"}")
+	}
+	if r.Send != "" && r.Send != sess.name {
+		s.log.Warn("refused chat with a forged sender", "user", sess.name, "claimed", truncate(r.Send, 64), "remote", sess.remote)
+		return errorf(CodeSenderMismatch, "send %q is not the logged-in user %q", truncate(r.Send, 64), sess.name)
+	}
+	if e := checkName(r.Recv, s.cfg.MaxNameLen); e != nil {
+		return errorf(CodeBadRecipient, "recv: %s", e.msg)
+	}
+	if len(r.Content) > s.cfg.MaxContent {
+		return errorf(CodeContentTooLong, "content is %d bytes, the limit is %d", len(r.Content), s.cfg.MaxContent)
+	}
+	now := time.Now()
+	d := &delivery{
+		srv:      s,
+		sender:   sess,
+		ref:      r.Ref,
+		id:       s.newID(),
+		accepted: now,
+	}
+	d.ev = chatEvent{Event: "chat", ID: d.id.String(), From: sess.name, To: r.Recv, Content: r.Content, TS: now.UnixMilli()}
+	return d.route(true)
+}
+
+// route sends the message to where the recipient is. cached says whether a
+// cached location may be used (not after a "not here").
+func (d *delivery) route(cached bool) *clientError {
+	s := d.srv
+	if dst := s.local(d.ev.To); dst != nil {
+		dst.send(appendJSONLine(nil, d.ev))
+		d.finish(StatusDelivered)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	loc, ok := location{}, false
+	if cached {
+		loc, ok = s.routes.get(d.ev.To, d.accepted)
+	}
+	if !ok {
+		var err error
+		loc, ok, err = s.pres.lookup(ctx, d.ev.To)
+		if err != nil {
+			s.log.Warn("chat not routed: presence store unavailable", "user", d.ev.From, "err", err)
+			return errorf(CodeUnavailable, "message not sent: presence store unavailable, try again shortly")
+		}
+		if ok {
+			s.routes.put(d.ev.To, loc, d.accepted)
+		}
+	}
+	if !ok || loc.server == s.cfg.ID || s.up == nil || d.routes >= maxRoutes {
+		return d.storeOffline(ctx)
+	}
+	d.routes++
+	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.server}
+	f.Payload = appendPayload(nil, &payload{From: d.ev.From, To: d.ev.To, TS: d.ev.TS, Content: d.ev.Content})
+	if err := s.up.send(f, d.forwarded); err != nil {
+		return errorf(CodeBacklogFull, "message not sent: %v; try again shortly", err)
+	}
+	return nil
+}
+
+// forwarded handles the outcome of a relayed message. It runs on the
+// uplink's reader goroutine, so anything that calls Redis goes elsewhere.
+func (d *delivery) forwarded(o outcome) {
+	s := d.srv
+	switch o {
+	case outTaken:
+		d.finish(StatusRelayed)
+	case outNotHere, outGaveUp:
+		s.routes.forget(d.ev.To)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			var e *clientError
+			if o == outGaveUp {
+				ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+				e = d.storeOffline(ctx)
+				cancel()
+			} else {
+				e = d.route(false)
+			}
+			if e != nil {
+				d.sender.fail("chat", d.ref, e)
+			}
+		}()
+	case outClosed:
+		d.sender.fail("chat", d.ref, errorf(CodeShuttingDown, "server shut down before message %s was confirmed", d.ev.ID))
+	}
+}
+
+func (d *delivery) storeOffline(ctx context.Context) *clientError {
+	ev := d.ev
+	ev.Offline = true
+	line := appendJSONLine(nil, ev)
+	if err := d.srv.pres.storeOffline(ctx, ev.To, line[:len(line)-1]); err != nil {
+		d.srv.log.Warn("offline store failed", "user", ev.From, "recipient", ev.To, "err", err)
+		return errorf(CodeUnavailable, "message not stored: offline store unavailable, try again shortly")
+	}
+	d.finish(StatusOffline)
+	return nil
+}
+
+func (d *delivery) finish(status string) {
+	d.srv.m.delivered(status, d.accepted)
+	d.sender.sendJSON(reply{Reply: "chat", OK: true, ID: d.ev.ID, Status: status, Ref: d.ref})
+}
+
+// onForward takes a message from another server for a local user. It runs
+// on the uplink's reader goroutine and returns the ack status.
+func (s *Server) onForward(f wire.Forward) byte {
+	if s.dedup.seen(f.ID) {
+		s.m.duplicate()
+		return wire.AckDelivered
+	}
+	p, err := parsePayload(f.Payload)
+	if err != nil {
+		// Resending cannot fix it: ack so the origin stops, and say so.
+		s.log.Error("dropping malformed message from another server", "origin", f.Origin, "id", f.ID.String(), "err", err)
+		return wire.AckDelivered
+	}
+	dst := s.local(p.To)
+	if dst == nil {
+		return wire.AckNotHere
+	}
+	dst.send(appendJSONLine(nil, chatEvent{Event: "chat", ID: f.ID.String(), From: p.From, To: p.To, Content: p.Content, TS: p.TS}))
+	s.dedup.add(f.ID)
+	return wire.AckDelivered
+}
+
+// routeCache remembers where recipients are, so a busy conversation does
+// not cost a Redis lookup per message. An entry is dropped when the
+// destination answers "not here" and expires after ttl.
+type routeCache struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	m   map[string]routeEntry
+}
+
+type routeEntry struct {
+	loc     location
+	expires time.Time
+}
+
+func (c *routeCache) get(user string, now time.Time) (location, bool) {
+	c.mu.Lock()
+	e, ok := c.m[user]
+	c.mu.Unlock()
+	if !ok || now.After(e.expires) {
+		return location{}, false
+	}
+	return e.loc, true
+}
+
+func (c *routeCache) put(user string, loc location, now time.Time) {
+	c.mu.Lock()
+	c.m[user] = routeEntry{loc: loc, expires: now.Add(c.ttl)}
+	c.mu.Unlock()
+}
+
+func (c *routeCache) forget(user string) {
+	c.mu.Lock()
+	delete(c.m, user)
+	c.mu.Unlock()
+}
+
+func (c *routeCache) sweep(now time.Time) {
+	c.mu.Lock()
+	for u, e := range c.m {
+		if now.After(e.expires) {
+			delete(c.m, u)
+		}
+	}
+	c.mu.Unlock()
+}
+
+// dedup remembers the ids of the last n messages taken from other servers,
+// so a message resent after a failover is not shown twice. An origin
+// resends only messages still unacked (at most its MaxUnacked), so a window
+// larger than that catches every resend.
+type dedup struct {
+	ring []wire.ID
+	next int
+	set  map[wire.ID]struct{}
+}
+
+func newDedup(n int) dedup {
+	return dedup{ring: make([]wire.ID, 0, n), set: make(map[wire.ID]struct{}, n)}
+}
+
+func (d *dedup) seen(id wire.ID) bool {
+	_, ok := d.set[id]
+	return ok
+}
+
+func (d *dedup) add(id wire.ID) {
+	if len(d.ring) < cap(d.ring) {
+		d.ring = append(d.ring, id)
+	} else {
+		delete(d.set, d.ring[d.next])
+		d.ring[d.next] = id
+		d.next = (d.next + 1) % len(d.ring)
+	}
+	d.set[id] = struct{}{}
+}

@@ -1,0 +1,127 @@
+// Package msgserver is the message server: it holds client sessions on a
+// line-oriented JSON protocol, records who is where in Redis, delivers
+// messages to local users directly and to users on other servers through its
+// uplink to the relay, and keeps messages for offline users.
+package msgserver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/relay/wire"
+)
+
+// Config holds a message server's settings. Zero values take the defaults
+// listed beside each field.
+type Config struct {
+	// ID names this server to the relay and in presence records ("msg-1").
+	ID string
+	// AdvertiseAddr is the client address published in the server registry.
+	AdvertiseAddr string
+	// RelayAddr is the relay (VIP) link address, host:port. Empty runs the
+	// server alone: only local delivery and offline storage.
+	RelayAddr string
+	// Secret is the shared link secret (at least 16 bytes).
+	Secret []byte
+	// Redis holds presence, the server registry and offline inboxes.
+	Redis redis.UniversalClient
+
+	MaxLine           int           // longest client line in bytes (default 8 KiB)
+	MaxContent        int           // longest chat content in bytes (default 4 KiB)
+	MaxNameLen        int           // longest user name in bytes (default 64)
+	MaxSessions       int           // connected clients (default 200000)
+	SessionQueueBytes int           // unwritten bytes per client before it is cut (default 1 MiB)
+	IdleTimeout       time.Duration // client silence before disconnect (default 2m)
+	WriteTimeout      time.Duration // per write to a client or the relay (default 10s)
+
+	PresenceTTL   time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
+	RegistryTTL   time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
+	InboxMax      int           // offline messages kept per user (default 200, oldest dropped)
+	InboxTTL      time.Duration // how long an offline inbox lives (default 7 days)
+	RouteCacheTTL time.Duration // how long a looked-up location is trusted (default 10s)
+	RedisTimeout  time.Duration // per Redis call from a client request (default 1s)
+
+	MaxUnacked    int           // forwarded messages awaiting their ack (default 100000)
+	AckTimeout    time.Duration // resend a forwarded message not acked by then (default 2s)
+	NoRouteGiveUp time.Duration // keep retrying a message the relay cannot route this long, then store it offline (default 15s)
+	DialTimeout   time.Duration // relay dial and handshake (default 1s)
+	PingInterval  time.Duration // link heartbeat (default 200ms)
+	DeadAfter     time.Duration // link silence before it is dropped (default 1s)
+	BackoffMin    time.Duration // first redial delay (default 20ms)
+	BackoffMax    time.Duration // longest redial delay (default 2s)
+	DedupWindow   int           // message ids remembered to drop resent duplicates (default 2*MaxUnacked)
+
+	// Logger receives the server's events; nil means slog.Default().
+	Logger *slog.Logger
+	// Metrics, if not nil, records the server's metrics.
+	Metrics *Metrics
+}
+
+func (c *Config) setDefaults() {
+	setDefault(&c.MaxLine, 8<<10)
+	setDefault(&c.MaxContent, 4<<10)
+	setDefault(&c.MaxNameLen, 64)
+	setDefault(&c.MaxSessions, 200000)
+	setDefault(&c.SessionQueueBytes, 1<<20)
+	setDefault(&c.IdleTimeout, 2*time.Minute)
+	setDefault(&c.WriteTimeout, 10*time.Second)
+	setDefault(&c.PresenceTTL, 30*time.Second)
+	setDefault(&c.RegistryTTL, 6*time.Second)
+	setDefault(&c.InboxMax, 200)
+	setDefault(&c.InboxTTL, 7*24*time.Hour)
+	setDefault(&c.RouteCacheTTL, 10*time.Second)
+	setDefault(&c.RedisTimeout, time.Second)
+	setDefault(&c.MaxUnacked, 100000)
+	setDefault(&c.AckTimeout, 2*time.Second)
+	setDefault(&c.NoRouteGiveUp, 15*time.Second)
+	setDefault(&c.DialTimeout, time.Second)
+	setDefault(&c.PingInterval, 200*time.Millisecond)
+	setDefault(&c.DeadAfter, time.Second)
+	setDefault(&c.BackoffMin, 20*time.Millisecond)
+	setDefault(&c.BackoffMax, 2*time.Second)
+	setDefault(&c.DedupWindow, 2*c.MaxUnacked)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
+// Validate reports every problem with the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.ID == "" || len(c.ID) > wire.MaxIDLen {
+		errs = append(errs, fmt.Errorf("server id must be 1..%d bytes", wire.MaxIDLen))
+	}
+	if c.Redis == nil {
+		errs = append(errs, errors.New("a Redis client is required"))
+	}
+	if c.RelayAddr != "" && len(c.Secret) < 16 {
+		errs = append(errs, errors.New("link secret must be at least 16 bytes"))
+	}
+	if c.MaxContent+1024 > c.MaxLine {
+		errs = append(errs, fmt.Errorf("max line %d must leave room for max content %d plus 1 KiB", c.MaxLine, c.MaxContent))
+	}
+	if c.MaxNameLen > wire.MaxIDLen {
+		errs = append(errs, fmt.Errorf("max name length %d is above %d", c.MaxNameLen, wire.MaxIDLen))
+	}
+	if c.PingInterval >= c.DeadAfter {
+		errs = append(errs, fmt.Errorf("ping interval %s must be shorter than dead-after %s", c.PingInterval, c.DeadAfter))
+	}
+	if c.BackoffMin > c.BackoffMax {
+		errs = append(errs, fmt.Errorf("backoff min %s is above max %s", c.BackoffMin, c.BackoffMax))
+	}
+	if c.PresenceTTL < time.Second || c.RegistryTTL < time.Second {
+		errs = append(errs, errors.New("presence and registry TTLs must be at least 1s"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,164 @@
+package msgserver
+
+import (
+	"encoding/json"
+	"fmt"
+	"unicode/utf8"
+)
+
+// The client protocol: one JSON object per line in each direction.
+//
+// Requests (from the article, plus ping and logout):
+//
+//	{"cmd":"login","name":"zhima201"}
+//	{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you","ref":"optional"}
+//	{"cmd":"ping"}
+//	{"cmd":"logout"}
+//
+// Every request gets exactly one reply, with "reply" naming the request:
+//
+//	{"reply":"login","ok":true,"name":"zhima201","session":"...","server":"msg-1"}
+//	{"reply":"chat","ok":true,"id":"...","status":"delivered|relayed|offline","ref":"optional"}
+//	{"reply":"chat","ok":false,"code":"not_logged_in","error":"log in first ..."}
+//
+// Chat replies can come out of order (a relayed message waits for its
+// end-to-end ack); "ref" from the request is echoed to match them.
+// Events arrive unasked, with "event" naming them:
+//
+//	{"event":"chat","id":"...","from":"zhima201","to":"zhima202","content":"how are you","ts":1732000000000}
+//	{"event":"kicked","reason":"..."}   then the server closes the connection
+//	{"event":"closing","code":"...","reason":"..."}   the same, for other reasons
+
+// Error codes a client can rely on.
+const (
+	CodeBadJSON        = "bad_json"      // the line is not a JSON object
+	CodeUnknownCmd     = "unknown_cmd"   // cmd missing or not one of the above
+	CodeLineTooLong    = "line_too_long" // the line exceeds the limit; it was discarded
+	CodeNotLoggedIn    = "not_logged_in" // chat before login
+	CodeAlreadyIn      = "already_logged_in"
+	CodeBadName        = "bad_name"        // empty, too long, or has control characters
+	CodeSenderMismatch = "sender_mismatch" // "send" is not the logged-in name
+	CodeBadRecipient   = "bad_recipient"
+	CodeContentTooLong = "content_too_long"
+	CodeUnavailable    = "presence_unavailable" // Redis unreachable: try again
+	CodeBacklogFull    = "backlog_full"         // too many messages await their ack
+	CodeServerFull     = "server_full"
+	CodeShuttingDown   = "shutting_down"
+	CodeTooManyErrors  = "too_many_errors"
+	CodeIdleTimeout    = "idle_timeout"
+	CodeSlowConsumer   = "slow_consumer"
+	CodeKicked         = "logged_in_elsewhere"
+	CodeInternal       = "internal"
+)
+
+// Delivery statuses in a chat reply.
+const (
+	StatusDelivered = "delivered" // written to the recipient on this server
+	StatusRelayed   = "relayed"   // taken by the recipient's server through the relay
+	StatusOffline   = "offline"   // stored; delivered at the recipient's next login
+)
+
+type request struct {
+	Cmd     string `json:"cmd"`
+	Name    string `json:"name"`
+	Send    string `json:"send"`
+	Recv    string `json:"recv"`
+	Content string `json:"content"`
+	Ref     string `json:"ref"`
+}
+
+// reply is every answer to a request.
+type reply struct {
+	Reply   string `json:"reply"`
+	OK      bool   `json:"ok"`
+	Code    string `json:"code,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Name    string `json:"name,omitempty"`
+	Session string `json:"session,omitempty"`
+	Server  string `json:"server,omitempty"`
+	ID      string `json:"id,omitempty"`
+	Status  string `json:"status,omitempty"`
+	Ref     string `json:"ref,omitempty"`
+}
+
+// chatEvent is a message as the recipient sees it.
+type chatEvent struct {
+	Event   string `json:"event"`
+	ID      string `json:"id"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+	Content string `json:"content"`
+	TS      int64  `json:"ts"` // server time of acceptance, unix milliseconds
+	Offline bool   `json:"offline,omitempty"`
+}
+
+type closingEvent struct {
+	Event  string `json:"event"`
+	Code   string `json:"code"`
+	Reason string `json:"reason"`
+}
+
+// clientError is a request failure a client sees.
+type clientError struct {
+	code, msg string
+}
+
+func (e *clientError) Error() string { return e.code + ": " + e.msg }
+
+func errorf(code, format string, args ...any) *clientError {
+	return &clientError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// decodeRequest parses one line. It returns a client error for anything
+// that is not a JSON object with a known cmd.
+func decodeRequest(line []byte) (request, *clientError) {
+	var r request
+	if !utf8.Valid(line) {
+		return r, errorf(CodeBadJSON, "line is not valid UTF-8 JSON")
+	}
+	if err := json.Unmarshal(line, &r); err != nil {
+		return r, errorf(CodeBadJSON, "line is not a JSON object: %v", err)
+	}
+	switch r.Cmd {
+	case "login", "chat", "ping", "logout":
+		return r, nil
+	case "":
+		return r, errorf(CodeUnknownCmd, `missing "cmd": expected login, chat, ping or logout`)
+	default:
+		return r, errorf(CodeUnknownCmd, "unknown cmd %q: expected login, chat, ping or logout", truncate(r.Cmd, 32))
+	}
+}
+
+// checkName reports why name cannot be a user name, or nil.
+func checkName(name string, maxLen int) *clientError {
+	if name == "" {
+		return errorf(CodeBadName, "name is empty")
+	}
+	if len(name) > maxLen {
+		return errorf(CodeBadName, "name is %d bytes, the limit is %d", len(name), maxLen)
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
+			return errorf(CodeBadName, "name contains a control or invalid character")
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func appendJSONLine(b []byte, v any) []byte {
+	out, err := json.Marshal(v)
+	if err != nil {
+		// Only strings, numbers and booleans are encoded, so this is a bug;
+		// the client still gets a well-formed line.
+		out = []byte(`{"event":"error","code":"internal","error":"reply could not be encoded"}`)
+	}
+	b = append(b, out...)
+	return append(b, '\n')
+}

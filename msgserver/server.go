@@ -1,0 +1,490 @@
+package msgserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/relay/wire"
+)
+
+// Server is a running message server.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	m    *Metrics
+	pres *presence
+	up   *uplink // nil when no relay is configured
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // background loops and session goroutines
+
+	mu        sync.Mutex
+	sessions  map[string]*session // logged-in user -> its session
+	conns     map[*session]struct{}
+	listeners map[net.Listener]struct{}
+	draining  bool
+	// redisWasDown is set when a Redis call failed; the next successful
+	// heartbeat rewrites every local user's presence.
+	redisWasDown bool
+
+	routes  routeCache
+	dedup   dedup // touched only by the uplink's reader goroutine
+	idBase  [8]byte
+	idSeq   atomic.Uint64
+	redisOK atomic.Bool
+}
+
+// New checks cfg and starts the server's background work: the relay link,
+// presence refresh and registry heartbeats. Call Serve to accept clients.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("message server config: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger.With("server", cfg.ID),
+		m:         cfg.Metrics,
+		ctx:       ctx,
+		cancel:    cancel,
+		sessions:  make(map[string]*session),
+		conns:     make(map[*session]struct{}),
+		listeners: make(map[net.Listener]struct{}),
+		routes:    routeCache{ttl: cfg.RouteCacheTTL, m: make(map[string]routeEntry)},
+		dedup:     newDedup(cfg.DedupWindow),
+	}
+	s.pres = &presence{
+		rdb:      cfg.Redis,
+		ttl:      cfg.PresenceTTL,
+		inboxMax: cfg.InboxMax,
+		inboxTTL: cfg.InboxTTL,
+		onError:  s.m.redisError,
+	}
+	if _, err := rand.Read(s.idBase[:]); err != nil {
+		cancel()
+		return nil, fmt.Errorf("seed message ids: %w", err)
+	}
+	s.redisOK.Store(true)
+	if cfg.RelayAddr != "" {
+		s.up = newUplink(&s.cfg, s.log, s.m, s.onForward, s.onKick)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.up.run(ctx)
+		}()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.maintain(ctx)
+	}()
+	return s, nil
+}
+
+// Serve accepts client connections on ln until Shutdown or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining || s.ctx.Err() != nil {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	s.log.Info("accepting clients", "addr", ln.Addr().String())
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			stopping := s.draining || s.ctx.Err() != nil
+			s.mu.Unlock()
+			if stopping {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		sess := newSession(s, conn)
+		s.mu.Lock()
+		full := len(s.conns) >= s.cfg.MaxSessions
+		refused := s.draining || full
+		if !refused {
+			s.conns[sess] = struct{}{}
+			s.wg.Add(1)
+		}
+		s.mu.Unlock()
+		if refused {
+			code, msg := CodeShuttingDown, "server shutting down"
+			if full {
+				code, msg = CodeServerFull, fmt.Sprintf("server is at its limit of %d connections", s.cfg.MaxSessions)
+			}
+			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = conn.Write(appendJSONLine(nil, closingEvent{Event: "closing", Code: code, Reason: msg}))
+			conn.Close()
+			s.m.disconnect(code)
+			continue
+		}
+		go func() {
+			defer s.wg.Done()
+			sess.run()
+		}()
+	}
+}
+
+// endSession forgets a finished session and releases its presence.
+func (s *Server) endSession(sess *session) {
+	s.mu.Lock()
+	delete(s.conns, sess)
+	name := sess.name
+	mine := name != "" && s.sessions[name] == sess
+	if mine {
+		delete(s.sessions, name)
+	}
+	n := len(s.sessions)
+	draining := s.draining
+	s.mu.Unlock()
+	if !mine {
+		return
+	}
+	s.m.setSessions(n)
+	if draining {
+		return // Shutdown releases everyone in one pipeline
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	if err := s.pres.release(ctx, name, location{s.cfg.ID, sess.id}); err != nil {
+		// The record expires by itself within PresenceTTL.
+		s.log.Warn("release presence failed", "user", name, "err", err)
+	}
+}
+
+// local returns the session of a user logged in here, or nil.
+func (s *Server) local(user string) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[user]
+}
+
+// login binds the session to a name: presence first (so the user is
+// reachable), then the local map, then the takeover of any older session,
+// then the offline inbox.
+func (s *Server) login(sess *session, r request) *clientError {
+	if sess.name != "" {
+		return errorf(CodeAlreadyIn, "already logged in as %q; log out first", sess.name)
+	}
+	if e := checkName(r.Name, s.cfg.MaxNameLen); e != nil {
+		return e
+	}
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return errorf(CodeShuttingDown, "server shutting down; connect to another")
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	loc := location{server: s.cfg.ID, session: sess.id}
+	old, had, err := s.pres.claim(ctx, r.Name, loc)
+	if err != nil {
+		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", err)
+		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
+	}
+	sess.name = r.Name
+	s.mu.Lock()
+	prev := s.sessions[r.Name]
+	s.sessions[r.Name] = sess
+	n := len(s.sessions)
+	s.mu.Unlock()
+	s.m.setSessions(n)
+	s.routes.forget(r.Name)
+
+	if prev != nil && prev != sess {
+		prev.closeWith(CodeKicked, "logged in again from another connection")
+	} else if had && old.server != s.cfg.ID && s.up != nil {
+		k := wire.Kick{Origin: s.cfg.ID, Dest: old.server, User: r.Name, Session: old.session}
+		s.up.control(func(b []byte) []byte { return wire.AppendKick(b, k) })
+	}
+	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+	sess.sendJSON(reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
+
+	lines, err := s.pres.takeInbox(ctx, r.Name)
+	if err != nil {
+		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
+		return nil
+	}
+	for _, l := range lines {
+		sess.send(append([]byte(l), '\n'))
+	}
+	return nil
+}
+
+// logout ends the session's login; the connection stays open.
+func (s *Server) logout(sess *session) *clientError {
+	if sess.name == "" {
+		return errorf(CodeNotLoggedIn, "not logged in")
+	}
+	name := sess.name
+	s.mu.Lock()
+	if s.sessions[name] == sess {
+		delete(s.sessions, name)
+	}
+	n := len(s.sessions)
+	s.mu.Unlock()
+	s.m.setSessions(n)
+	sess.name = ""
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	if err := s.pres.release(ctx, name, location{s.cfg.ID, sess.id}); err != nil {
+		s.log.Warn("release presence failed", "user", name, "err", err)
+	}
+	sess.sendJSON(reply{Reply: "logout", OK: true, Name: name})
+	return nil
+}
+
+// onKick closes a local session that lost its login to another server.
+func (s *Server) onKick(k wire.Kick) {
+	s.mu.Lock()
+	sess := s.sessions[k.User]
+	if sess == nil || sess.id != k.Session {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.sessions, k.User)
+	n := len(s.sessions)
+	s.mu.Unlock()
+	s.m.setSessions(n)
+	s.log.Debug("session taken over from another server", "user", k.User, "by", k.Origin)
+	sess.closeWith(CodeKicked, "logged in again on another server")
+}
+
+// newID returns a message id unique across servers and restarts: a random
+// per-process prefix and a counter.
+func (s *Server) newID() wire.ID {
+	var id wire.ID
+	copy(id[:8], s.idBase[:])
+	binary.BigEndian.PutUint64(id[8:], s.idSeq.Add(1))
+	return id
+}
+
+// maintain refreshes presence and the registry until ctx ends.
+func (s *Server) maintain(ctx context.Context) {
+	presenceEvery := s.cfg.PresenceTTL / 3
+	registryEvery := s.cfg.RegistryTTL / 3
+	s.heartbeat(ctx)
+	tp := time.NewTicker(presenceEvery)
+	defer tp.Stop()
+	tr := time.NewTicker(registryEvery)
+	defer tr.Stop()
+	for {
+		select {
+		case <-tr.C:
+			s.heartbeat(ctx)
+		case <-tp.C:
+			s.refreshPresence(ctx)
+			s.routes.sweep(time.Now())
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// heartbeat writes the registry entry and tracks whether Redis answers.
+func (s *Server) heartbeat(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	err := s.pres.register(cctx, s.cfg.ID, s.cfg.AdvertiseAddr, s.cfg.RegistryTTL)
+	s.setRedisState(err)
+	if err == nil && ctx.Err() == nil {
+		// Redis is back after an outage (maybe restarted empty): put every
+		// local user back at once rather than at the next refresh.
+		s.mu.Lock()
+		lost := len(s.sessions) > 0 && s.redisWasDown
+		s.redisWasDown = false
+		s.mu.Unlock()
+		if lost {
+			s.refreshPresence(ctx)
+		}
+	}
+}
+
+func (s *Server) setRedisState(err error) {
+	if ctx := s.ctx; ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		if s.redisOK.Swap(false) {
+			s.log.Error("Redis unreachable: logins fail, local delivery continues", "err", err)
+		}
+		s.mu.Lock()
+		s.redisWasDown = true
+		s.mu.Unlock()
+		return
+	}
+	if !s.redisOK.Swap(true) {
+		s.log.Info("Redis reachable again")
+	}
+}
+
+// refreshPresence renews every local user's record in one pipeline and
+// closes sessions whose user has logged in elsewhere meanwhile (a kick
+// that was lost with the relay link).
+func (s *Server) refreshPresence(ctx context.Context) {
+	s.mu.Lock()
+	users := make(map[string]location, len(s.sessions))
+	for name, sess := range s.sessions {
+		users[name] = location{s.cfg.ID, sess.id}
+	}
+	s.mu.Unlock()
+	if len(users) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(users))*time.Microsecond)
+	defer cancel()
+	lost, err := s.pres.refreshAll(cctx, users)
+	if err != nil {
+		s.setRedisState(err)
+		return
+	}
+	for _, name := range lost {
+		s.onKick(wire.Kick{Origin: "presence", User: name, Session: users[name].session})
+	}
+}
+
+// Links returns the relay link state (empty when no relay is configured).
+func (s *Server) Links() []health.Link {
+	if s.up == nil {
+		return nil
+	}
+	return []health.Link{s.up.Link()}
+}
+
+// RedisOK reports whether the last Redis call from the background loops worked.
+func (s *Server) RedisOK() bool { return s.redisOK.Load() }
+
+// Sessions returns the number of logged-in sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Shutdown stops accepting, lets forwarded messages finish (until ctx
+// ends), tells every client the server is going away, flushes, removes this
+// server's presence and registry entries, and stops.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+
+	// Let messages already handed to the relay get their acks, so their
+	// senders hear the outcome before they are disconnected.
+	if s.up != nil {
+		t := time.NewTicker(10 * time.Millisecond)
+		for s.up.unacked() > 0 && ctx.Err() == nil {
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+		}
+		t.Stop()
+	}
+
+	s.mu.Lock()
+	users := make(map[string]location, len(s.sessions))
+	for name, sess := range s.sessions {
+		users[name] = location{s.cfg.ID, sess.id}
+	}
+	conns := make([]*session, 0, len(s.conns))
+	for sess := range s.conns {
+		conns = append(conns, sess)
+	}
+	s.mu.Unlock()
+	for _, sess := range conns {
+		sess.closeWith(CodeShuttingDown, "server shutting down; reconnect to another server")
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RedisTimeout+time.Second)
+	defer cancel()
+	var errs []error
+	if err := s.pres.releaseAll(rctx, users); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.pres.deregister(rctx, s.cfg.ID); err != nil {
+		errs = append(errs, err)
+	}
+	s.log.Info("shut down", "sessions", len(users))
+	s.Close()
+	return errors.Join(errs...)
+}
+
+// Close stops everything at once: listeners, sessions, the relay link.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.draining = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for sess := range s.conns {
+		sess.abort()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	if s.up != nil {
+		s.up.abandon()
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Report is the message server's /healthz document: serving while it
+// accepts clients; the relay link and Redis state are shown beside it.
+func (s *Server) Report() health.Report {
+	s.mu.Lock()
+	draining := s.draining
+	n := len(s.sessions)
+	s.mu.Unlock()
+	rep := health.Report{
+		Service:  "msgserver",
+		ID:       s.cfg.ID,
+		Serving:  !draining,
+		Redis:    "ok",
+		Sessions: &n,
+		Links:    s.Links(),
+	}
+	if draining {
+		rep.Reason = "shutting down"
+	}
+	if !s.RedisOK() {
+		rep.Redis = "unreachable"
+	}
+	return rep
+}

@@ -1,0 +1,212 @@
+package msgserver
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/sendq"
+)
+
+// maxConsecutiveErrors is how many bad requests in a row a client may send
+// before it is disconnected: a few typos are fine, a stream of junk is not.
+const maxConsecutiveErrors = 20
+
+// session is one client connection. Its reader goroutine handles requests
+// in order; everything it sends goes through q, drained by its writer.
+type session struct {
+	srv    *Server
+	conn   net.Conn
+	id     string
+	remote string
+	q      *sendq.Queue
+
+	// name is set by login and read only by the reader goroutine; other
+	// goroutines find sessions through Server.sessions.
+	name string
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func newSession(srv *Server, conn net.Conn) *session {
+	s := &session{
+		srv:    srv,
+		conn:   conn,
+		id:     randomHex(8),
+		remote: conn.RemoteAddr().String(),
+		closed: make(chan struct{}),
+	}
+	s.q = sendq.New(srv.cfg.SessionQueueBytes, nil)
+	return s
+}
+
+// send queues one line for the client. A client too slow to take it is cut.
+func (s *session) send(line []byte) {
+	if err := s.q.Write(line); errors.Is(err, sendq.ErrFull) {
+		s.srv.log.Warn("client too slow, disconnecting", "session", s.id, "user", s.name, "remote", s.remote, "queued_bytes", s.q.Len())
+		s.srv.m.disconnect(CodeSlowConsumer)
+		s.abort()
+	}
+}
+
+func (s *session) sendJSON(v any) { s.send(appendJSONLine(nil, v)) }
+
+// closeWith tells the client why, flushes what is queued, and closes.
+func (s *session) closeWith(code, reason string) {
+	s.closeOnce.Do(func() {
+		_ = s.q.Write(appendJSONLine(nil, closingEvent{Event: eventFor(code), Code: code, Reason: reason}))
+		s.q.Close() // the writer flushes, then closes conn
+		s.srv.m.disconnect(code)
+		close(s.closed)
+		_ = s.conn.SetReadDeadline(time.Now()) // wake the reader
+	})
+}
+
+// abort closes at once, without flushing.
+func (s *session) abort() {
+	s.closeOnce.Do(func() {
+		s.q.Close()
+		close(s.closed)
+		s.conn.Close()
+	})
+}
+
+func (s *session) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+func eventFor(code string) string {
+	if code == CodeKicked {
+		return "kicked"
+	}
+	return "closing"
+}
+
+// run serves the connection until it ends, then cleans up.
+func (s *session) run() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := s.q.Run(s.conn, s.srv.cfg.WriteTimeout); err != nil {
+			s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote, "err", err)
+		}
+		s.conn.Close()
+	}()
+	s.readLoop()
+	s.srv.endSession(s)
+	s.closeOnce.Do(func() { s.q.Close(); close(s.closed) })
+	<-done
+}
+
+func (s *session) readLoop() {
+	cfg := &s.srv.cfg
+	br := bufio.NewReaderSize(s.conn, cfg.MaxLine)
+	errorsInARow := 0
+	var deadlineSet time.Time
+	for {
+		if now := time.Now(); now.Sub(deadlineSet) > time.Second {
+			deadlineSet = now
+			_ = s.conn.SetReadDeadline(now.Add(cfg.IdleTimeout))
+		}
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// Discard the rest of the oversize line, then carry on.
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
+			if err != nil && !errors.Is(err, io.EOF) {
+				s.readFailed(err)
+				return
+			}
+			errorsInARow++
+			s.fail("error", "", errorf(CodeLineTooLong, "line exceeds %d bytes; it was discarded", cfg.MaxLine))
+			if err != nil || s.tooManyErrors(errorsInARow) {
+				return
+			}
+			continue
+		}
+		if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+			s.readFailed(err)
+			return
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) > 0 {
+			if cerr := s.handle(line); cerr != nil {
+				errorsInARow++
+				if s.tooManyErrors(errorsInARow) {
+					return
+				}
+			} else {
+				errorsInARow = 0
+			}
+		}
+		if err != nil || s.isClosed() {
+			return // EOF after a last line without newline, or closed
+		}
+	}
+}
+
+func (s *session) tooManyErrors(n int) bool {
+	if n < maxConsecutiveErrors {
+		return false
+	}
+	s.closeWith(CodeTooManyErrors, "too many bad requests in a row")
+	return true
+}
+
+func (s *session) readFailed(err error) {
+	if s.isClosed() {
+		return
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.closeWith(CodeIdleTimeout, "no request for "+s.srv.cfg.IdleTimeout.String())
+		return
+	}
+	if !errors.Is(err, io.EOF) {
+		s.srv.log.Debug("client read failed", "session", s.id, "remote", s.remote, "err", err)
+	}
+}
+
+// handle runs one request line and sends its reply.
+func (s *session) handle(line []byte) *clientError {
+	r, cerr := decodeRequest(line)
+	if cerr != nil {
+		cmd := r.Cmd
+		if cerr.code == CodeBadJSON || cmd == "" {
+			cmd = "error"
+		}
+		s.fail(truncate(cmd, 32), "", cerr)
+		return cerr
+	}
+	switch r.Cmd {
+	case "ping":
+		s.sendJSON(reply{Reply: "ping", OK: true})
+	case "login":
+		cerr = s.srv.login(s, r)
+	case "chat":
+		cerr = s.srv.chat(s, r)
+	case "logout":
+		cerr = s.srv.logout(s)
+	}
+	if cerr != nil {
+		s.fail(r.Cmd, r.Ref, cerr)
+	}
+	return cerr
+}
+
+// fail sends an error reply.
+func (s *session) fail(cmd, ref string, e *clientError) {
+	s.srv.m.clientError(e.code)
+	s.sendJSON(reply{Reply: cmd, OK: false, Code: e.code, Error: e.msg, Ref: ref})
+}

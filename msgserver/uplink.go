@@ -1,0 +1,514 @@
+package msgserver
+
+import (
+	"container/list"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/relay/wire"
+)
+
+// outcome is what finally happened to a forwarded message.
+type outcome int
+
+const (
+	outTaken   outcome = iota // the destination server took it (ack)
+	outNotHere                // the destination says the user is not there
+	outGaveUp                 // the relay could not route it for NoRouteGiveUp
+	outClosed                 // the server shut down before an answer
+)
+
+var errBacklogFull = errors.New("too many messages await their ack")
+
+// pending is a forwarded message kept until its end-to-end ack, for resending.
+type pending struct {
+	id        wire.ID
+	frame     []byte
+	due       time.Time // resend if not acked by then
+	firstNack time.Time
+	nacks     int
+	done      func(outcome)
+	elem      *list.Element
+	parked    bool // nacked: waiting in uplink.parked for its retry time
+}
+
+// uplink is the message server's link to the relay: it dials, proves the
+// link secret, reconnects with jittered backoff, and owns every forwarded
+// message until its ack, resending after a reconnect or a timeout.
+type uplink struct {
+	cfg       *Config
+	log       *slog.Logger
+	m         *Metrics
+	onForward func(wire.Forward) byte // returns the ack status
+	onKick    func(wire.Kick)
+
+	mu       sync.Mutex
+	pend     map[wire.ID]*pending
+	inflight list.List // sent and waiting, oldest first
+	parked   list.List // nacked, waiting to be retried
+	q        *sendq.Queue
+	state    health.Link
+	stats    *linkStats
+
+	reconnects atomic.Uint64
+}
+
+type linkStats struct {
+	framesIn, framesOut atomic.Uint64
+	bytesIn, bytesOut   atomic.Uint64
+	lastRecv            atomic.Int64
+	rtt                 atomic.Int64
+}
+
+func newUplink(cfg *Config, log *slog.Logger, m *Metrics, onForward func(wire.Forward) byte, onKick func(wire.Kick)) *uplink {
+	u := &uplink{
+		cfg:       cfg,
+		log:       log,
+		m:         m,
+		onForward: onForward,
+		onKick:    onKick,
+		pend:      make(map[wire.ID]*pending),
+		stats:     &linkStats{},
+	}
+	u.state = health.Link{Server: "relay", Since: time.Now(), Remote: cfg.RelayAddr}
+	return u
+}
+
+// send queues a Forward and keeps it until done is called with its outcome.
+func (u *uplink) send(f *wire.Forward, done func(outcome)) error {
+	frame := wire.AppendForward(nil, f)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.pend) >= u.cfg.MaxUnacked {
+		return errBacklogFull
+	}
+	p := &pending{id: f.ID, frame: frame, done: done, due: time.Now().Add(u.cfg.AckTimeout)}
+	u.pend[f.ID] = p
+	p.elem = u.inflight.PushBack(p)
+	u.m.setUnacked(len(u.pend))
+	if u.q != nil {
+		u.writeLocked(frame)
+	}
+	return nil
+}
+
+// writeLocked queues a frame on the current link; u.mu is held.
+func (u *uplink) writeLocked(frame []byte) {
+	if err := u.q.Write(frame); errors.Is(err, sendq.ErrFull) {
+		u.log.Warn("relay link queue full, dropping link", "queued_bytes", u.q.Len())
+		u.q.Close()
+	}
+}
+
+// control queues a frame that is not kept for resending (acks, kicks).
+func (u *uplink) control(fn func([]byte) []byte) {
+	u.mu.Lock()
+	q := u.q
+	u.mu.Unlock()
+	if q != nil {
+		_ = q.Append(fn)
+	}
+}
+
+func (u *uplink) ack(id wire.ID, code byte) {
+	u.mu.Lock()
+	p := u.pend[id]
+	if p == nil { // a duplicate ack for a resent message
+		u.mu.Unlock()
+		return
+	}
+	u.removeLocked(p)
+	u.mu.Unlock()
+	if code == wire.AckNotHere {
+		p.done(outNotHere)
+	} else {
+		p.done(outTaken)
+	}
+}
+
+func (u *uplink) removeLocked(p *pending) {
+	if p.parked {
+		u.parked.Remove(p.elem)
+	} else {
+		u.inflight.Remove(p.elem)
+	}
+	delete(u.pend, p.id)
+	u.m.setUnacked(len(u.pend))
+}
+
+// nack parks a message the relay could not route and retries it with
+// backoff; the destination server may be reconnecting after a failover.
+func (u *uplink) nack(id wire.ID) {
+	now := time.Now()
+	u.mu.Lock()
+	p := u.pend[id]
+	if p == nil || p.parked {
+		u.mu.Unlock()
+		return
+	}
+	if p.firstNack.IsZero() {
+		p.firstNack = now
+	}
+	if now.Sub(p.firstNack) > u.cfg.NoRouteGiveUp {
+		u.removeLocked(p)
+		u.mu.Unlock()
+		p.done(outGaveUp)
+		return
+	}
+	u.inflight.Remove(p.elem)
+	p.parked = true
+	p.due = now.Add(min(u.cfg.BackoffMin<<min(p.nacks, 6), time.Second))
+	p.nacks++
+	p.elem = u.parked.PushBack(p)
+	u.mu.Unlock()
+}
+
+// retransmit resends messages whose ack is overdue and parked messages
+// whose retry time has come. It runs on a ticker.
+func (u *uplink) retransmit(now time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.q == nil {
+		return // everything is resent when the link comes back
+	}
+	var again []*pending
+	for e := u.inflight.Front(); e != nil; e = e.Next() {
+		p := e.Value.(*pending)
+		if p.due.After(now) {
+			break // inflight is in due order
+		}
+		again = append(again, p)
+	}
+	for e := u.parked.Front(); e != nil; e = e.Next() {
+		if p := e.Value.(*pending); !p.due.After(now) {
+			again = append(again, p)
+		}
+	}
+	for _, p := range again {
+		if p.parked {
+			u.parked.Remove(p.elem)
+			p.parked = false
+		} else {
+			u.inflight.Remove(p.elem)
+		}
+		p.due = now.Add(u.cfg.AckTimeout)
+		p.elem = u.inflight.PushBack(p)
+		u.writeLocked(p.frame)
+	}
+	if len(again) > 0 {
+		u.m.resent(len(again))
+	}
+}
+
+// attach makes q the current link and queues every unacked message on it,
+// in the order they were first sent.
+func (u *uplink) attach(q *sendq.Queue, relayID, remote string) int {
+	now := time.Now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.q = q
+	u.state = health.Link{Server: relayID, Up: true, Since: now, Remote: remote}
+	for u.parked.Len() > 0 {
+		p := u.parked.Remove(u.parked.Front()).(*pending)
+		p.parked = false
+		p.elem = u.inflight.PushBack(p)
+	}
+	for e := u.inflight.Front(); e != nil; e = e.Next() {
+		p := e.Value.(*pending)
+		p.due = now.Add(u.cfg.AckTimeout)
+		u.writeLocked(p.frame)
+	}
+	return u.inflight.Len()
+}
+
+func (u *uplink) detach(q *sendq.Queue) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.q == q {
+		u.q = nil
+		u.state.Up = false
+		u.state.Since = time.Now()
+	}
+}
+
+// unacked returns how many forwarded messages await their ack.
+func (u *uplink) unacked() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.pend)
+}
+
+// abandon ends every pending message with outClosed (at shutdown).
+func (u *uplink) abandon() {
+	u.mu.Lock()
+	var all []*pending
+	for _, p := range u.pend {
+		all = append(all, p)
+	}
+	u.pend = make(map[wire.ID]*pending)
+	u.inflight.Init()
+	u.parked.Init()
+	u.m.setUnacked(0)
+	u.mu.Unlock()
+	for _, p := range all {
+		p.done(outClosed)
+	}
+}
+
+// Link returns the state of the relay link for the health endpoint.
+func (u *uplink) Link() health.Link {
+	u.mu.Lock()
+	l := u.state
+	if u.q != nil {
+		l.QueueBytes = u.q.Len()
+	}
+	l.Unacked = len(u.pend)
+	u.mu.Unlock()
+	if last := u.stats.lastRecv.Load(); last != 0 {
+		l.LastHeartbeatAge = health.Seconds(time.Since(time.Unix(0, last)))
+	}
+	l.RTT = health.Seconds(time.Duration(u.stats.rtt.Load()))
+	l.FramesIn, l.FramesOut = u.stats.framesIn.Load(), u.stats.framesOut.Load()
+	l.BytesIn, l.BytesOut = u.stats.bytesIn.Load(), u.stats.bytesOut.Load()
+	return l
+}
+
+// run keeps a link to the relay up until ctx ends.
+func (u *uplink) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(max(u.cfg.PingInterval/2, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case now := <-t.C:
+				u.retransmit(now)
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	defer wg.Wait()
+
+	backoff := u.cfg.BackoffMin
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		conn, relayID, err := u.dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// Full jitter over [backoff/2, backoff]: many servers that lost
+			// the same relay do not come back in step.
+			d := backoff/2 + mathrand.N(backoff/2+1)
+			level := slog.LevelWarn
+			if attempt > 0 && !errors.Is(err, errRejected) {
+				level = slog.LevelDebug // one warning per outage, not one per retry
+			}
+			u.log.Log(ctx, level, "relay link dial failed", "relay", u.cfg.RelayAddr, "err", err, "retry_in", d)
+			backoff = min(2*backoff, u.cfg.BackoffMax)
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		attempt = -1
+		backoff = u.cfg.BackoffMin
+		err = u.serve(ctx, conn, relayID)
+		u.m.linkDown()
+		u.reconnects.Add(1)
+		if ctx.Err() == nil {
+			u.log.Warn("relay link down, reconnecting", "relay", u.cfg.RelayAddr, "err", err)
+		}
+	}
+}
+
+var errRejected = errors.New("relay refused the link")
+
+// dial connects and runs the server side of the handshake.
+func (u *uplink) dial(ctx context.Context) (net.Conn, string, error) {
+	d := net.Dialer{Timeout: u.cfg.DialTimeout}
+	conn, err := d.DialContext(ctx, "tcp", u.cfg.RelayAddr)
+	if err != nil {
+		return nil, "", err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	_ = conn.SetDeadline(time.Now().Add(u.cfg.DialTimeout))
+	relayID, err := u.handshake(conn)
+	if err != nil {
+		conn.Close()
+		return nil, "", err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, relayID, nil
+}
+
+func (u *uplink) handshake(conn net.Conn) (string, error) {
+	fr := wire.NewReader(conn, 4096)
+	typ, body, _, err := fr.Next()
+	if err != nil {
+		return "", fmt.Errorf("read challenge: %w", err)
+	}
+	if typ != wire.TypeChallenge {
+		return "", fmt.Errorf("%w: expected challenge, got frame type %d", wire.ErrBadType, typ)
+	}
+	nonce, err := wire.ParseChallenge(body)
+	if err != nil {
+		return "", fmt.Errorf("parse challenge: %w", err)
+	}
+	a := wire.Auth{ServerID: u.cfg.ID, MAC: wire.AuthMAC(u.cfg.Secret, nonce, u.cfg.ID)}
+	if _, err := rand.Read(a.ClientNonce[:]); err != nil {
+		return "", fmt.Errorf("make nonce: %w", err)
+	}
+	if _, err := conn.Write(wire.AppendAuth(nil, a)); err != nil {
+		return "", fmt.Errorf("send auth: %w", err)
+	}
+	typ, body, _, err = fr.Next()
+	if err != nil {
+		return "", fmt.Errorf("read welcome: %w", err)
+	}
+	switch typ {
+	case wire.TypeWelcome:
+	case wire.TypeReject:
+		return "", fmt.Errorf("%w: %s", errRejected, truncate(string(body), 200))
+	default:
+		return "", fmt.Errorf("%w: expected welcome, got frame type %d", wire.ErrBadType, typ)
+	}
+	relayID, m, err := wire.ParseWelcome(body)
+	if err != nil {
+		return "", fmt.Errorf("parse welcome: %w", err)
+	}
+	if !wire.CheckMAC(m, wire.WelcomeMAC(u.cfg.Secret, a.ClientNonce, relayID)) {
+		return "", fmt.Errorf("%w: relay %q did not prove the link secret", errRejected, relayID)
+	}
+	return relayID, nil
+}
+
+// serve runs one established link until it fails or ctx ends.
+func (u *uplink) serve(ctx context.Context, conn net.Conn, relayID string) error {
+	remote := conn.RemoteAddr().String()
+	q := sendq.New(u.cfg.MaxUnacked*64+(64<<20), func(n, items int, _ time.Duration) {
+		u.stats.bytesOut.Add(uint64(n))
+		u.stats.framesOut.Add(uint64(items))
+	})
+	u.stats.lastRecv.Store(time.Now().UnixNano())
+	resent := u.attach(q, relayID, remote)
+	u.m.linkUp()
+	u.log.Info("relay link up", "relay", relayID, "remote", remote, "resent", resent)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	defer conn.Close()
+	defer q.Close()
+	defer u.detach(q)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := q.Run(conn, u.cfg.WriteTimeout); err != nil {
+			u.log.Debug("relay link write ended", "err", err)
+		}
+		conn.Close()
+	}()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(u.cfg.PingInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				now := time.Now().UnixNano()
+				if q.Append(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePing, now) }) != nil {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return u.readLoop(conn, q)
+}
+
+func (u *uplink) readLoop(conn net.Conn, q *sendq.Queue) error {
+	fr := wire.NewReader(conn, 2*u.cfg.MaxLine+4096)
+	var deadlineSet time.Time
+	for {
+		if now := time.Now(); now.Sub(deadlineSet) > u.cfg.DeadAfter/4 {
+			deadlineSet = now
+			_ = conn.SetReadDeadline(now.Add(u.cfg.DeadAfter))
+		}
+		typ, body, raw, err := fr.Next()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("relay silent for %s: link dead", u.cfg.DeadAfter)
+			}
+			if errors.Is(err, io.EOF) {
+				return errors.New("relay closed the link")
+			}
+			return err
+		}
+		u.stats.framesIn.Add(1)
+		u.stats.bytesIn.Add(uint64(len(raw)))
+		u.stats.lastRecv.Store(time.Now().UnixNano())
+		switch typ {
+		case wire.TypeForward:
+			f, err := wire.ParseForward(body)
+			if err != nil {
+				return fmt.Errorf("bad forward frame: %w", err)
+			}
+			code := u.onForward(f)
+			a := wire.Ack{ID: f.ID, Origin: u.cfg.ID, Dest: f.Origin, Code: code}
+			_ = q.Append(func(b []byte) []byte { return wire.AppendAck(b, wire.TypeAck, a) })
+		case wire.TypeAck:
+			a, err := wire.ParseAck(body)
+			if err != nil {
+				return fmt.Errorf("bad ack frame: %w", err)
+			}
+			u.ack(a.ID, a.Code)
+		case wire.TypeNack:
+			a, err := wire.ParseAck(body)
+			if err != nil {
+				return fmt.Errorf("bad nack frame: %w", err)
+			}
+			u.m.nacked()
+			u.nack(a.ID)
+		case wire.TypeKick:
+			k, err := wire.ParseKick(body)
+			if err != nil {
+				return fmt.Errorf("bad kick frame: %w", err)
+			}
+			u.onKick(k)
+		case wire.TypePing:
+			nanos, err := wire.ParsePing(body)
+			if err != nil {
+				return fmt.Errorf("bad ping: %w", err)
+			}
+			_ = q.Append(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePong, nanos) })
+		case wire.TypePong:
+			nanos, err := wire.ParsePing(body)
+			if err != nil {
+				return fmt.Errorf("bad pong: %w", err)
+			}
+			u.stats.rtt.Store(time.Now().UnixNano() - nanos)
+		default:
+			return fmt.Errorf("%w: %d from relay", wire.ErrBadType, typ)
+		}
+	}
+}

@@ -1,0 +1,250 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/relay/wire"
+)
+
+// link is one authenticated uplink from a message server.
+type link struct {
+	s      *Server
+	conn   net.Conn
+	server string
+	remote string
+	q      *sendq.Queue
+	stats  *linkStats
+
+	closeOnce sync.Once
+}
+
+// linkStats are the counters of one link, read by the health endpoint.
+type linkStats struct {
+	framesIn, framesOut atomic.Uint64
+	bytesIn, bytesOut   atomic.Uint64
+	lastRecv            atomic.Int64 // unix nanos of the last frame received
+	rtt                 atomic.Int64 // nanos, last ping round trip
+}
+
+func (l *link) close() {
+	l.closeOnce.Do(func() {
+		l.q.Close()
+		l.conn.Close()
+	})
+}
+
+// serveConn runs one accepted connection: handshake, then the link loops.
+func (s *Server) serveConn(conn net.Conn) {
+	remote := conn.RemoteAddr().String()
+	fr := wire.NewReader(conn, s.cfg.MaxFrame)
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	server, err := s.handshake(conn, fr)
+	if err != nil {
+		if s.ctx.Err() == nil {
+			s.log.Warn("link refused", "remote", remote, "server", server, "err", err)
+			s.m.handshakeFailed()
+		}
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+
+	l := &link{s: s, conn: conn, server: server, remote: remote, stats: &linkStats{}}
+	l.stats.lastRecv.Store(time.Now().UnixNano())
+	l.q = sendq.New(s.cfg.MaxQueueBytes, func(n, items int, waited time.Duration) {
+		l.stats.bytesOut.Add(uint64(n))
+		l.stats.framesOut.Add(uint64(items))
+		s.m.flushed(n, items, waited)
+	})
+	s.register(l)
+	s.log.Info("link up", "server", server, "remote", remote)
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := l.q.Run(conn, s.cfg.WriteTimeout); err != nil {
+			s.log.Debug("link write ended", "server", server, "err", err)
+		}
+		l.close()
+	}()
+	go func() {
+		defer wg.Done()
+		l.pingLoop()
+	}()
+	err = l.readLoop(fr)
+	s.unregister(l)
+	l.close()
+	wg.Wait()
+	reason := "closed"
+	if err != nil {
+		reason = err.Error()
+	}
+	s.log.Info("link down", "server", server, "remote", remote, "reason", reason)
+}
+
+// handshake runs the relay side of the challenge-response and returns the
+// authenticated server id.
+func (s *Server) handshake(conn net.Conn, fr *wire.Reader) (string, error) {
+	var nonce [wire.NonceLen]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", fmt.Errorf("make nonce: %w", err)
+	}
+	if _, err := conn.Write(wire.AppendChallenge(nil, nonce)); err != nil {
+		return "", fmt.Errorf("send challenge: %w", err)
+	}
+	typ, body, _, err := fr.Next()
+	if err != nil {
+		return "", fmt.Errorf("read auth: %w", err)
+	}
+	if typ != wire.TypeAuth {
+		_, _ = conn.Write(wire.AppendReject(nil, "expected auth frame"))
+		return "", fmt.Errorf("%w: got %d before auth", wire.ErrBadType, typ)
+	}
+	a, err := wire.ParseAuth(body)
+	if err != nil {
+		_, _ = conn.Write(wire.AppendReject(nil, err.Error()))
+		return "", fmt.Errorf("parse auth: %w", err)
+	}
+	if a.ServerID == "" {
+		_, _ = conn.Write(wire.AppendReject(nil, "empty server id"))
+		return "", errors.New("empty server id")
+	}
+	if !wire.CheckMAC(a.MAC, wire.AuthMAC(s.cfg.Secret, nonce, a.ServerID)) {
+		_, _ = conn.Write(wire.AppendReject(nil, "authentication failed: wrong link secret"))
+		return a.ServerID, errors.New("authentication failed: wrong link secret")
+	}
+	welcome := wire.AppendWelcome(nil, s.cfg.ID, wire.WelcomeMAC(s.cfg.Secret, a.ClientNonce, s.cfg.ID))
+	if _, err := conn.Write(welcome); err != nil {
+		return a.ServerID, fmt.Errorf("send welcome: %w", err)
+	}
+	return a.ServerID, nil
+}
+
+// readLoop reads frames until the link fails and routes each one.
+func (l *link) readLoop(fr *wire.Reader) error {
+	s := l.s
+	self := []byte(l.server)
+	deadAfter := s.cfg.DeadAfter
+	var deadlineSet time.Time
+	for {
+		// Moving the deadline costs a timer update; do it a few times per
+		// dead-after period, not per frame.
+		if now := time.Now(); now.Sub(deadlineSet) > deadAfter/4 {
+			deadlineSet = now
+			_ = l.conn.SetReadDeadline(now.Add(deadAfter))
+		}
+		typ, body, raw, err := fr.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) || s.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("no frame for %s: peer dead", deadAfter)
+			}
+			return err
+		}
+		l.stats.framesIn.Add(1)
+		l.stats.bytesIn.Add(uint64(len(raw)))
+		l.stats.lastRecv.Store(time.Now().UnixNano())
+		s.m.received(len(raw))
+
+		switch typ {
+		case wire.TypeForward, wire.TypeAck, wire.TypeKick:
+			origin, dest, err := wire.RouteOf(typ, body)
+			if err != nil {
+				return fmt.Errorf("bad frame type %d: %w", typ, err)
+			}
+			if !bytes.Equal(origin, self) {
+				return fmt.Errorf("frame claims origin %q on the link of %q", origin, l.server)
+			}
+			l.forward(typ, body, raw, dest)
+		case wire.TypePing:
+			nanos, err := wire.ParsePing(body)
+			if err != nil {
+				return fmt.Errorf("bad ping: %w", err)
+			}
+			l.send(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePong, nanos) })
+		case wire.TypePong:
+			nanos, err := wire.ParsePing(body)
+			if err != nil {
+				return fmt.Errorf("bad pong: %w", err)
+			}
+			rtt := time.Duration(time.Now().UnixNano() - nanos)
+			l.stats.rtt.Store(int64(rtt))
+			s.m.rtt(l.server, rtt)
+		default:
+			return fmt.Errorf("%w: %d on an established link", wire.ErrBadType, typ)
+		}
+	}
+}
+
+// forward passes a routable frame to the destination's link unchanged. A
+// Forward that cannot be passed on is answered with a Nack so the origin
+// retries; a lost Ack or Kick is recovered by the origin's own timers.
+func (l *link) forward(typ byte, body, raw, dest []byte) {
+	s := l.s
+	dst := s.route(dest)
+	if dst != nil {
+		err := dst.q.Write(raw)
+		if err == nil {
+			if typ == wire.TypeForward {
+				s.m.forwarded()
+			}
+			return
+		}
+		if errors.Is(err, sendq.ErrFull) {
+			s.log.Warn("cutting slow link", "server", dst.server, "queued_bytes", dst.q.Len())
+			s.m.slowLink()
+			dst.close()
+		}
+	}
+	if typ != wire.TypeForward {
+		s.m.dropped()
+		return
+	}
+	s.m.noRoute()
+	f, err := wire.ParseForward(body)
+	if err != nil {
+		return
+	}
+	l.send(func(b []byte) []byte {
+		return wire.AppendAck(b, wire.TypeNack, wire.Ack{ID: f.ID, Origin: f.Origin, Dest: f.Dest, Code: wire.NackNoRoute})
+	})
+}
+
+// send queues a frame the relay itself originates on this link.
+func (l *link) send(fn func([]byte) []byte) {
+	if err := l.q.Append(fn); errors.Is(err, sendq.ErrFull) {
+		l.s.log.Warn("cutting slow link", "server", l.server)
+		l.s.m.slowLink()
+		l.close()
+	}
+}
+
+// pingLoop pings the link every PingInterval until it closes, so a dead
+// server is noticed (by its silence) even when no traffic flows.
+func (l *link) pingLoop() {
+	t := time.NewTicker(l.s.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			now := time.Now().UnixNano()
+			if err := l.q.Append(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePing, now) }); err != nil {
+				return
+			}
+		case <-l.s.ctx.Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,279 @@
+// Package relay is the relay server: it accepts authenticated uplinks from
+// message servers and passes Forward, Ack and Kick frames to the link of
+// their destination server. It keeps no state beyond its live links: message
+// servers own retries, acks and presence.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/chatrelay/chatrelay/relay/wire"
+)
+
+// Config holds the relay's settings. Zero values take the defaults below.
+type Config struct {
+	// ID names this relay in handshakes and logs (e.g. the host name).
+	ID string
+	// Secret is the shared link secret message servers must prove.
+	Secret []byte
+	// MaxFrame is the largest frame accepted from a link, in bytes.
+	MaxFrame int
+	// MaxQueueBytes bounds each link's unwritten outbound bytes; a link
+	// past it is cut as a slow consumer (its server resends after reconnect).
+	MaxQueueBytes int
+	// HandshakeTimeout bounds the whole handshake.
+	HandshakeTimeout time.Duration
+	// PingInterval is how often the relay pings each idle link.
+	PingInterval time.Duration
+	// DeadAfter closes a link that has sent nothing for this long.
+	DeadAfter time.Duration
+	// WriteTimeout bounds each write to a link.
+	WriteTimeout time.Duration
+	// Logger receives the relay's events; nil means slog.Default().
+	Logger *slog.Logger
+	// Metrics, if not nil, records link and forwarding metrics.
+	Metrics *Metrics
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMaxFrame         = 1 << 20
+	DefaultMaxQueueBytes    = 64 << 20
+	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultPingInterval     = 200 * time.Millisecond
+	DefaultDeadAfter        = time.Second
+	DefaultWriteTimeout     = 5 * time.Second
+)
+
+func (c *Config) setDefaults() {
+	if c.MaxFrame == 0 {
+		c.MaxFrame = DefaultMaxFrame
+	}
+	if c.MaxQueueBytes == 0 {
+		c.MaxQueueBytes = DefaultMaxQueueBytes
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.DeadAfter == 0 {
+		c.DeadAfter = DefaultDeadAfter
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports every problem with the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.ID == "" || len(c.ID) > wire.MaxIDLen {
+		errs = append(errs, fmt.Errorf("relay id must be 1..%d bytes", wire.MaxIDLen))
+	}
+	if len(c.Secret) < 16 {
+		errs = append(errs, errors.New("link secret must be at least 16 bytes"))
+	}
+	if c.MaxFrame < 1024 {
+		errs = append(errs, fmt.Errorf("max frame %d is below 1024 bytes", c.MaxFrame))
+	}
+	if c.MaxQueueBytes < c.MaxFrame {
+		errs = append(errs, fmt.Errorf("max queue %d bytes is below max frame %d", c.MaxQueueBytes, c.MaxFrame))
+	}
+	if c.PingInterval >= c.DeadAfter {
+		errs = append(errs, fmt.Errorf("ping interval %s must be shorter than dead-after %s", c.PingInterval, c.DeadAfter))
+	}
+	return errors.Join(errs...)
+}
+
+// Server is a running relay.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.RWMutex
+	routes    map[string]*link   // server id -> its live link
+	seen      map[string]*status // server id -> last known state, kept after it goes down
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{} // every accepted conn, for Close
+}
+
+// New checks cfg and returns a relay ready to Serve.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("relay config: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Logger.With("relay", cfg.ID),
+		m:         cfg.Metrics,
+		ctx:       ctx,
+		cancel:    cancel,
+		routes:    make(map[string]*link),
+		seen:      make(map[string]*status),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[net.Conn]struct{}),
+	}, nil
+}
+
+// Serve accepts links on ln until Close. It returns nil after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	s.log.Info("relay listening", "addr", ln.Addr().String())
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		if !s.track(conn) {
+			conn.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(conn)
+			s.serveConn(conn)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+// Close stops accepting, closes every link and waits for their goroutines.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.cancel()
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// DropLinks closes every link whose local address is ip (or every link when
+// ip is nil), so their servers reconnect at once: the relay does this when
+// it loses the VIP.
+func (s *Server) DropLinks(ip net.IP) int {
+	s.mu.RLock()
+	var victims []net.Conn
+	for c := range s.conns {
+		if ip == nil {
+			victims = append(victims, c)
+			continue
+		}
+		if a, ok := c.LocalAddr().(*net.TCPAddr); ok && a.IP.Equal(ip) {
+			victims = append(victims, c)
+		}
+	}
+	s.mu.RUnlock()
+	for _, c := range victims {
+		c.Close()
+	}
+	return len(victims)
+}
+
+// register makes l the route for its server, replacing (and closing) an
+// older link of the same server.
+func (s *Server) register(l *link) {
+	s.mu.Lock()
+	old := s.routes[l.server]
+	s.routes[l.server] = l
+	st := s.seen[l.server]
+	if st == nil {
+		st = &status{}
+		s.seen[l.server] = st
+	}
+	st.up(l)
+	s.mu.Unlock()
+	if old != nil {
+		s.log.Info("link replaced by a newer one", "server", l.server, "old_remote", old.remote)
+		old.close()
+	}
+	s.m.linkUp(l.server, s.linkCount())
+}
+
+// unregister removes l if it is still the route for its server.
+func (s *Server) unregister(l *link) {
+	s.mu.Lock()
+	current := s.routes[l.server] == l
+	if current {
+		delete(s.routes, l.server)
+		if st := s.seen[l.server]; st != nil {
+			st.down(l)
+		}
+	}
+	s.mu.Unlock()
+	if current {
+		s.m.linkDown(l.server, s.linkCount())
+	}
+}
+
+func (s *Server) route(dest []byte) *link {
+	s.mu.RLock()
+	l := s.routes[string(dest)] // no allocation: the compiler special-cases this lookup
+	s.mu.RUnlock()
+	return l
+}
+
+func (s *Server) linkCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.routes)
+}

@@ -1,0 +1,58 @@
+package relay
+
+import (
+	"sort"
+	"time"
+
+	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/sendq"
+)
+
+// status is what the relay remembers of a message server it has seen: the
+// state of its current (or last) link. Guarded by Server.mu.
+type status struct {
+	isUp   bool
+	since  time.Time
+	remote string
+	stats  *linkStats
+	q      *sendq.Queue
+}
+
+func (st *status) up(l *link) {
+	st.isUp, st.since, st.remote, st.stats, st.q = true, time.Now(), l.remote, l.stats, l.q
+}
+
+func (st *status) down(*link) {
+	st.isUp, st.since = false, time.Now()
+}
+
+// Links returns the state of the link of every message server this relay
+// has seen since it started, sorted by server id.
+func (s *Server) Links() []health.Link {
+	now := time.Now()
+	s.mu.RLock()
+	out := make([]health.Link, 0, len(s.seen))
+	for id, st := range s.seen {
+		l := health.Link{
+			Server: id,
+			Up:     st.isUp,
+			Since:  st.since,
+			Remote: st.remote,
+		}
+		if st.stats != nil {
+			l.LastHeartbeatAge = health.Seconds(now.Sub(time.Unix(0, st.stats.lastRecv.Load())))
+			l.RTT = health.Seconds(time.Duration(st.stats.rtt.Load()))
+			l.FramesIn = st.stats.framesIn.Load()
+			l.FramesOut = st.stats.framesOut.Load()
+			l.BytesIn = st.stats.bytesIn.Load()
+			l.BytesOut = st.stats.bytesOut.Load()
+		}
+		if st.isUp && st.q != nil {
+			l.QueueBytes = st.q.Len()
+		}
+		out = append(out, l)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Server < out[j].Server })
+	return out
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages, when missing) and runs every
+# test: go vet, then the whole suite with the race detector. Run as root (or
+# with sudo available) so packages can be installed and the keepalived drills
+# can build network namespaces. CI runs exactly this script.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+packages=(redis-server keepalived iproute2 prometheus shellcheck)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} > 0)); then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian packages start their own daemons; the tests start private ones.
+for svc in redis-server prometheus keepalived; do
+  systemctl is-active --quiet "$svc" 2>/dev/null && systemctl stop "$svc" 2>/dev/null || true
+done
+
+echo "== go vet"
+go vet ./...
+echo "== go test -race"
+go test -race -count=1 -timeout 15m ./... "$@"
