@@ -99,8 +99,8 @@ func setDefault[T comparable](p *T, v T) {
 // Validate reports every problem with the configuration.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.ID == "" || len(c.ID) > wire.MaxIDLen {
-		errs = append(errs, fmt.Errorf("server id must be 1..%d bytes", wire.MaxIDLen))
+	if !validServerID(c.ID) {
+		errs = append(errs, fmt.Errorf("server id %q must be 1..64 letters, digits, '.', '_' or '-'", c.ID))
 	}
 	if c.Redis == nil {
 		errs = append(errs, errors.New("a Redis client is required"))
@@ -124,4 +124,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("presence and registry TTLs must be at least 1s"))
 	}
 	return errors.Join(errs...)
+}
+
+func validServerID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }

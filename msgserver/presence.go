@@ -117,9 +117,10 @@ func (p *presence) releaseAll(ctx context.Context, users map[string]location) er
 	if len(users) == 0 {
 		return nil
 	}
+	// Eval, not Run: a pipeline cannot fall back from EVALSHA on NOSCRIPT.
 	_, err := p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for user, loc := range users {
-			releaseScript.Run(ctx, pipe, []string{userKeyPrefix + user}, loc.value())
+			releaseScript.Eval(ctx, pipe, []string{userKeyPrefix + user}, loc.value())
 		}
 		return nil
 	})
@@ -141,7 +142,7 @@ func (p *presence) refreshAll(ctx context.Context, users map[string]location) (l
 	_, err = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for user, loc := range users {
 			names = append(names, user)
-			cmds = append(cmds, refreshScript.Run(ctx, pipe, []string{userKeyPrefix + user}, loc.value(), ms))
+			cmds = append(cmds, refreshScript.Eval(ctx, pipe, []string{userKeyPrefix + user}, loc.value(), ms))
 		}
 		return nil
 	})

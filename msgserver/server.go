@@ -334,7 +334,7 @@ func (s *Server) setRedisState(err error) {
 	}
 	if err != nil {
 		if s.redisOK.Swap(false) {
-			s.log.Error("Redis unreachable: logins fail, local delivery continues", "err", err)
+			s.log.Error("Redis failing: logins fail until it answers, local delivery continues", "err", err)
 		}
 		s.mu.Lock()
 		s.redisWasDown = true

@@ -1,0 +1,237 @@
+package msgserver
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestDecodeRequest(t *testing.T) {
+	tests := []struct {
+		name     string
+		line     string
+		want     request // checked when code is ""
+		wantCode string
+	}{
+		{"login", `{"cmd":"login","name":"zhima201"}`, request{Cmd: "login", Name: "zhima201"}, ""},
+		{"chat", `{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you"}`,
+			request{Cmd: "chat", Send: "zhima201", Recv: "zhima202", Content: "how are you"}, ""},
+		{"chat with ref", `{"cmd":"chat","send":"a","recv":"b","content":"","ref":"r1"}`,
+			request{Cmd: "chat", Send: "a", Recv: "b", Ref: "r1"}, ""},
+		{"ping", `{"cmd":"ping"}`, request{Cmd: "ping"}, ""},
+		{"logout", `{"cmd":"logout"}`, request{Cmd: "logout"}, ""},
+		{"unknown fields ignored", `{"cmd":"ping","extra":[1,2,{"x":null}]}`, request{Cmd: "ping"}, ""},
+		{"surrounding space", " \t{\"cmd\":\"ping\"} \r", request{Cmd: "ping"}, ""},
+		{"chinese name", `{"cmd":"login","name":"芝麻201"}`, request{Cmd: "login", Name: "芝麻201"}, ""},
+		{"escaped name", `{"cmd":"login","name":"\u829d\u9ebb201"}`, request{Cmd: "login", Name: "芝麻201"}, ""},
+
+		{"empty line", ``, request{}, CodeBadJSON},
+		{"not json", `login zhima201`, request{}, CodeBadJSON},
+		{"telnet text", "hello\r", request{}, CodeBadJSON},
+		{"truncated object", `{"cmd":"login"`, request{}, CodeBadJSON},
+		{"trailing garbage", `{"cmd":"ping"} x`, request{}, CodeBadJSON},
+		{"two objects", `{"cmd":"ping"}{"cmd":"ping"}`, request{}, CodeBadJSON},
+		{"invalid utf-8", "{\"cmd\":\"login\",\"name\":\"\xff\xfe\"}", request{}, CodeBadJSON},
+		{"invalid utf-8 outside strings", "\xc3{\"cmd\":\"ping\"}", request{}, CodeBadJSON},
+		{"json array", `[{"cmd":"ping"}]`, request{}, CodeBadJSON},
+		{"json string", `"ping"`, request{}, CodeBadJSON},
+		{"json number", `42`, request{}, CodeBadJSON},
+		{"cmd is a number", `{"cmd":123}`, request{}, CodeBadJSON},
+		{"name is an object", `{"cmd":"login","name":{}}`, request{}, CodeBadJSON},
+		{"deeply nested", strings.Repeat("[", 20000) + strings.Repeat("]", 20000), request{}, CodeBadJSON},
+
+		{"missing cmd", `{"name":"zhima201"}`, request{}, CodeUnknownCmd},
+		{"empty object", `{}`, request{}, CodeUnknownCmd},
+		{"json null", `null`, request{}, CodeUnknownCmd},
+		{"empty cmd", `{"cmd":""}`, request{}, CodeUnknownCmd},
+		{"null cmd", `{"cmd":null}`, request{}, CodeUnknownCmd},
+		{"unknown cmd", `{"cmd":"send"}`, request{}, CodeUnknownCmd},
+		{"cmd is case sensitive", `{"cmd":"LOGIN","name":"a"}`, request{}, CodeUnknownCmd},
+		{"cmd with space", `{"cmd":"ping "}`, request{}, CodeUnknownCmd},
+		{"long unknown cmd", `{"cmd":"` + strings.Repeat("x", 1000) + `"}`, request{}, CodeUnknownCmd},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, cerr := decodeRequest([]byte(tt.line))
+			if tt.wantCode == "" {
+				if cerr != nil {
+					t.Fatalf("decodeRequest: %v, want success", cerr)
+				}
+				if !reflect.DeepEqual(got, tt.want) {
+					t.Fatalf("decodeRequest = %+v, want %+v", got, tt.want)
+				}
+				return
+			}
+			if cerr == nil {
+				t.Fatalf("decodeRequest = %+v, nil; want code %s", got, tt.wantCode)
+			}
+			if cerr.code != tt.wantCode {
+				t.Fatalf("decodeRequest: code %s (%v), want %s", cerr.code, cerr, tt.wantCode)
+			}
+			if cerr.msg == "" {
+				t.Errorf("decodeRequest: code %s without a message", cerr.code)
+			}
+			// The message echoes at most a bounded part of the request.
+			if len(cerr.msg) > 200 {
+				t.Errorf("decodeRequest: message is %d bytes: %.80q...", len(cerr.msg), cerr.msg)
+			}
+		})
+	}
+}
+
+func TestCheckName(t *testing.T) {
+	const max = 16
+	tests := []struct {
+		name string
+		in   string
+		ok   bool
+	}{
+		{"ascii", "zhima201", true},
+		{"chinese", "芝麻201", true},
+		{"one byte", "a", true},
+		{"exactly the limit", strings.Repeat("a", max), true},
+		{"limit in bytes, not runes", strings.Repeat("芝", max/3), true}, // 15 bytes
+		{"space and punctuation", "Zhi Ma-201_!", true},
+		{"latin-1 letter after C1", "Zoë", true},
+		{"emoji", "🙂", true},
+
+		{"empty", "", false},
+		{"one over the limit", strings.Repeat("a", max+1), false},
+		{"over the limit in bytes", strings.Repeat("芝", max/3+1), false}, // 18 bytes, 6 runes
+		{"NUL", "a\x00b", false},
+		{"newline", "zhima\n201", false},
+		{"tab", "\tzhima", false},
+		{"unit separator", "a\x1f", false},
+		{"DEL", "a\x7fb", false},
+		{"C1 control U+0080", "a\u0080", false},
+		{"C1 control U+0085 (NEL)", "a\u0085b", false},
+		{"C1 control U+009F", "\u009fz", false},
+		{"invalid utf-8", "a\xffb", false},
+		{"truncated utf-8", "芝"[:2], false},
+		{"replacement character", "a\ufffd", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cerr := checkName(tt.in, max)
+			if tt.ok && cerr != nil {
+				t.Fatalf("checkName(%q) = %v, want nil", tt.in, cerr)
+			}
+			if !tt.ok {
+				if cerr == nil {
+					t.Fatalf("checkName(%q) = nil, want %s", tt.in, CodeBadName)
+				}
+				if cerr.code != CodeBadName {
+					t.Fatalf("checkName(%q): code %s, want %s", tt.in, cerr.code, CodeBadName)
+				}
+			}
+		})
+	}
+}
+
+func TestParseRedisURL(t *testing.T) {
+	tests := []struct {
+		name       string
+		url        string
+		addrs      []string
+		user, pass string
+		db         int
+		master     string
+		cluster    bool
+		tls        bool
+	}{
+		{name: "redis", url: "redis://localhost:6379", addrs: []string{"localhost:6379"}},
+		{name: "redis db", url: "redis://10.0.0.5:6380/3", addrs: []string{"10.0.0.5:6380"}, db: 3},
+		{name: "redis default port", url: "redis://cache", addrs: []string{"cache:6379"}},
+		{name: "rediss password db", url: "rediss://:s3cret@cache.internal:6380/2",
+			addrs: []string{"cache.internal:6380"}, pass: "s3cret", db: 2, tls: true},
+		{name: "redis user and password", url: "redis://app:pw@h:6379/1",
+			addrs: []string{"h:6379"}, user: "app", pass: "pw", db: 1},
+		{name: "sentinel", url: "redis-sentinel://h1:26379,h2:26379/mymaster?db=2",
+			addrs: []string{"h1:26379", "h2:26379"}, master: "mymaster", db: 2},
+		{name: "sentinel one host no db", url: "redis-sentinel://h1:26379/mymaster",
+			addrs: []string{"h1:26379"}, master: "mymaster"},
+		{name: "sentinel password", url: "redis-sentinel://:pw@h1:26379,h2:26379/mymaster",
+			addrs: []string{"h1:26379", "h2:26379"}, pass: "pw", master: "mymaster"},
+		{name: "sentinel escaped password", url: "redis-sentinel://:p%40ss@h1:26379/m",
+			addrs: []string{"h1:26379"}, pass: "p@ss", master: "m"},
+		{name: "cluster", url: "redis-cluster://a:7000,b:7001",
+			addrs: []string{"a:7000", "b:7001"}, cluster: true},
+		{name: "cluster trailing slash", url: "redis-cluster://a:7000,b:7001/",
+			addrs: []string{"a:7000", "b:7001"}, cluster: true},
+		{name: "cluster user password", url: "redis-cluster://u:p@a:7000,b:7001,c:7002",
+			addrs: []string{"a:7000", "b:7001", "c:7002"}, user: "u", pass: "p", cluster: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := ParseRedisURL(tt.url)
+			if err != nil {
+				t.Fatalf("ParseRedisURL(%q): %v", tt.url, err)
+			}
+			if !reflect.DeepEqual(o.Addrs, tt.addrs) {
+				t.Errorf("Addrs = %q, want %q", o.Addrs, tt.addrs)
+			}
+			if o.Username != tt.user || o.Password != tt.pass {
+				t.Errorf("Username, Password = %q, %q; want %q, %q", o.Username, o.Password, tt.user, tt.pass)
+			}
+			if o.DB != tt.db {
+				t.Errorf("DB = %d, want %d", o.DB, tt.db)
+			}
+			if o.MasterName != tt.master {
+				t.Errorf("MasterName = %q, want %q", o.MasterName, tt.master)
+			}
+			if o.IsClusterMode != tt.cluster {
+				t.Errorf("IsClusterMode = %v, want %v", o.IsClusterMode, tt.cluster)
+			}
+			if (o.TLSConfig != nil) != tt.tls {
+				t.Errorf("TLSConfig = %v, want TLS %v", o.TLSConfig, tt.tls)
+			}
+		})
+	}
+}
+
+func TestParseRedisURLSentinelPassword(t *testing.T) {
+	o, err := ParseRedisURL("redis-sentinel://:masterpw@h1:26379/mymaster?sentinel_password=sentpw&db=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Password != "masterpw" || o.SentinelPassword != "sentpw" || o.DB != 1 {
+		t.Errorf("Password, SentinelPassword, DB = %q, %q, %d; want masterpw, sentpw, 1", o.Password, o.SentinelPassword, o.DB)
+	}
+}
+
+func TestParseRedisURLErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		url  string
+	}{
+		{"empty", ""},
+		{"missing scheme", "localhost:6379"},
+		{"missing scheme with slashes", "//localhost:6379"},
+		{"unknown scheme", "http://localhost:6379"},
+		{"scheme case", "REDIS-SENTINEL://h:26379/m"},
+		{"unix scheme", "unix:///tmp/redis.sock"},
+		{"sentinel without master name", "redis-sentinel://h1:26379,h2:26379"},
+		{"sentinel with empty path", "redis-sentinel://h1:26379/"},
+		{"sentinel without master name but a query", "redis-sentinel://h1:26379/?db=1"},
+		{"sentinel empty host", "redis-sentinel:///mymaster"},
+		{"sentinel empty host in list", "redis-sentinel://h1:26379,,h2:26379/mymaster"},
+		{"sentinel trailing comma", "redis-sentinel://h1:26379,/mymaster"},
+		{"sentinel bad db", "redis-sentinel://h1:26379/mymaster?db=two"},
+		{"sentinel bad query", "redis-sentinel://h1:26379/mymaster?db=%zz"},
+		{"cluster empty host", "redis-cluster://"},
+		{"cluster empty host after credentials", "redis-cluster://:pw@/"},
+		{"cluster leading comma", "redis-cluster://,a:7000"},
+		{"redis bad db", "redis://localhost:6379/notanumber"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := ParseRedisURL(tt.url)
+			if err == nil {
+				t.Fatalf("ParseRedisURL(%q) = %+v, want an error", tt.url, o)
+			}
+			if o != nil {
+				t.Errorf("ParseRedisURL(%q) returned options with an error", tt.url)
+			}
+		})
+	}
+}
