@@ -49,3 +49,9 @@ func parsePayload(b []byte) (payload, error) {
 	p.Content = string(b[8:])
 	return p, nil
 }
+
+// EncodePayload returns the Forward payload of a chat message, for tools
+// and tests that speak the link protocol directly.
+func EncodePayload(from, to string, ts int64, content string) []byte {
+	return appendPayload(nil, &payload{From: from, To: to, TS: ts, Content: content})
+}

@@ -112,7 +112,7 @@ func StartServer(t testing.TB, redisAddr string, cfg msgserver.Config) *InServer
 		cfg.Secret = Secret
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = Logger(t).With("server", cfg.ID)
+		cfg.Logger = Logger(t)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,194 @@
+// Package e2e runs the built binaries as separate processes against a real
+// redis-server, the way an operator runs them.
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/testenv"
+)
+
+type system struct {
+	t          *testing.T
+	redis      *testenv.Redis
+	relayBin   string
+	serverBin  string
+	secretFile string
+	relayAddr  string
+	relay      *testenv.Proc
+}
+
+func newSystem(t *testing.T) *system {
+	s := &system{
+		t:         t,
+		redis:     testenv.StartRedis(t),
+		relayBin:  testenv.Build(t, "relay"),
+		serverBin: testenv.Build(t, "msgserver"),
+	}
+	s.secretFile = filepath.Join(t.TempDir(), "link.secret")
+	if err := os.WriteFile(s.secretFile, []byte("e2e-secret-0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.relayAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	return s
+}
+
+func (s *system) startRelay() {
+	s.relay = testenv.Start(s.t, "relay", s.relayBin, "--id", "relay-e2e", "--listen", s.relayAddr,
+		"--admin", "", "--link-secret-file", s.secretFile)
+	testenv.WaitTCP(s.t, s.relayAddr, 10*time.Second)
+}
+
+func (s *system) startServer(id string, extra ...string) (string, *testenv.Proc) {
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(s.t))
+	args := append([]string{"--id", id, "--listen", addr, "--relay", s.relayAddr, "--redis", s.redis.URL(),
+		"--link-secret-file", s.secretFile, "--admin", ""}, extra...)
+	p := testenv.Start(s.t, id, s.serverBin, args...)
+	testenv.WaitTCP(s.t, addr, 10*time.Second)
+	p.WaitOutput("relay link up", 10*time.Second)
+	return addr, p
+}
+
+func TestRelayKilledAndRestartedMidStreamEveryMessageOnce(t *testing.T) {
+	s := newSystem(t)
+	s.startRelay()
+	addr1, _ := s.startServer("msg-1")
+	addr2, _ := s.startServer("msg-2")
+	u1 := testenv.Dial(t, addr1)
+	u1.Login("zhima201")
+	u2 := testenv.Dial(t, addr2)
+	u2.Login("zhima202")
+
+	const n = 600
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < n; i++ {
+			u1.SendLine(fmt.Sprintf(`{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"%d"}`, i))
+			sent.Add(1)
+			time.Sleep(time.Millisecond) // a steady stream
+		}
+	}()
+	testenv.Eventually(t, 10*time.Second, "a third of the stream sent", func() bool { return sent.Load() >= n/3 })
+	s.relay.Kill() // SIGKILL
+	s.startRelay()
+	wg.Wait()
+
+	seen := map[string]int{}
+	for len(seen) < n {
+		m, err := u2.Read(20 * time.Second)
+		if err != nil {
+			t.Fatalf("received %d of %d distinct messages: %v", len(seen), n, err)
+		}
+		seen[m.S("content")]++
+	}
+	u2.SendLine(`{"cmd":"ping"}`)
+	for m := u2.Next(); m.S("reply") != "ping"; m = u2.Next() {
+		seen[m.S("content")]++
+	}
+	for i := 0; i < n; i++ {
+		if c := seen[fmt.Sprint(i)]; c != 1 {
+			t.Errorf("message %d shown %d times", i, c)
+		}
+	}
+}
+
+func TestSIGTERMShutsDownGracefully(t *testing.T) {
+	s := newSystem(t)
+	s.startRelay()
+	addr, p := s.startServer("msg-1")
+	c := testenv.Dial(t, addr)
+	c.Login("leaving")
+	p.Signal(syscall.SIGTERM)
+	got := c.ExpectClosed()
+	if len(got) == 0 || got[len(got)-1].S("code") != "shutting_down" {
+		t.Fatalf("client was not told of the shutdown: %v", got)
+	}
+	if code := p.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
+	}
+	if v, _ := s.redis.Command("EXISTS", "chatrelay:user:leaving", "chatrelay:server:msg-1"); v != ":0" {
+		t.Fatalf("presence left behind after shutdown: EXISTS = %s", v)
+	}
+}
+
+func TestKilledServersUsersExpire(t *testing.T) {
+	s := newSystem(t)
+	s.startRelay()
+	addr, p := s.startServer("msg-1", "--presence-ttl", "1s")
+	c := testenv.Dial(t, addr)
+	c.Login("doomed")
+	if v, _ := s.redis.Command("EXISTS", "chatrelay:user:doomed"); v != ":1" {
+		t.Fatalf("no presence after login: %s", v)
+	}
+	p.Kill()
+	testenv.Eventually(t, 5*time.Second, "presence to expire", func() bool {
+		v, _ := s.redis.Command("EXISTS", "chatrelay:user:doomed")
+		return v == ":0"
+	})
+}
+
+func TestHelpDocumentsEveryFlag(t *testing.T) {
+	for _, tc := range []struct {
+		bin   string
+		flags []string
+	}{
+		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--admin"}},
+		{"relay", []string{"--listen", "--admin", "--link-secret-file", "--vip", "--id"}},
+	} {
+		p := testenv.Start(t, tc.bin, testenv.Build(t, tc.bin), "--help")
+		if code := p.Wait(10 * time.Second); code != 0 {
+			t.Fatalf("%s --help exit code %d", tc.bin, code)
+		}
+		out := p.Output()
+		for _, f := range tc.flags {
+			env := "CHATRELAY_" + strings.ToUpper(strings.ReplaceAll(strings.TrimPrefix(f, "--"), "-", "_"))
+			if !strings.Contains(out, f+" ") || !strings.Contains(out, env) {
+				t.Errorf("%s --help does not document %s (%s):\n%s", tc.bin, f, env, out)
+			}
+		}
+	}
+}
+
+func TestBadConfigurationIsAClearError(t *testing.T) {
+	serverBin := testenv.Build(t, "msgserver")
+	relayBin := testenv.Build(t, "relay")
+	short := filepath.Join(t.TempDir(), "short.secret")
+	_ = os.WriteFile(short, []byte("tiny"), 0o600)
+	good := filepath.Join(t.TempDir(), "good.secret")
+	_ = os.WriteFile(good, []byte("a-good-secret-0123456789"), 0o600)
+	cases := []struct {
+		name, bin string
+		args      []string
+		want      string
+	}{
+		{"relay without secret", relayBin, []string{"--listen", "127.0.0.1:0"}, "link secret"},
+		{"relay with short secret", relayBin, []string{"--listen", "127.0.0.1:0", "--link-secret-file", short}, "use at least 16"},
+		{"relay with bad vip", relayBin, []string{"--link-secret-file", good, "--vip", "not-an-ip"}, "not an IP address"},
+		{"server with bad redis url", serverBin, []string{"--redis", "mysql://x"}, "redis url"},
+		{"server with relay but no secret", serverBin, []string{"--relay", "127.0.0.1:1"}, "link secret"},
+		{"server with bad id", serverBin, []string{"--id", "has space", "--listen", "127.0.0.1:0"}, "server id"},
+		{"unknown flag", serverBin, []string{"--no-such-flag"}, "no-such-flag"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testenv.Start(t, tc.name, tc.bin, tc.args...)
+			if code := p.Wait(10 * time.Second); code != 2 {
+				t.Fatalf("exit code %d, want 2; output:\n%s", code, p.Output())
+			}
+			if !strings.Contains(p.Output(), tc.want) {
+				t.Fatalf("output does not say %q:\n%s", tc.want, p.Output())
+			}
+		})
+	}
+}

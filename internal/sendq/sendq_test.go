@@ -1,0 +1,461 @@
+package sendq
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+// waitTimeout bounds every wait for an event, so a broken queue fails the
+// test instead of hanging it.
+const waitTimeout = 5 * time.Second
+
+// countConn counts calls to Write, can fail them, and reports when a write
+// starts.
+type countConn struct {
+	net.Conn
+	failWith error         // if set, Write returns it without writing
+	started  chan struct{} // if set, receives (non-blocking) when a Write begins
+
+	mu     sync.Mutex
+	writes [][]byte // a copy of each write's bytes
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.writes = append(c.writes, append([]byte(nil), p...))
+	c.mu.Unlock()
+	if c.started != nil {
+		select {
+		case c.started <- struct{}{}:
+		default:
+		}
+	}
+	if c.failWith != nil {
+		return 0, c.failWith
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *countConn) writeLog() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([][]byte(nil), c.writes...)
+}
+
+// pipe returns a queue writer's end wrapped in a countConn and the peer's
+// end; both are closed when the test ends.
+func pipe(t *testing.T) (*countConn, net.Conn) {
+	t.Helper()
+	a, b := net.Pipe()
+	t.Cleanup(func() {
+		a.Close()
+		b.Close()
+	})
+	return &countConn{Conn: a}, b
+}
+
+// runQueue starts q.Run(conn) and returns a channel with its result. The
+// test fails if Run has not returned by the end of the test.
+func runQueue(t *testing.T, q *Queue, conn net.Conn, writeTimeout time.Duration) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		done <- q.Run(conn, writeTimeout)
+	}()
+	t.Cleanup(func() {
+		// Unblock a Run stuck on a write nobody reads, then wait for it.
+		q.Close()
+		conn.Close()
+		wg.Wait()
+	})
+	return done
+}
+
+// waitRun waits for Run's result.
+func waitRun(t *testing.T, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(waitTimeout):
+		t.Fatalf("Run did not return within %v", waitTimeout)
+		return nil
+	}
+}
+
+// readN reads exactly n bytes from c with a deadline.
+func readN(t *testing.T, c net.Conn, n int) []byte {
+	t.Helper()
+	if err := c.SetReadDeadline(time.Now().Add(waitTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatalf("reading %d bytes: %v (got %q)", n, err, b)
+	}
+	return b
+}
+
+// closeAndReadAll closes w and reads from c, its peer, until EOF with a
+// deadline. (net.Pipe refuses deadlines once the other end is closed, so the
+// deadline is set first.)
+func closeAndReadAll(t *testing.T, w, c net.Conn) []byte {
+	t.Helper()
+	if err := c.SetReadDeadline(time.Now().Add(waitTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading to EOF: %v (got %q)", err, b)
+	}
+	return b
+}
+
+func items(n int) (all []byte, each [][]byte) {
+	for i := range n {
+		item := fmt.Appendf(nil, "item %03d\n", i)
+		each = append(each, item)
+		all = append(all, item...)
+	}
+	return all, each
+}
+
+func TestQueuedTogetherOneWrite(t *testing.T) {
+	type flush struct{ bytes, items int }
+	flushes := make(chan flush, 10)
+	q := New(1<<20, func(bytes, items int, waited time.Duration) {
+		if waited < 0 {
+			t.Errorf("flushed: negative wait %v", waited)
+		}
+		flushes <- flush{bytes, items}
+	})
+	conn, peer := pipe(t)
+
+	want, each := items(50)
+	for i, item := range each {
+		if i%2 == 0 {
+			if err := q.Write(item); err != nil {
+				t.Fatalf("Write %d: %v", i, err)
+			}
+			continue
+		}
+		if err := q.Append(func(b []byte) []byte { return append(b, item...) }); err != nil {
+			t.Fatalf("Append %d: %v", i, err)
+		}
+	}
+	if got := q.Len(); got != len(want) {
+		t.Fatalf("Len = %d, want %d", got, len(want))
+	}
+
+	done := runQueue(t, q, conn, time.Second)
+	if got := readN(t, peer, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+	select {
+	case f := <-flushes:
+		if f != (flush{len(want), len(each)}) {
+			t.Errorf("flushed %+v, want %d bytes in %d items", f, len(want), len(each))
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("flushed was not called")
+	}
+	q.Close()
+	if err := waitRun(t, done); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if w := conn.writeLog(); len(w) != 1 {
+		t.Errorf("%d writes for items queued together, want 1: %q", len(w), w)
+	}
+	if got := q.Len(); got != 0 {
+		t.Errorf("Len after flush = %d, want 0", got)
+	}
+}
+
+// Items appended while the writer runs arrive in order, each batch in one
+// write.
+func TestOrderWhileRunning(t *testing.T) {
+	q := New(1<<20, nil)
+	conn, peer := pipe(t)
+	done := runQueue(t, q, conn, time.Second)
+
+	var want []byte
+	for round := range 20 {
+		batch, _ := items(round + 1)
+		batch = fmt.Appendf(batch, "end of round %d\n", round)
+		if err := q.Write(batch); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		want = append(want, batch...)
+		// Wait for this round to arrive before queuing the next.
+		if got := readN(t, peer, len(batch)); !bytes.Equal(got, batch) {
+			t.Fatalf("round %d: read %q, want %q", round, got, batch)
+		}
+	}
+	q.Close()
+	if err := waitRun(t, done); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := bytes.Join(conn.writeLog(), nil); !bytes.Equal(got, want) {
+		t.Errorf("bytes written = %q, want %q", got, want)
+	}
+}
+
+func TestFullWhilePeerNotReading(t *testing.T) {
+	const max = 100
+	q := New(max, nil)
+	conn, _ := pipe(t) // the peer never reads
+	conn.started = make(chan struct{}, 1)
+	done := runQueue(t, q, conn, 0)
+
+	first := []byte("first\n")
+	if err := q.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	// Run took the first item and is now blocked writing it.
+	select {
+	case <-conn.started:
+	case <-time.After(waitTimeout):
+		t.Fatal("Run did not start writing")
+	}
+
+	item := []byte("0123456789")
+	var err error
+	n := 0
+	for ; n < 1000; n++ {
+		if err = q.Write(item); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, ErrFull) {
+		t.Fatalf("after %d appends of %d bytes: err = %v, want ErrFull", n, len(item), err)
+	}
+	// The queue holds at least max bytes before it refuses, and at most one
+	// item more than max.
+	if got := q.Len(); got <= max-len(item) || got > max+len(item) {
+		t.Errorf("Len when full = %d, want within one item of %d", got, max)
+	}
+	if got := q.Len(); got != n*len(item) {
+		t.Errorf("Len = %d, want the %d accepted items (%d bytes)", got, n, n*len(item))
+	}
+	// Refusal is sticky while nobody reads.
+	if err := q.Append(func(b []byte) []byte { return b }); !errors.Is(err, ErrFull) {
+		t.Errorf("empty Append on a full queue: %v, want ErrFull", err)
+	}
+
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v while its write was blocked", err)
+	default:
+	}
+	// The owner cuts the slow consumer: Run's write fails and it returns.
+	conn.Close()
+	if err := waitRun(t, done); err == nil {
+		t.Error("Run returned nil after its connection was closed mid-write")
+	}
+	if err := q.Write(item); !errors.Is(err, ErrClosed) {
+		t.Errorf("Write after Run failed: %v, want ErrClosed", err)
+	}
+}
+
+func TestCloseBeforeRunFlushes(t *testing.T) {
+	q := New(1<<20, nil)
+	conn, peer := pipe(t)
+	want, each := items(10)
+	for _, item := range each {
+		if err := q.Write(item); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Close()
+	q.Close() // idempotent
+	if err := q.Write([]byte("late")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Write after Close: %v, want ErrClosed", err)
+	}
+
+	done := runQueue(t, q, conn, time.Second)
+	if got := readN(t, peer, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+	if err := waitRun(t, done); err != nil {
+		t.Fatalf("Run after Close: %v, want nil", err)
+	}
+	if w := conn.writeLog(); len(w) != 1 {
+		t.Errorf("%d writes, want 1", len(w))
+	}
+	// Nothing follows what was queued before Close.
+	if rest := closeAndReadAll(t, conn, peer); len(rest) != 0 {
+		t.Errorf("read %q after the queued items", rest)
+	}
+}
+
+// Close while Run is blocked writing: what was queued behind the blocked
+// write is still written before Run returns nil.
+func TestCloseWhileWritingFlushes(t *testing.T) {
+	q := New(1<<20, nil)
+	conn, peer := pipe(t)
+	conn.started = make(chan struct{}, 1)
+	done := runQueue(t, q, conn, 0)
+
+	first := []byte("first\n")
+	if err := q.Write(first); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-conn.started:
+	case <-time.After(waitTimeout):
+		t.Fatal("Run did not start writing")
+	}
+	rest, each := items(5)
+	for _, item := range each {
+		if err := q.Write(item); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Close()
+	if err := q.Write([]byte("late")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Write after Close: %v, want ErrClosed", err)
+	}
+
+	want := append(append([]byte(nil), first...), rest...)
+	if got := readN(t, peer, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+	if err := waitRun(t, done); err != nil {
+		t.Fatalf("Run: %v, want nil", err)
+	}
+	if w := conn.writeLog(); len(w) != 2 {
+		t.Errorf("%d writes, want 2 (the blocked one and the rest together): %q", len(w), w)
+	}
+}
+
+func TestCloseIdleRun(t *testing.T) {
+	q := New(1<<20, nil)
+	conn, _ := pipe(t)
+	done := runQueue(t, q, conn, time.Second)
+	q.Close()
+	if err := waitRun(t, done); err != nil {
+		t.Fatalf("Run: %v, want nil", err)
+	}
+	if w := conn.writeLog(); len(w) != 0 {
+		t.Errorf("idle queue wrote %q", w)
+	}
+}
+
+func TestRunWriteError(t *testing.T) {
+	boom := errors.New("boom")
+	q := New(1<<20, func(int, int, time.Duration) {
+		t.Error("flushed called for a failed write")
+	})
+	conn, _ := pipe(t)
+	conn.failWith = boom
+	if err := q.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	done := runQueue(t, q, conn, time.Second)
+	err := waitRun(t, done)
+	if !errors.Is(err, boom) {
+		t.Fatalf("Run: %v, want an error wrapping %v", err, boom)
+	}
+	if err := q.Write([]byte("more")); !errors.Is(err, ErrClosed) {
+		t.Errorf("Write after a failed write: %v, want ErrClosed", err)
+	}
+}
+
+func TestRunPeerClosed(t *testing.T) {
+	q := New(1<<20, nil)
+	conn, peer := pipe(t)
+	peer.Close()
+	if err := q.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	done := runQueue(t, q, conn, time.Second)
+	if err := waitRun(t, done); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("Run: %v, want an error wrapping io.ErrClosedPipe", err)
+	}
+}
+
+// A peer that stops reading is cut by the write deadline.
+func TestRunWriteTimeout(t *testing.T) {
+	q := New(1<<20, nil)
+	conn, _ := pipe(t) // the peer never reads
+	if err := q.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	done := runQueue(t, q, conn, 20*time.Millisecond)
+	if err := waitRun(t, done); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Run: %v, want an error wrapping os.ErrDeadlineExceeded", err)
+	}
+}
+
+// Over real TCP, many producers' items all arrive, each intact.
+func TestConcurrentProducersTCP(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// The kernel completes the handshake before Accept, so no helper
+	// goroutine is needed.
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+
+	q := New(1<<20, nil)
+	done := runQueue(t, q, server, time.Second)
+
+	const producers, perProducer = 8, 200
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perProducer {
+				line := fmt.Appendf(nil, "p%d-%04d\n", p, i)
+				if err := q.Write(line); err != nil {
+					t.Errorf("producer %d item %d: %v", p, i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	q.Close()
+	if err := waitRun(t, done); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	got := closeAndReadAll(t, server, client)
+
+	next := make([]int, producers) // each producer's lines arrive in its order
+	lines := bytes.Split(bytes.TrimSuffix(got, []byte("\n")), []byte("\n"))
+	if len(lines) != producers*perProducer {
+		t.Fatalf("got %d lines, want %d", len(lines), producers*perProducer)
+	}
+	for _, l := range lines {
+		var p, i int
+		if _, err := fmt.Sscanf(string(l), "p%d-%04d", &p, &i); err != nil || p < 0 || p >= producers {
+			t.Fatalf("garbled line %q", l)
+		}
+		if i != next[p] {
+			t.Fatalf("producer %d: line %d arrived when %d was expected", p, i, next[p])
+		}
+		next[p]++
+	}
+}
