@@ -20,10 +20,8 @@ type payload struct {
 var errBadPayload = errors.New("malformed chat payload")
 
 func appendPayload(b []byte, p *payload) []byte {
-	b = append(b, byte(len(p.From)))
-	b = append(b, p.From...)
-	b = append(b, byte(len(p.To)))
-	b = append(b, p.To...)
+	b = appendStr8(b, p.From)
+	b = appendStr8(b, p.To)
 	b = binary.BigEndian.AppendUint64(b, uint64(p.TS))
 	return append(b, p.Content...)
 }
@@ -54,4 +52,14 @@ func parsePayload(b []byte) (payload, error) {
 // and tests that speak the link protocol directly.
 func EncodePayload(from, to string, ts int64, content string) []byte {
 	return appendPayload(nil, &payload{From: from, To: to, TS: ts, Content: content})
+}
+
+// appendStr8 appends a length byte and s, cut to 255 bytes (names are
+// validated far below that; the cut only guards the encoding).
+func appendStr8(b []byte, s string) []byte {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	b = append(b, byte(len(s)))
+	return append(b, s...)
 }

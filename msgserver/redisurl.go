@@ -38,16 +38,20 @@ func ParseRedisURL(raw string) (*redis.UniversalOptions, error) {
 		return nil, fmt.Errorf("redis url %q: unknown scheme %q", raw, scheme)
 	}
 	// Hosts are comma-separated, which url.Parse rejects: split them off.
-	hostPart, pathQuery, _ := strings.Cut(rest, "/")
+	// Credentials end at the last '@'; the host list at the first '/' or '?'.
 	var user, pass string
-	if at := strings.LastIndex(hostPart, "@"); at >= 0 {
-		ui, err := url.Parse("x://" + hostPart[:at+1] + "h")
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		ui, err := url.Parse("x://" + rest[:at+1] + "h")
 		if err != nil {
 			return nil, fmt.Errorf("redis url credentials: %w", err)
 		}
 		user = ui.User.Username()
 		pass, _ = ui.User.Password()
-		hostPart = hostPart[at+1:]
+		rest = rest[at+1:]
+	}
+	hostPart, pathQuery := rest, ""
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		hostPart, pathQuery = rest[:i], strings.TrimPrefix(rest[i:], "/")
 	}
 	addrs := strings.Split(hostPart, ",")
 	for _, a := range addrs {
@@ -68,8 +72,8 @@ func ParseRedisURL(raw string) (*redis.UniversalOptions, error) {
 		o.MasterName = path
 		o.SentinelPassword = q.Get("sentinel_password")
 		if db := q.Get("db"); db != "" {
-			if o.DB, err = strconv.Atoi(db); err != nil {
-				return nil, fmt.Errorf("redis url db %q: %w", db, err)
+			if o.DB, err = strconv.Atoi(db); err != nil || o.DB < 0 {
+				return nil, fmt.Errorf("redis url db %q: want a number ≥ 0", db)
 			}
 		}
 	} else {

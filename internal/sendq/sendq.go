@@ -39,7 +39,8 @@ type Queue struct {
 	flushed func(bytes, items int, waited time.Duration)
 }
 
-// New returns a queue that holds at most maxBytes unwritten bytes.
+// New returns a queue that refuses new items once more than maxBytes are
+// unwritten (so it may hold maxBytes plus one item).
 // flushed, if not nil, is called after each write with its size in bytes, in
 // items (calls to Append), and how long its oldest item waited; use it for
 // metrics.

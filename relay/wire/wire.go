@@ -116,6 +116,7 @@ func (id ID) String() string {
 type Reader struct {
 	r   *bufio.Reader
 	max int
+	hdr [4]byte // a field, not a local: a local would escape through io.ReadFull
 	buf []byte
 }
 
@@ -130,11 +131,10 @@ func NewReader(r io.Reader, maxFrame int) *Reader {
 // Next reads one frame. raw is the whole frame including its header, for
 // passing through unchanged; body is raw without the header.
 func (fr *Reader) Next() (typ byte, body, raw []byte, err error) {
-	var hdr [4]byte
-	if _, err = io.ReadFull(fr.r, hdr[:]); err != nil {
+	if _, err = io.ReadFull(fr.r, fr.hdr[:]); err != nil {
 		return 0, nil, nil, err
 	}
-	n := int(binary.BigEndian.Uint32(hdr[:]))
+	n := int(binary.BigEndian.Uint32(fr.hdr[:]))
 	if n == 0 {
 		return 0, nil, nil, ErrEmptyFrame
 	}
@@ -145,7 +145,7 @@ func (fr *Reader) Next() (typ byte, body, raw []byte, err error) {
 		fr.buf = make([]byte, 4+n)
 	}
 	raw = fr.buf[:4+n]
-	copy(raw, hdr[:])
+	copy(raw, fr.hdr[:])
 	if _, err = io.ReadFull(fr.r, raw[4:]); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
