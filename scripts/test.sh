@@ -22,7 +22,9 @@ if ((${#missing[@]} > 0)); then
 fi
 # The Debian packages start their own daemons; the tests start private ones.
 for svc in redis-server prometheus keepalived; do
-  systemctl is-active --quiet "$svc" 2>/dev/null && systemctl stop "$svc" 2>/dev/null || true
+  if systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" 2>/dev/null || true
+  fi
 done
 
 echo "== go vet"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Starts the tier on loopback as real processes (redis-server, one relay,
+# two message servers), runs the cross-server benchmarks with chatbench and
+# prints their tables; stops everything on exit.
+#
+#   scripts/bench-local.sh [users] [seconds]
+set -euo pipefail
+
+users=${1:-1000}
+secs=${2:-10}
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install redis-server" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || echo "note: could not raise the open-file limit; large user counts may fail" >&2
+go build -o "$work/" ./cmd/relay ./cmd/msgserver ./cmd/chatbench
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rport=$(free_port); lport=$(free_port); p1=$(free_port); p2=$(free_port)
+
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+pids+=($!)
+"$work/relay" --listen "127.0.0.1:$lport" --admin "" --link-secret-file "$work/secret" --log-level warn &
+pids+=($!)
+for i in 1 2; do
+  port=$p1; [ "$i" = 2 ] && port=$p2
+  "$work/msgserver" --id "msg-$i" --listen "127.0.0.1:$port" --relay "127.0.0.1:$lport" \
+    --redis "redis://127.0.0.1:$rport/0" --link-secret-file "$work/secret" --admin "" --log-level warn &
+  pids+=($!)
+done
+for port in $p1 $p2; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+
+echo "# $(nproc) cores, $users users, ${secs}s per run"
+"$work/chatbench" xnode --servers "127.0.0.1:$p1,127.0.0.1:$p2" --users "$users" --window 8 --duration "${secs}s" --quiet
+"$work/chatbench" xnode --servers "127.0.0.1:$p1,127.0.0.1:$p2" --users "$users" --rate 5000 --duration "${secs}s" --quiet --prefix rate
