@@ -192,3 +192,27 @@ func TestBadConfigurationIsAClearError(t *testing.T) {
 		})
 	}
 }
+
+func TestDemoRunsTheArticleScenario(t *testing.T) {
+	bin := testenv.Build(t, "demo")
+	ports := make([]int, 4)
+	for i := range ports {
+		ports[i] = testenv.FreePort(t)
+	}
+	admin := testenv.FreePort(t)
+	p := testenv.Start(t, "demo", bin, "--relay-port", fmt.Sprint(ports[0]), "--port1", fmt.Sprint(ports[1]),
+		"--port2", fmt.Sprint(ports[2]), "--admin-port", fmt.Sprint(admin), "--log-level", "warn")
+	p.WaitOutput("telnet 127.0.0.1", 20*time.Second)
+	u1 := testenv.Dial(t, fmt.Sprintf("127.0.0.1:%d", ports[1]))
+	u2 := testenv.Dial(t, fmt.Sprintf("127.0.0.1:%d", ports[2]))
+	u1.SendLine(`{"cmd":"login","name":"zhima201"}`)
+	u1.Expect(map[string]any{"reply": "login", "ok": true})
+	u2.SendLine(`{"cmd":"login","name":"zhima202"}`)
+	u2.Expect(map[string]any{"reply": "login", "ok": true})
+	u1.SendLine(`{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you"}`)
+	u2.Expect(map[string]any{"event": "chat", "from": "zhima201", "content": "how are you"})
+	p.Signal(syscall.SIGINT)
+	if code := p.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("demo exit code %d after Ctrl-C", code)
+	}
+}
