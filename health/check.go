@@ -1,19 +1,177 @@
 package health
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"time"
 )
 
-// CheckMain is the "relay check" command keepalived's vrrp_script runs.
-// It is completed by the health issue; until then it always passes.
-func CheckMain(args []string, stdout, stderr io.Writer) int {
+// The check rule, run by keepalived's vrrp_script on each relay host every
+// second. It passes (exit 0) or fails (exit 1) and prints one line saying
+// why:
+//
+//  1. The relay's /healthz must answer within the timeout: a dead relay
+//     (connection refused) or a wedged one (no answer) fails.
+//  2. /healthz must say it is serving (HTTP 200): a relay shutting down fails.
+//  3. The link port must answer with the protocol's first frame within the
+//     timeout: a relay whose accept loop is stuck fails.
+//  4. A relay that holds the VIP but has had no message server link for
+//     longer than the grace period fails, if message servers exist (they
+//     are registered in Redis, or, without --redis, the relay has seen one):
+//     they could be linked to the peer, which should take over.
+//  5. Everything else passes; in particular a backup with no links, which
+//     is its normal state (message servers dial the VIP).
+//
+// keepalived's view: a failing check lowers this relay's priority (or, with
+// no weight, faults the instance), so the peer takes the VIP.
+
+// CheckConfig is what the check needs to know.
+type CheckConfig struct {
+	Admin   string        // the relay's admin address, host:port
+	Link    string        // the relay's link address, host:port; empty skips rule 3
+	Timeout time.Duration // per probe
+	Grace   time.Duration // rule 4's grace period
+	// Registered counts the message servers registered in Redis; nil means
+	// "use what the relay has seen". An error makes rule 4 fall back to that
+	// too: a Redis outage must not move the VIP.
+	Registered func(ctx context.Context) (int, error)
+}
+
+// CheckResult is the verdict and its one-line reason.
+type CheckResult struct {
+	OK     bool
+	Reason string
+}
+
+// Check applies the rule to the live relay.
+func Check(ctx context.Context, cfg CheckConfig) CheckResult {
+	rep, err := fetchReport(ctx, cfg.Admin, cfg.Timeout)
+	if err != nil {
+		return CheckResult{false, fmt.Sprintf("relay admin %s not answering (dead or wedged): %v", cfg.Admin, err)}
+	}
+	if !rep.Serving {
+		return CheckResult{false, "relay not serving: " + rep.Reason}
+	}
+	if cfg.Link != "" {
+		if err := probeLink(ctx, cfg.Link, cfg.Timeout); err != nil {
+			return CheckResult{false, fmt.Sprintf("relay link port %s not answering: %v", cfg.Link, err)}
+		}
+	}
+	servers, source := len(rep.Links), "seen by this relay"
+	if cfg.Registered != nil && rep.Role == "master" && rep.LinksUp == 0 {
+		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		n, err := cfg.Registered(rctx)
+		cancel()
+		if err == nil {
+			servers, source = n, "registered in Redis"
+		}
+	}
+	return Evaluate(rep, servers, source, cfg.Grace, time.Now())
+}
+
+// Evaluate is rule 4 and 5 on a report from a live, serving relay.
+func Evaluate(rep Report, servers int, source string, grace time.Duration, now time.Time) CheckResult {
+	total := len(rep.Links)
+	switch {
+	case rep.Role == "master" && rep.LinksUp == 0 && servers > 0:
+		var down time.Duration
+		if rep.NoLinksSince != nil {
+			down = now.Sub(*rep.NoLinksSince)
+		}
+		if down > grace {
+			return CheckResult{false, fmt.Sprintf("holds the VIP but no message server link for %.1fs (grace %s) while %d servers are %s",
+				down.Seconds(), grace, servers, source)}
+		}
+		return CheckResult{true, fmt.Sprintf("master with no links for %.1fs, within grace %s", down.Seconds(), grace)}
+	case rep.Role == "master":
+		return CheckResult{true, fmt.Sprintf("master, %d/%d links up", rep.LinksUp, total)}
+	case rep.Role == "backup" && rep.LinksUp == 0:
+		return CheckResult{true, "backup, no links (normal: servers dial the VIP)"}
+	default:
+		return CheckResult{true, fmt.Sprintf("%s, %d/%d links up", rep.Role, rep.LinksUp, total)}
+	}
+}
+
+func fetchReport(ctx context.Context, admin string, timeout time.Duration) (Report, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/healthz", nil)
+	if err != nil {
+		return Report{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return Report{}, err
+	}
+	defer resp.Body.Close()
+	var rep Report
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rep); err != nil {
+		return Report{}, fmt.Errorf("bad /healthz document (HTTP %d): %w", resp.StatusCode, err)
+	}
+	if resp.StatusCode != http.StatusOK && rep.Serving {
+		return Report{}, fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return rep, nil
+}
+
+// probeLink connects to the link port and waits for the relay's first
+// frame (the challenge), then hangs up.
+func probeLink(ctx context.Context, addr string, timeout time.Duration) error {
+	d := net.Dialer{Timeout: timeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(timeout))
+	var b [1]byte
+	if _, err := conn.Read(b[:]); err != nil {
+		return fmt.Errorf("no challenge: %w", err)
+	}
+	return nil
+}
+
+// CheckMain is the "relay check" command. registered, if not nil, builds
+// the Redis registry counter from the --redis URL.
+func CheckMain(args []string, stdout, stderr io.Writer, registered func(redisURL string) (func(context.Context) (int, error), func(), error)) int {
 	fs := flag.NewFlagSet("relay check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	admin := fs.String("admin", "127.0.0.1:9100", "the relay's admin address")
+	link := fs.String("link", "127.0.0.1:7000", "the relay's link address to probe; empty skips the probe")
+	timeout := fs.Duration("timeout", 500*time.Millisecond, "time allowed for each probe")
+	grace := fs.Duration("grace", 3*time.Second, "how long a VIP holder may have no links before it fails")
+	redisURL := fs.String("redis", "", "Redis URL to count registered message servers; empty: use the servers the relay has seen")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "relay check: keepalived vrrp_script health check; exits 0 (pass) or 1 (fail) and prints why.")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
-	fmt.Fprintln(stdout, "ok")
-	return 0
+	cfg := CheckConfig{Admin: *admin, Link: *link, Timeout: *timeout, Grace: *grace}
+	if *redisURL != "" && registered != nil {
+		count, closeFn, err := registered(*redisURL)
+		if err != nil {
+			fmt.Fprintln(stderr, "relay check:", err)
+			return 2
+		}
+		defer closeFn()
+		cfg.Registered = count
+	}
+	res := Check(context.Background(), cfg)
+	if res.OK {
+		fmt.Fprintln(stdout, "ok:", res.Reason)
+		return 0
+	}
+	fmt.Fprintln(stdout, "FAIL:", res.Reason)
+	return 1
 }

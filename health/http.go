@@ -29,9 +29,14 @@ type Report struct {
 	Sessions *int   `json:"sessions,omitempty"`
 	// Links are the relay links: one per message server seen on a relay,
 	// the uplink on a message server.
-	Links     []Link    `json:"links"`
-	StartedAt time.Time `json:"started_at"`
-	Time      time.Time `json:"time"`
+	Links []Link `json:"links"`
+	// LinksUp counts the links up now (relay only).
+	LinksUp int `json:"links_up"`
+	// NoLinksSince is, on a relay with no link up, when the last one went
+	// down (or when the relay started); absent while any link is up.
+	NoLinksSince *time.Time `json:"no_links_since,omitempty"`
+	StartedAt    time.Time  `json:"started_at"`
+	Time         time.Time  `json:"time"`
 }
 
 // NewRegistry returns a Prometheus registry of the project's own with the

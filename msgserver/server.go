@@ -480,6 +480,11 @@ func (s *Server) Report() health.Report {
 		Sessions: &n,
 		Links:    s.Links(),
 	}
+	for _, l := range rep.Links {
+		if l.Up {
+			rep.LinksUp++
+		}
+	}
 	if draining {
 		rep.Reason = "shutting down"
 	}

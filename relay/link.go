@@ -49,6 +49,10 @@ func (s *Server) serveConn(conn net.Conn) {
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	server, err := s.handshake(conn, fr)
 	if err != nil {
+		if errors.Is(err, errProbe) {
+			s.log.Debug("link port probed", "remote", remote)
+			return
+		}
 		if s.ctx.Err() == nil {
 			s.log.Warn("link refused", "remote", remote, "server", server, "err", err)
 			s.m.handshakeFailed()
@@ -91,6 +95,10 @@ func (s *Server) serveConn(conn net.Conn) {
 	s.log.Info("link down", "server", server, "remote", remote, "reason", reason)
 }
 
+// errProbe is a peer that took the challenge and closed without a word:
+// the health check probing the link port, not an intruder.
+var errProbe = errors.New("closed before auth")
+
 // handshake runs the relay side of the challenge-response and returns the
 // authenticated server id.
 func (s *Server) handshake(conn net.Conn, fr *wire.Reader) (string, error) {
@@ -102,6 +110,9 @@ func (s *Server) handshake(conn net.Conn, fr *wire.Reader) (string, error) {
 		return "", fmt.Errorf("send challenge: %w", err)
 	}
 	typ, body, _, err := fr.Next()
+	if errors.Is(err, io.EOF) {
+		return "", errProbe
+	}
 	if err != nil {
 		return "", fmt.Errorf("read auth: %w", err)
 	}

@@ -3,6 +3,7 @@ package relay_test
 import (
 	"io"
 	"net"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/wire"
@@ -213,5 +215,25 @@ func TestConfigValidateListsEveryProblem(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
+	}
+}
+
+func TestHealthzIs503OnceClosed(t *testing.T) {
+	r, reg := startRelay(t)
+	h := health.AdminHandler(r.Report, reg, false)
+	code := func() int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		return rec.Code
+	}
+	if c := code(); c != 200 {
+		t.Fatalf("serving relay answered %d", c)
+	}
+	r.Stop()
+	if c := code(); c != 503 {
+		t.Fatalf("closed relay answered %d, want 503", c)
+	}
+	if rep := r.Report(); rep.Serving || rep.Reason == "" {
+		t.Fatalf("closed relay reports %+v", rep)
 	}
 }

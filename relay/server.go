@@ -107,11 +107,15 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.RWMutex
-	routes    map[string]*link   // server id -> its live link
-	seen      map[string]*status // server id -> last known state, kept after it goes down
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{} // every accepted conn, for Close
+	started time.Time
+
+	mu           sync.RWMutex
+	vip          *VIPWatcher        // nil when no VIP is configured
+	noLinksSince time.Time          // when the last link went down (or start); zero while links are up
+	routes       map[string]*link   // server id -> its live link
+	seen         map[string]*status // server id -> last known state, kept after it goes down
+	listeners    map[net.Listener]struct{}
+	conns        map[net.Conn]struct{} // every accepted conn, for Close
 }
 
 // New checks cfg and returns a relay ready to Serve.
@@ -122,15 +126,17 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
-		cfg:       cfg,
-		log:       cfg.Logger.With("relay", cfg.ID),
-		m:         cfg.Metrics,
-		ctx:       ctx,
-		cancel:    cancel,
-		routes:    make(map[string]*link),
-		seen:      make(map[string]*status),
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[net.Conn]struct{}),
+		cfg:          cfg,
+		log:          cfg.Logger.With("relay", cfg.ID),
+		m:            cfg.Metrics,
+		ctx:          ctx,
+		cancel:       cancel,
+		started:      time.Now(),
+		noLinksSince: time.Now(),
+		routes:       make(map[string]*link),
+		seen:         make(map[string]*status),
+		listeners:    make(map[net.Listener]struct{}),
+		conns:        make(map[net.Conn]struct{}),
 	}, nil
 }
 
@@ -235,6 +241,7 @@ func (s *Server) register(l *link) {
 	s.mu.Lock()
 	old := s.routes[l.server]
 	s.routes[l.server] = l
+	s.noLinksSince = time.Time{}
 	st := s.seen[l.server]
 	if st == nil {
 		st = &status{}
@@ -255,6 +262,9 @@ func (s *Server) unregister(l *link) {
 	current := s.routes[l.server] == l
 	if current {
 		delete(s.routes, l.server)
+		if len(s.routes) == 0 {
+			s.noLinksSince = time.Now()
+		}
 		if st := s.seen[l.server]; st != nil {
 			st.down(l)
 		}

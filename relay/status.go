@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"net"
 	"sort"
 	"time"
 
@@ -55,4 +56,55 @@ func (s *Server) Links() []health.Link {
 	s.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Server < out[j].Server })
 	return out
+}
+
+// WatchVIP starts watching whether this host holds vip (polling every
+// interval) until Close; the role appears in Report and relay_vip_held.
+func (s *Server) WatchVIP(vip net.IP, interval time.Duration) {
+	w := &VIPWatcher{VIP: vip, Interval: interval, Server: s}
+	s.mu.Lock()
+	s.vip = w
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		w.Run(s.ctx)
+	}()
+}
+
+// Report is the relay's /healthz document. The relay is serving until it
+// is closed; its role is "master" while it holds the VIP, "backup" when it
+// does not, and "standalone" when no VIP is configured.
+func (s *Server) Report() health.Report {
+	links := s.Links()
+	s.mu.RLock()
+	w, since := s.vip, s.noLinksSince
+	s.mu.RUnlock()
+	rep := health.Report{
+		Service:   "relay",
+		ID:        s.cfg.ID,
+		Serving:   s.ctx.Err() == nil,
+		Role:      "standalone",
+		Links:     links,
+		StartedAt: s.started,
+	}
+	for _, l := range links {
+		if l.Up {
+			rep.LinksUp++
+		}
+	}
+	if !since.IsZero() {
+		rep.NoLinksSince = &since
+	}
+	if !rep.Serving {
+		rep.Reason = "relay is shutting down"
+	}
+	if w != nil {
+		rep.VIP = w.VIP.String()
+		rep.Role = "backup"
+		if w.Held() {
+			rep.Role = "master"
+		}
+	}
+	return rep
 }

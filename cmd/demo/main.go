@@ -93,11 +93,7 @@ func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort 
 			log.Error("relay stopped", "err", err)
 		}
 	}()
-	started := time.Now()
-	relayReport := func() health.Report {
-		return health.Report{Service: "relay", ID: "relay-demo", Serving: true, Role: "standalone", Links: rl.Links(), StartedAt: started}
-	}
-	if _, _, err := cli.ServeAdmin(fmt.Sprintf("127.0.0.1:%d", adminPort), health.AdminHandler(relayReport, relayReg, false), log); err != nil {
+	if _, _, err := cli.ServeAdmin(fmt.Sprintf("127.0.0.1:%d", adminPort), health.AdminHandler(rl.Report, relayReg, false), log); err != nil {
 		return err
 	}
 

@@ -14,14 +14,17 @@ import (
 	"os"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "check" {
-		os.Exit(health.CheckMain(os.Args[2:], os.Stdout, os.Stderr))
+		os.Exit(health.CheckMain(os.Args[2:], os.Stdout, os.Stderr, registryCounter))
 	}
 	os.Exit(run(os.Args[1:]))
 }
@@ -94,24 +97,10 @@ func run(args []string) int {
 
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	var watcher *relay.VIPWatcher
 	if vipIP != nil {
-		watcher = &relay.VIPWatcher{VIP: vipIP, Interval: *vipPoll, Server: srv}
-		go watcher.Run(ctx)
+		srv.WatchVIP(vipIP, *vipPoll)
 	}
-	started := time.Now()
-	report := func() health.Report {
-		rep := health.Report{Service: "relay", ID: *id, Serving: true, Role: "standalone", Links: srv.Links(), StartedAt: started}
-		if watcher != nil {
-			rep.VIP = vipIP.String()
-			rep.Role = "backup"
-			if watcher.Held() {
-				rep.Role = "master"
-			}
-		}
-		return rep
-	}
-	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(report, reg, *pprofOn), log)
+	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(srv.Report, reg, *pprofOn), log)
 	if err != nil {
 		log.Error("cannot serve admin address", "err", err)
 		return 1
@@ -134,4 +123,19 @@ func run(args []string) int {
 		_ = adminSrv.Shutdown(sctx)
 	}
 	return 0
+}
+
+// registryCounter counts the message servers registered in the Redis at
+// url, for the check's "servers exist" condition.
+func registryCounter(url string) (func(context.Context) (int, error), func(), error) {
+	opts, err := msgserver.ParseRedisURL(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb := redis.NewUniversalClient(opts)
+	count := func(ctx context.Context) (int, error) {
+		servers, err := msgserver.Servers(ctx, rdb)
+		return len(servers), err
+	}
+	return count, func() { rdb.Close() }, nil
 }
