@@ -52,7 +52,7 @@ type Config struct {
 	PingInterval  time.Duration // link heartbeat (default 200ms)
 	DeadAfter     time.Duration // link silence before it is dropped (default 1s)
 	BackoffMin    time.Duration // first redial delay (default 20ms)
-	BackoffMax    time.Duration // longest redial delay (default 2s)
+	BackoffMax    time.Duration // longest redial delay (default 1s)
 	DedupWindow   int           // message ids remembered to drop resent duplicates (default 2*MaxUnacked)
 
 	// Logger receives the server's events; nil means slog.Default().
@@ -82,7 +82,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.PingInterval, 200*time.Millisecond)
 	setDefault(&c.DeadAfter, time.Second)
 	setDefault(&c.BackoffMin, 20*time.Millisecond)
-	setDefault(&c.BackoffMax, 2*time.Second)
+	setDefault(&c.BackoffMax, time.Second)
 	setDefault(&c.DedupWindow, 2*c.MaxUnacked)
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -43,6 +43,7 @@ func run(args []string) int {
 		maxSessions = fs.Int("max-sessions", 200000, "most client connections at once")
 		idle        = fs.Duration("idle-timeout", 2*time.Minute, "disconnect a client silent for this long (clients send ping)")
 		maxUnacked  = fs.Int("max-unacked", 100000, "forwarded messages kept for resending until acked")
+		noRoute     = fs.Duration("no-route-timeout", 15*time.Second, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
 		pprofOn     = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
@@ -98,6 +99,7 @@ func run(args []string) int {
 		MaxSessions:   *maxSessions,
 		IdleTimeout:   *idle,
 		MaxUnacked:    *maxUnacked,
+		NoRouteGiveUp: *noRoute,
 		Logger:        log,
 		Metrics:       msgserver.NewMetrics(reg),
 	})
