@@ -1,0 +1,194 @@
+// Command drill runs the failover drills on one Linux host, as root: the
+// lab's hosts as network namespaces, real keepalived, Redis and binaries,
+// steady cross-server traffic, one fault per drill, and a report.
+//
+//	sudo drill --scenario all --repeat 5
+//	sudo drill --cleanup          remove namespaces left by an interrupted run
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/keepalived/drill"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "load" {
+		os.Exit(load(os.Args[2:]))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("drill", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cli.Usage(fs, "drill: failover drills in network namespaces (needs root).\n\nScenarios:\n"+scenarioList())
+	var (
+		scenario = fs.String("scenario", "all", "a scenario, a comma-separated list, or all")
+		repeat   = fs.Int("repeat", 1, "runs of each scenario")
+		bin      = fs.String("bin", "", "folder with the relay and msgserver binaries (default: beside this one)")
+		repo     = fs.String("repo", ".", "the repository, for keepalived/topology.json and the scripts")
+		pairs    = fs.Int("pairs", 50, "user pairs chatting across the two message servers")
+		rate     = fs.Float64("rate", 1000, "aggregate messages per second")
+		before   = fs.Duration("before", 2*time.Second, "traffic before the fault")
+		after    = fs.Duration("after", 6*time.Second, "traffic after the fault")
+		asJSON   = fs.Bool("json", false, "print the reports as JSON")
+		cleanup  = fs.Bool("cleanup", false, "only remove namespaces left by interrupted drills")
+	)
+	if err := cli.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "drill:", err)
+		return 2
+	}
+	if *cleanup {
+		if err := drill.RemoveLeftovers(); err != nil {
+			fmt.Fprintln(stderr, "drill:", err)
+			return 1
+		}
+		return 0
+	}
+	names := drill.Scenarios
+	if *scenario != "all" {
+		names = strings.Split(*scenario, ",")
+		for _, n := range names {
+			if !slices.Contains(drill.Scenarios, n) {
+				fmt.Fprintf(stderr, "drill: unknown scenario %q\n", n)
+				return 2
+			}
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(stderr, "drill:", err)
+		return 1
+	}
+	if *bin == "" {
+		*bin = filepath.Dir(self)
+	}
+	cfg := drill.Config{
+		RelayBin:     filepath.Join(*bin, "relay"),
+		MsgserverBin: filepath.Join(*bin, "msgserver"),
+		LoadBin:      self,
+		Topology:     filepath.Join(*repo, "keepalived", "topology.json"),
+		ScriptsDir:   filepath.Join(*repo, "keepalived"),
+		Pairs:        *pairs,
+		Rate:         *rate,
+		Before:       *before,
+		After:        *after,
+		Log:          stderr,
+	}
+	// Ctrl-C: let the running drill clean up, then stop.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	var stop atomic.Bool
+	go func() {
+		<-sig
+		stop.Store(true)
+		fmt.Fprintln(stderr, "drill: interrupted; cleaning up after this drill")
+	}()
+
+	var reports []*drill.Report
+	for i := 0; i < *repeat && !stop.Load(); i++ {
+		for _, n := range names {
+			if stop.Load() {
+				break
+			}
+			reports = append(reports, drill.Run(cfg, n))
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(reports)
+	} else {
+		table(stdout, reports)
+	}
+	for _, r := range reports {
+		if !r.OK() {
+			return 1
+		}
+	}
+	return 0
+}
+
+func scenarioList() string {
+	var b strings.Builder
+	for _, n := range drill.Scenarios {
+		fmt.Fprintf(&b, "  %-20s %s\n", n, drill.Describe[n])
+	}
+	return b.String()
+}
+
+// table prints one line per drill and, with repeats, median and max.
+func table(w io.Writer, reports []*drill.Report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\tinterruption s\tresumed after s\tsent\tacked\trefused\tlost\tdup\tVIP on\texpected\tok")
+	by := map[string][]float64{}
+	for _, r := range reports {
+		ok := "yes"
+		if !r.OK() {
+			ok = "NO " + r.Err
+		}
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.Interruption, r.Resumed,
+			r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, strings.Join(r.VIPHolders, ","), r.ExpectHolder, ok)
+		by[r.Scenario] = append(by[r.Scenario], r.Interruption)
+		for _, n := range r.Notes {
+			fmt.Fprintf(tw, "  note: %s\n", n)
+		}
+	}
+	tw.Flush()
+	if len(reports) <= len(by) {
+		return
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\truns\tmedian interruption s\tmax s")
+	for _, n := range drill.Scenarios {
+		v := by[n]
+		if len(v) == 0 {
+			continue
+		}
+		sort.Float64s(v)
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\n", n, len(v), v[len(v)/2], v[len(v)-1])
+	}
+	tw.Flush()
+}
+
+// load is the traffic generator the drill runs inside the client namespace.
+func load(args []string) int {
+	fs := flag.NewFlagSet("drill load", flag.ContinueOnError)
+	servers := fs.String("servers", "", "message servers, comma-separated")
+	pairs := fs.Int("pairs", 50, "user pairs")
+	rate := fs.Float64("rate", 1000, "messages per second")
+	duration := fs.Duration("duration", 8*time.Second, "sending time")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	res, err := drill.RunLoad(drill.LoadConfig{
+		Servers: strings.Split(*servers, ","), Pairs: *pairs, Rate: *rate, Duration: *duration, Settle: 6 * time.Second,
+	}, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		return 1
+	}
+	b, _ := json.Marshal(res)
+	fmt.Printf("\n%s\n", b)
+	return 0
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/chatrelay/chatrelay/keepalived"
+	"github.com/chatrelay/chatrelay/msgserver"
+)
+
+// renderMain is "relay render-keepalived": it prints (or writes to --out) the
+// keepalived.conf of one relay host, rendered from the topology. Exit codes:
+// 0 done, 2 anything wrong (flags, topology, options, writing --out).
+func renderMain(args []string, stdout, stderr io.Writer) int {
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("relay render-keepalived", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		topology   = fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
+		hostName   = fs.String("host", host, "relay host to render for, a relay name in the topology")
+		unicast    = fs.Bool("unicast", false, "VRRP adverts by unicast to the peer relay instead of multicast")
+		iface      = fs.String("interface", "", "network interface for the VIP and adverts; empty: the topology's")
+		relayBin   = fs.String("relay-bin", keepalived.DefaultRelayBin, "relay binary the vrrp_script check runs")
+		notify     = fs.String("notify", keepalived.DefaultNotifyScript, "notify script (keepalived/notify.sh, installed)")
+		trackFile  = fs.String("track-file", keepalived.DefaultTrackFile, "file the relay's supervisor writes 1 (down) or 0 (up) to")
+		scriptUser = fs.String("script-user", keepalived.DefaultScriptUser, "user keepalived runs the scripts as")
+		redisURL   = fs.String("redis", "", "Redis URL the check counts registered message servers in; empty: the servers the relay has seen")
+		out        = fs.String("out", "", "write the config to this file instead of stdout")
+	)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "relay render-keepalived: print the keepalived.conf of one relay host, rendered from the topology.\n\n"+
+			"Usage: relay render-keepalived --topology keepalived/topology.json --host relay-a [flags]\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "relay render-keepalived: "+format+"\n", a...)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		return fail("unexpected arguments %q (every option is a --flag)", fs.Args())
+	}
+	if *topology == "" {
+		return fail("--topology is required (keepalived/topology.json in the repository)")
+	}
+	if *redisURL != "" {
+		if _, err := msgserver.ParseRedisURL(*redisURL); err != nil {
+			return fail("--redis: %v", err)
+		}
+	}
+	t, err := keepalived.LoadTopology(*topology)
+	if err != nil {
+		return fail("%v", err)
+	}
+	conf, err := keepalived.Render(t, *hostName, keepalived.Options{
+		RelayBin:     *relayBin,
+		NotifyScript: *notify,
+		TrackFile:    *trackFile,
+		ScriptUser:   *scriptUser,
+		Interface:    *iface,
+		Unicast:      *unicast,
+		RedisURL:     *redisURL,
+	})
+	if err != nil {
+		return fail("%v", err)
+	}
+	if *out == "" {
+		if _, err := stdout.Write(conf); err != nil {
+			return fail("write: %v", err)
+		}
+		return 0
+	}
+	if err := writeFileAtomic(*out, conf); err != nil {
+		return fail("%v", err)
+	}
+	return 0
+}
+
+// writeFileAtomic replaces path with data in one rename, so keepalived (or a
+// reload) never reads a half-written config.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

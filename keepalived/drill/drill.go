@@ -1,0 +1,358 @@
+// Package drill runs failover drills on one Linux host: it builds the lab's
+// four hosts (plus a client host) from network namespaces, runs real Redis,
+// real keepalived with the configs rendered from keepalived/topology.json,
+// and the real binaries, drives steady cross-server traffic, injects one
+// fault and reports how long delivery stopped and what was lost or shown
+// twice. It needs root.
+package drill
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Scenario names, in the order "all" runs them.
+var Scenarios = []string{"kill-relay", "stop-keepalived", "cut-network", "restart-old-master", "kill-msgserver", "restart-redis"}
+
+// Describe says what each scenario does.
+var Describe = map[string]string{
+	"kill-relay":         "SIGKILL the relay process on the VIP holder",
+	"stop-keepalived":    "stop keepalived on the VIP holder (SIGTERM, as systemctl stop)",
+	"cut-network":        "take the VIP holder's network interface down",
+	"restart-old-master": "after a relay kill moved the VIP, start the old master's relay again",
+	"kill-msgserver":     "SIGKILL message server msg-2",
+	"restart-redis":      "kill Redis and start it again, empty",
+}
+
+// Config is what a drill needs from the outside.
+type Config struct {
+	RelayBin, MsgserverBin string // the binaries under test
+	LoadBin                string // a binary whose "load" subcommand runs RunLoad (cmd/drill)
+	Topology               string // keepalived/topology.json
+	ScriptsDir             string // keepalived/ (notify.sh, relay-supervise.sh)
+	Pairs                  int
+	Rate                   float64
+	Before, After          time.Duration // traffic before and after the fault
+	Log                    io.Writer     // progress; nil for none
+}
+
+// Report is one drill's outcome.
+type Report struct {
+	Scenario string `json:"scenario"`
+	// Interruption is the longest pause in delivery that ends after the
+	// fault, in seconds: how long users saw nothing. Resumed is from the
+	// fault to the end of that pause.
+	Interruption float64    `json:"interruption_seconds"`
+	Resumed      float64    `json:"resumed_after_seconds"`
+	VIPHolders   []string   `json:"vip_holders"`
+	ExpectHolder string     `json:"expected_holder"`
+	Load         LoadResult `json:"load"`
+	Notes        []string   `json:"notes,omitempty"`
+	Err          string     `json:"error,omitempty"`
+}
+
+// OK reports whether the drill kept the promise: nothing lost or
+// duplicated, and the VIP on exactly the expected relay.
+func (r *Report) OK() bool {
+	return r.Err == "" && r.Load.Lost == 0 && r.Load.Duplicated == 0 &&
+		len(r.VIPHolders) == 1 && r.VIPHolders[0] == r.ExpectHolder
+}
+
+func (c *Config) logf(format string, args ...any) {
+	if c.Log != nil {
+		fmt.Fprintf(c.Log, "drill: "+format+"\n", args...)
+	}
+}
+
+// Run performs one scenario on a lab of its own and always cleans up.
+func Run(cfg Config, scenario string) (rep *Report) {
+	rep = &Report{Scenario: scenario}
+	if _, ok := Describe[scenario]; !ok {
+		rep.Err = fmt.Sprintf("unknown scenario %q (known: %s)", scenario, strings.Join(Scenarios, ", "))
+		return rep
+	}
+	if os.Geteuid() != 0 {
+		rep.Err = "drills need root: they build network namespaces and run keepalived"
+		return rep
+	}
+	spec, err := loadSpec(cfg.Topology)
+	if err != nil {
+		rep.Err = err.Error()
+		return rep
+	}
+	hosts := map[string]string{"client": spec.clientIP}
+	for h, a := range spec.ip {
+		hosts[h] = a
+	}
+	lab, err := NewLab(hosts, spec.mask)
+	if err != nil {
+		rep.Err = err.Error()
+		return rep
+	}
+	defer func() {
+		if err := lab.Close(); err != nil {
+			rep.Notes = append(rep.Notes, "cleanup: "+err.Error())
+		}
+		if left := Leftovers(); len(left) > 0 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("namespaces left behind: %v", left))
+		}
+	}()
+	d := &drill{cfg: cfg, lab: lab, spec: spec, rep: rep}
+	if err := d.run(scenario); err != nil {
+		rep.Err = err.Error()
+		cfg.logf("%s failed: %v", scenario, err)
+	}
+	return rep
+}
+
+type drill struct {
+	cfg  Config
+	lab  *Lab
+	spec *spec
+	rep  *Report
+	dir  string
+
+	redis      *Proc
+	keepalived map[string]*Proc
+	relays     map[string]*Proc // the supervisors
+	servers    map[string]*Proc
+}
+
+func (d *drill) run(scenario string) error {
+	dir, err := os.MkdirTemp("", "chatrelay-drill-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	d.dir = dir
+	d.keepalived, d.relays, d.servers = map[string]*Proc{}, map[string]*Proc{}, map[string]*Proc{}
+	if err := os.WriteFile(filepath.Join(dir, "link.secret"), []byte(fmt.Sprintf("drill-secret-%d-%d", os.Getpid(), time.Now().UnixNano())), 0o600); err != nil {
+		return err
+	}
+
+	if err := d.startRedis(); err != nil {
+		return err
+	}
+	master, backup := d.spec.relays[0], d.spec.relays[1]
+	for _, r := range d.spec.relays {
+		if err := d.startRelay(r); err != nil {
+			return err
+		}
+		if err := d.startKeepalived(r); err != nil {
+			return err
+		}
+	}
+	if err := d.waitVIP(master, 10*time.Second); err != nil {
+		return err
+	}
+	for _, m := range d.spec.msgs {
+		if err := d.startMsgserver(m); err != nil {
+			return err
+		}
+	}
+	d.cfg.logf("%s: lab up, VIP on %s; traffic %.0f msgs/s over %d pairs", scenario, master, d.cfg.Rate, d.cfg.Pairs)
+
+	load, err := d.startLoad()
+	if err != nil {
+		return err
+	}
+	time.Sleep(d.cfg.Before) // steady traffic before the fault
+	t0 := time.Now()
+	d.rep.ExpectHolder = backup
+	switch scenario {
+	case "kill-relay":
+		err = d.killRelay(master)
+	case "stop-keepalived":
+		err = d.keepalived[master].Signal(syscall.SIGTERM)
+	case "cut-network":
+		err = ip("-n", d.lab.NS(master), "link", "set", "eth1", "down")
+	case "restart-old-master":
+		if err = d.killRelay(master); err == nil {
+			if err = d.waitVIP(backup, 5*time.Second); err == nil {
+				time.Sleep(time.Second)
+				t0 = time.Now()
+				err = d.startRelay(master)
+			}
+		}
+	case "kill-msgserver":
+		d.rep.ExpectHolder = master
+		err = d.servers["msg-2"].Signal(syscall.SIGKILL)
+	case "restart-redis":
+		d.rep.ExpectHolder = master
+		if err = d.redis.Signal(syscall.SIGKILL); err == nil {
+			d.redis.Wait(5 * time.Second)
+			time.Sleep(500 * time.Millisecond) // Redis stays down a moment
+			err = d.startRedis()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("inject %s: %w", scenario, err)
+	}
+	d.cfg.logf("%s: fault injected", scenario)
+	res, err := d.finishLoad(load)
+	if err != nil {
+		return err
+	}
+	d.rep.Load = *res
+	for _, g := range res.Gaps {
+		if g.To > t0.UnixNano() && g.Seconds() > d.rep.Interruption {
+			d.rep.Interruption = g.Seconds()
+			d.rep.Resumed = float64(g.To-t0.UnixNano()) / 1e9
+		}
+	}
+	for _, r := range d.spec.relays {
+		if d.lab.HasAddr(r, d.spec.vip) {
+			d.rep.VIPHolders = append(d.rep.VIPHolders, r)
+		}
+	}
+	if scenario == "kill-msgserver" {
+		d.rep.Notes = append(d.rep.Notes, d.checkPresenceExpired())
+	}
+	if len(d.rep.VIPHolders) != 1 || d.rep.VIPHolders[0] != d.rep.ExpectHolder {
+		for _, r := range d.spec.relays {
+			d.rep.Notes = append(d.rep.Notes, fmt.Sprintf("keepalived on %s said:\n%s", r, d.keepalived[r].Output()))
+		}
+	}
+	return nil
+}
+
+func (d *drill) startRedis() error {
+	p, err := d.lab.Start(d.spec.redisHost, "redis-server", nil, "redis-server",
+		"--bind", d.spec.ip[d.spec.redisHost], "--port", fmt.Sprint(d.spec.redisPort),
+		"--save", "", "--appendonly", "no", "--dir", d.dir, "--protected-mode", "no")
+	if err != nil {
+		return err
+	}
+	d.redis = p
+	return p.WaitOutput("Ready to accept connections", 10*time.Second)
+}
+
+func (d *drill) trackFile(host string) string { return filepath.Join(d.dir, host+".down") }
+
+func (d *drill) startRelay(host string) error {
+	p, err := d.lab.Start(host, "relay", []string{"CHATRELAY_TRACK_FILE=" + d.trackFile(host), "CHATRELAY_PID_FILE=" + d.pidFile(host)},
+		filepath.Join(d.cfg.ScriptsDir, "relay-supervise.sh"), d.cfg.RelayBin,
+		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.linkPort), "--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.adminPort),
+		"--link-secret-file", filepath.Join(d.dir, "link.secret"), "--vip", d.spec.vip, "--log-level", "info")
+	if err != nil {
+		return err
+	}
+	d.relays[host] = p
+	return p.WaitOutput("relay listening", 10*time.Second)
+}
+
+func (d *drill) pidFile(host string) string { return filepath.Join(d.dir, host+"-relay.pid") }
+
+// killRelay SIGKILLs the relay process itself, not its supervisor, which
+// then reports the death in keepalived's track file.
+func (d *drill) killRelay(host string) error {
+	b, err := os.ReadFile(d.pidFile(host))
+	if err != nil {
+		return fmt.Errorf("find the relay under its supervisor: %w", err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil {
+		return fmt.Errorf("bad relay pid file on %s: %q", host, b)
+	}
+	return syscall.Kill(pid, syscall.SIGKILL)
+}
+
+func (d *drill) startKeepalived(host string) error {
+	conf, err := d.spec.render(host, d)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(d.dir, host+"-keepalived.conf")
+	if err := os.WriteFile(path, conf, 0o644); err != nil {
+		return err
+	}
+	p, err := d.lab.Start(host, "keepalived", []string{"CHATRELAY_NOTIFY_LOG=" + filepath.Join(d.dir, "transitions.log")}, "keepalived",
+		"--use-file", path, "--dont-fork", "--log-console", "--log-detail", "--vrrp",
+		"--pid", filepath.Join(d.dir, host+"-keepalived.pid"),
+		"--vrrp_pid", filepath.Join(d.dir, host+"-vrrp.pid"),
+		"--checkers_pid", filepath.Join(d.dir, host+"-checkers.pid"))
+	if err != nil {
+		return err
+	}
+	d.keepalived[host] = p
+	return nil
+}
+
+func (d *drill) waitVIP(host string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for !d.lab.HasAddr(host, d.spec.vip) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("VIP %s not on %s after %s; keepalived said:\n%s", d.spec.vip, host, within, d.keepalived[host].Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func (d *drill) startMsgserver(host string) error {
+	p, err := d.lab.Start(host, "msgserver", nil, d.cfg.MsgserverBin,
+		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.clientPort),
+		"--advertise", fmt.Sprintf("%s:%d", d.spec.ip[host], d.spec.clientPort),
+		"--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.msgAdminPort),
+		"--relay", fmt.Sprintf("%s:%d", d.spec.vip, d.spec.linkPort),
+		"--redis", fmt.Sprintf("redis://%s:%d/0", d.spec.ip[d.spec.redisHost], d.spec.redisPort),
+		"--link-secret-file", filepath.Join(d.dir, "link.secret"),
+		"--presence-ttl", "3s", "--no-route-timeout", "4s")
+	if err != nil {
+		return err
+	}
+	d.servers[host] = p
+	return p.WaitOutput("relay link up", 10*time.Second)
+}
+
+func (d *drill) startLoad() (*Proc, error) {
+	var servers []string
+	for _, m := range d.spec.msgs {
+		servers = append(servers, fmt.Sprintf("%s:%d", d.spec.ip[m], d.spec.clientPort))
+	}
+	return d.lab.Start("client", "load", nil, d.cfg.LoadBin, "load",
+		"--servers", strings.Join(servers, ","), "--pairs", fmt.Sprint(d.cfg.Pairs),
+		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String())
+}
+
+func (d *drill) finishLoad(p *Proc) (*LoadResult, error) {
+	if !p.Wait(d.cfg.Before + d.cfg.After + 60*time.Second) {
+		return nil, errors.New("load generator did not finish")
+	}
+	out := p.Output()
+	i := strings.LastIndex(out, "\n{")
+	if i < 0 {
+		i = strings.Index(out, "{")
+	}
+	if i < 0 {
+		return nil, fmt.Errorf("load generator printed no result:\n%s", out)
+	}
+	var res LoadResult
+	if err := json.Unmarshal([]byte(out[i:]), &res); err != nil {
+		return nil, fmt.Errorf("load result: %w\n%s", err, out)
+	}
+	return &res, nil
+}
+
+// checkPresenceExpired asks Redis whether msg-2's users are gone.
+func (d *drill) checkPresenceExpired() string {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := d.lab.Run(d.spec.redisHost, "redis-cli", "-h", d.spec.ip[d.spec.redisHost], "-p", fmt.Sprint(d.spec.redisPort),
+			"GET", "chatrelay:user:drill-0-b")
+		if err == nil && strings.TrimSpace(out) == "" {
+			return "msg-2's users' presence expired"
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("msg-2's users' presence did NOT expire: %q %v", strings.TrimSpace(out), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

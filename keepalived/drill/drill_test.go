@@ -1,0 +1,69 @@
+package drill_test
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/keepalived/drill"
+)
+
+// The drill suite: every scenario on a fresh namespace lab, with real
+// keepalived, Redis and binaries. Interruption times are reported, not
+// asserted; losses, duplicates, the VIP's final holder and cleanup are.
+func TestFailoverDrills(t *testing.T) {
+	testenv.NeedRoot(t, "the drills build network namespaces and run keepalived")
+	testenv.Need(t, "keepalived", "keepalived")
+	testenv.Need(t, "redis-server", "redis-server")
+	testenv.Need(t, "ip", "iproute2")
+	root := testenv.ModuleRoot(t)
+	cfg := drill.Config{
+		RelayBin:     testenv.Build(t, "relay"),
+		MsgserverBin: testenv.Build(t, "msgserver"),
+		LoadBin:      testenv.Build(t, "drill"),
+		Topology:     filepath.Join(root, "keepalived", "topology.json"),
+		ScriptsDir:   filepath.Join(root, "keepalived"),
+		Pairs:        30,
+		Rate:         600,
+		Before:       2 * time.Second,
+		After:        5 * time.Second,
+		Log:          testWriter{t},
+	}
+	for _, sc := range drill.Scenarios {
+		t.Run(sc, func(t *testing.T) {
+			rep := drill.Run(cfg, sc)
+			t.Logf("%s: interruption %.3fs (resumed %.3fs after the fault), sent %d acked %d refused %d %v unconfirmed %d, live %d offline %d, lost %d dup %d, VIP on %v; notes %v",
+				sc, rep.Interruption, rep.Resumed, rep.Load.Sent, rep.Load.Acked, rep.Load.Refused, rep.Load.RefusedCodes, rep.Load.Unconfirmed,
+				rep.Load.DeliveredLive, rep.Load.DeliveredOffline, rep.Load.Lost, rep.Load.Duplicated, rep.VIPHolders, rep.Notes)
+			if rep.Err != "" {
+				t.Fatalf("drill failed: %s", rep.Err)
+			}
+			if rep.Load.Acked == 0 {
+				t.Fatal("no message was acknowledged: the drill proves nothing")
+			}
+			if rep.Load.Lost != 0 || rep.Load.Duplicated != 0 {
+				t.Errorf("lost %d, duplicated %d; want 0 and 0", rep.Load.Lost, rep.Load.Duplicated)
+			}
+			if len(rep.VIPHolders) != 1 || rep.VIPHolders[0] != rep.ExpectHolder {
+				t.Errorf("VIP on %v, want only %s", rep.VIPHolders, rep.ExpectHolder)
+			}
+			if left := drill.Leftovers(); len(left) != 0 {
+				t.Errorf("namespaces left behind: %v", left)
+			}
+			for _, n := range rep.Notes {
+				if len(n) > 0 && (strings.Contains(n, "did NOT") || strings.Contains(n, "cleanup")) {
+					t.Errorf("note: %s", n)
+				}
+			}
+		})
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(b))
+	return len(b), nil
+}

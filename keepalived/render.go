@@ -1,0 +1,191 @@
+package keepalived
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/template"
+)
+
+//go:embed keepalived.conf.tmpl
+var confTemplate string
+
+var tmpl = template.Must(template.New("keepalived.conf").Option("missingkey=error").Parse(confTemplate))
+
+// Defaults for Options.
+const (
+	DefaultRelayBin     = "/usr/local/bin/relay"
+	DefaultNotifyScript = "/usr/local/libexec/chatrelay/notify.sh"
+	DefaultTrackFile    = "/run/chatrelay/relay.down"
+	DefaultScriptUser   = "keepalived_script"
+)
+
+// The check's probe timeout and grace period (README.md, "The keepalived
+// check"). Two probes of 400 ms each fit keepalived's 1 s script timeout.
+const (
+	CheckTimeout = "400ms"
+	CheckGrace   = "3s"
+)
+
+// Options are what differs between deployments of the same topology: the VMs
+// use the defaults; the drill points the paths at its own files.
+type Options struct {
+	RelayBin     string   // relay binary the check runs (DefaultRelayBin)
+	NotifyScript string   // notify script, keepalived/notify.sh installed (DefaultNotifyScript)
+	TrackFile    string   // file the relay's supervisor writes 1 (down) or 0 (up) to (DefaultTrackFile)
+	ScriptUser   string   // user keepalived runs the scripts as (DefaultScriptUser; the drill uses root)
+	Interface    string   // overrides the topology's interface
+	Unicast      bool     // VRRP adverts by unicast to the peer instead of multicast
+	RedisURL     string   // optional: the check counts registered message servers there (--redis)
+	ExtraGlobal  []string // optional lines added to global_defs, one keyword each
+}
+
+func (o Options) withDefaults() Options {
+	if o.RelayBin == "" {
+		o.RelayBin = DefaultRelayBin
+	}
+	if o.NotifyScript == "" {
+		o.NotifyScript = DefaultNotifyScript
+	}
+	if o.TrackFile == "" {
+		o.TrackFile = DefaultTrackFile
+	}
+	if o.ScriptUser == "" {
+		o.ScriptUser = DefaultScriptUser
+	}
+	return o
+}
+
+var (
+	userRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	// Characters that keepalived's parser would take as a comment ('#', '!'),
+	// a parameter ('$'), a block ('{', '}') or the end of a quoted string.
+	unsafeConfChars = " \t\r\n\"'#!${}\\"
+)
+
+func (o Options) validate() []string {
+	var p []string
+	for _, f := range []struct{ name, path string }{
+		{"relay binary", o.RelayBin},
+		{"notify script", o.NotifyScript},
+		{"track file", o.TrackFile},
+	} {
+		switch {
+		case !filepath.IsAbs(f.path):
+			p = append(p, fmt.Sprintf("%s %q is not an absolute path (keepalived runs scripts without a working directory)", f.name, f.path))
+		case strings.ContainsAny(f.path, unsafeConfChars):
+			p = append(p, fmt.Sprintf("%s %q has a blank or one of %q, which keepalived.conf cannot carry in a script line", f.name, f.path, strings.TrimSpace(unsafeConfChars)))
+		}
+	}
+	if !userRE.MatchString(o.ScriptUser) {
+		p = append(p, fmt.Sprintf("script user %q is not a user name", o.ScriptUser))
+	}
+	if o.Interface != "" && (!ifNameRE.MatchString(o.Interface) || o.Interface == "." || o.Interface == "..") {
+		p = append(p, fmt.Sprintf("interface %q is not a network interface name", o.Interface))
+	}
+	if o.RedisURL != "" {
+		u, err := url.Parse(o.RedisURL)
+		switch {
+		case strings.ContainsAny(o.RedisURL, unsafeConfChars):
+			p = append(p, fmt.Sprintf("redis URL has a blank or one of %q, which keepalived.conf cannot carry in a script line", strings.TrimSpace(unsafeConfChars)))
+		case err != nil || u.Scheme == "" || !strings.HasPrefix(u.Scheme, "redis"):
+			p = append(p, fmt.Sprintf("redis URL %q is not a redis://, rediss://, redis-sentinel:// or redis-cluster:// URL", o.RedisURL))
+		}
+	}
+	for _, l := range o.ExtraGlobal {
+		if strings.ContainsAny(l, "{}\r\n") {
+			p = append(p, fmt.Sprintf("extra global_defs line %q: one keyword per line, without braces", l))
+		}
+	}
+	return p
+}
+
+// confData is what the template sees.
+type confData struct {
+	Host, Peer   Host
+	VIP          string
+	Prefix       int
+	Interface    string
+	VRID         int
+	AdvertInt    string
+	MasterDown   string
+	LinkPort     int
+	Unicast      bool
+	ScriptUser   string
+	CheckCommand string
+	TrackFile    string
+	NotifyScript string
+	ExtraGlobal  []string
+}
+
+// Render returns the keepalived.conf of the relay host called host.
+func Render(t *Topology, host string, o Options) ([]byte, error) {
+	if t == nil {
+		return nil, errors.New("render keepalived.conf: no topology")
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	h, ok := t.Host(host)
+	if !ok || !h.Has(RoleRelay) {
+		return nil, fmt.Errorf("render keepalived.conf: %w", t.notRelay(host))
+	}
+	peer, err := t.Peer(host)
+	if err != nil {
+		return nil, fmt.Errorf("render keepalived.conf: %w", err)
+	}
+	o = o.withDefaults()
+	if p := o.validate(); len(p) > 0 {
+		return nil, fmt.Errorf("render keepalived.conf: %s", strings.Join(p, "; "))
+	}
+	ifname := t.Interface
+	if o.Interface != "" {
+		ifname = o.Interface
+	}
+
+	check := []string{o.RelayBin, "check",
+		"--admin", "127.0.0.1:" + strconv.Itoa(t.Ports.RelayAdmin),
+		"--link", "127.0.0.1:" + strconv.Itoa(t.Ports.RelayLink),
+		"--timeout", CheckTimeout, "--grace", CheckGrace}
+	if o.RedisURL != "" {
+		check = append(check, "--redis", o.RedisURL)
+	}
+	// RFC 5798: Master_Down_Interval = 3 * advert + (256 - priority) * advert / 256,
+	// computed with the priority of the relay that waits: the peer.
+	down := 3*t.AdvertInt + float64(256-peer.Priority)*t.AdvertInt/256
+	extra := make([]string, 0, len(o.ExtraGlobal))
+	for _, l := range o.ExtraGlobal {
+		if l = strings.TrimSpace(l); l != "" {
+			extra = append(extra, l)
+		}
+	}
+
+	data := confData{
+		Host:         h,
+		Peer:         peer,
+		VIP:          t.VIP,
+		Prefix:       t.Prefix,
+		Interface:    ifname,
+		VRID:         t.VirtualRouterID,
+		AdvertInt:    strconv.FormatFloat(t.AdvertInt, 'f', -1, 64),
+		MasterDown:   strconv.FormatFloat(down, 'f', 2, 64),
+		LinkPort:     t.Ports.RelayLink,
+		Unicast:      o.Unicast,
+		ScriptUser:   o.ScriptUser,
+		CheckCommand: strings.Join(check, " "),
+		TrackFile:    o.TrackFile,
+		NotifyScript: o.NotifyScript,
+		ExtraGlobal:  extra,
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, data); err != nil {
+		return nil, fmt.Errorf("render keepalived.conf: %w", err)
+	}
+	return buf.Bytes(), nil
+}
