@@ -20,11 +20,12 @@ import (
 
 // Server is a running message server.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	m    *Metrics
-	pres *presence
-	up   *uplink // nil when no relay is configured
+	started time.Time
+	cfg     Config
+	log     *slog.Logger
+	m       *Metrics
+	pres    *presence
+	up      *uplink // nil when no relay is configured
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -55,6 +56,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
+		started:   time.Now(),
 		cfg:       cfg,
 		log:       cfg.Logger.With("server", cfg.ID),
 		m:         cfg.Metrics,
@@ -473,12 +475,13 @@ func (s *Server) Report() health.Report {
 	n := len(s.sessions)
 	s.mu.Unlock()
 	rep := health.Report{
-		Service:  "msgserver",
-		ID:       s.cfg.ID,
-		Serving:  !draining,
-		Redis:    "ok",
-		Sessions: &n,
-		Links:    s.Links(),
+		Service:   "msgserver",
+		ID:        s.cfg.ID,
+		Serving:   !draining,
+		Redis:     "ok",
+		Sessions:  &n,
+		Links:     s.Links(),
+		StartedAt: s.started,
 	}
 	for _, l := range rep.Links {
 		if l.Up {

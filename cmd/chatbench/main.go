@@ -3,11 +3,20 @@
 //
 //	chatbench xnode --servers 127.0.0.1:7001,127.0.0.1:7002 --users 1000 --window 8 --duration 10s
 //	chatbench xnode --servers ... --rate 5000 --duration 10s
+//	chatbench idle --server 127.0.0.1:7001 --sessions 20000 --metrics http://127.0.0.1:9200/metrics
+//	chatbench direct --users 1000 --window 8 --duration 10s
 //
-// Users are paired across servers (user 2k on one server, 2k+1 on the
-// next); each sends to its partner. Every message carries its send time and
-// a per-sender sequence number, so the receiver measures latency and
+// xnode: users are paired across servers (user 2k on one server, 2k+1 on
+// the next); each sends to its partner. Every message carries its send time
+// and a per-sender sequence number, so the receiver measures latency and
 // counts what was lost or shown twice.
+//
+// idle: opens many idle logged-in sessions on one message server and
+// reports the login rate and the server's resident memory per session.
+//
+// direct: the baseline the relay tier is measured against. It starts two
+// chatbench processes ("direct-node") joined by one direct TCP link, no
+// relay and no Redis, and runs the xnode load against them.
 package main
 
 import (
@@ -25,17 +34,54 @@ import (
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
+const usage = `usage: chatbench MODE [flags]   (chatbench MODE --help lists them)
+
+modes:
+  xnode    cross-server chat load against running message servers
+  idle     many idle sessions on one message server: login rate, RSS per session
+  direct   the direct-link baseline: two chatbench nodes, one TCP link, xnode load`
+
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] != "xnode" {
-		fmt.Fprintln(stderr, "usage: chatbench xnode [flags]   (chatbench xnode --help lists them)")
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
 		return 2
 	}
-	fs := flag.NewFlagSet("chatbench xnode", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cli.Usage(fs, "chatbench xnode: cross-server chat load through the client protocol.")
-	var cfg xnodeConfig
-	var servers string
-	fs.StringVar(&servers, "servers", "127.0.0.1:7001,127.0.0.1:7002", "message servers' client addresses, comma-separated")
+	switch args[0] {
+	case "xnode":
+		return runXnodeCmd(args[1:], stdout, stderr)
+	case "idle":
+		return runIdleCmd(args[1:], stdout, stderr)
+	case "direct":
+		return runDirectCmd(args[1:], stdout, stderr)
+	case "direct-node":
+		return runDirectNodeCmd(args[1:], stdout, stderr)
+	default:
+		fmt.Fprintln(stderr, usage)
+		return 2
+	}
+}
+
+// parseFlags parses args into fs; done is true when the caller must return
+// code at once (help, or a bad flag).
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, done bool) {
+	if err := cli.Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		fmt.Fprintln(stderr, "chatbench:", err)
+		return 2, true
+	}
+	return 0, false
+}
+
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// loadFlags registers the closed/open-loop load flags xnode and direct share.
+func loadFlags(fs *flag.FlagSet, cfg *xnodeConfig) {
 	fs.IntVar(&cfg.Users, "users", 1000, "users, spread over the servers, each paired with a user on another server")
 	fs.IntVar(&cfg.Window, "window", 8, "closed loop: messages in flight per sender (ignored with --rate)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "open loop: aggregate messages per second (0: closed loop)")
@@ -43,14 +89,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "sending before measuring starts")
 	fs.IntVar(&cfg.Size, "size", 100, "content bytes per message")
 	fs.StringVar(&cfg.Prefix, "prefix", "bench", "user name prefix")
+}
+
+func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("chatbench xnode", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cli.Usage(fs, "chatbench xnode: cross-server chat load through the client protocol.")
+	var cfg xnodeConfig
+	var servers string
+	fs.StringVar(&servers, "servers", "127.0.0.1:7001,127.0.0.1:7002", "message servers' client addresses, comma-separated")
+	loadFlags(fs, &cfg)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
-	if err := cli.Parse(fs, args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "chatbench:", err)
-		return 2
+	if code, done := parseFlags(fs, args, stderr); done {
+		return code
 	}
 	cfg.Servers = strings.Split(servers, ",")
 	if err := cfg.validate(); err != nil {
@@ -66,9 +118,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(res)
+		printJSON(stdout, res)
 	} else {
 		res.table(stdout)
 	}

@@ -118,6 +118,17 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 	r.start = time.Now()
 	r.measureFrom = r.start.Add(cfg.Warmup)
 	r.measureTo = r.measureFrom.Add(cfg.Duration)
+	// Closed loop: queue each user's first window before its reader starts,
+	// so the reader (which sends on every reply) never sends concurrently.
+	if cfg.Rate == 0 {
+		for _, u := range users {
+			for i := 0; i < cfg.Window; i++ {
+				if err := r.send(u); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
 	var readers sync.WaitGroup
 	for _, u := range users {
 		readers.Add(1)
@@ -129,13 +140,6 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 	if cfg.Rate > 0 {
 		r.pace(users)
 	} else {
-		for _, u := range users {
-			for i := 0; i < cfg.Window; i++ {
-				if err := r.send(u); err != nil {
-					return nil, err
-				}
-			}
-		}
 		r.progressUntil(r.measureTo)
 		r.stopSending.Store(true)
 	}

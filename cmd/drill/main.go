@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,7 +19,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -82,6 +82,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *bin == "" {
 		*bin = filepath.Dir(self)
 	}
+	// keepalived runs scripts without a working directory: absolute paths only.
+	for _, p := range []*string{bin, repo} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			fmt.Fprintln(stderr, "drill:", err)
+			return 2
+		}
+	}
 	cfg := drill.Config{
 		RelayBin:     filepath.Join(*bin, "relay"),
 		MsgserverBin: filepath.Join(*bin, "msgserver"),
@@ -94,24 +101,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		After:        *after,
 		Log:          stderr,
 	}
-	// Ctrl-C: let the running drill clean up, then stop.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	var stop atomic.Bool
-	go func() {
-		<-sig
-		stop.Store(true)
-		fmt.Fprintln(stderr, "drill: interrupted; cleaning up after this drill")
-	}()
+	// Ctrl-C or SIGTERM: the running drill stops and cleans up.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 
 	var reports []*drill.Report
-	for i := 0; i < *repeat && !stop.Load(); i++ {
+	for i := 0; i < *repeat && ctx.Err() == nil; i++ {
 		for _, n := range names {
-			if stop.Load() {
+			if ctx.Err() != nil {
 				break
 			}
-			reports = append(reports, drill.Run(cfg, n))
+			reports = append(reports, drill.Run(ctx, cfg, n))
 		}
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "drill: interrupted; everything it made is removed")
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -148,7 +152,9 @@ func table(w io.Writer, reports []*drill.Report) {
 		}
 		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.Interruption, r.Resumed,
 			r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, strings.Join(r.VIPHolders, ","), r.ExpectHolder, ok)
-		by[r.Scenario] = append(by[r.Scenario], r.Interruption)
+		if r.Err == "" {
+			by[r.Scenario] = append(by[r.Scenario], r.Interruption)
+		}
 		for _, n := range r.Notes {
 			fmt.Fprintf(tw, "  note: %s\n", n)
 		}
@@ -159,7 +165,7 @@ func table(w io.Writer, reports []*drill.Report) {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\truns\tmedian interruption s\tmax s")
+	fmt.Fprintln(tw, "scenario\tcompleted runs\tmedian interruption s\tmax s")
 	for _, n := range drill.Scenarios {
 		v := by[n]
 		if len(v) == 0 {

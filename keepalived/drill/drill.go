@@ -7,6 +7,7 @@
 package drill
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,8 +72,9 @@ func (c *Config) logf(format string, args ...any) {
 	}
 }
 
-// Run performs one scenario on a lab of its own and always cleans up.
-func Run(cfg Config, scenario string) (rep *Report) {
+// Run performs one scenario on a lab of its own and always cleans up,
+// also when ctx ends early (the drill is interrupted).
+func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 	rep = &Report{Scenario: scenario}
 	if _, ok := Describe[scenario]; !ok {
 		rep.Err = fmt.Sprintf("unknown scenario %q (known: %s)", scenario, strings.Join(Scenarios, ", "))
@@ -104,7 +106,7 @@ func Run(cfg Config, scenario string) (rep *Report) {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("namespaces left behind: %v", left))
 		}
 	}()
-	d := &drill{cfg: cfg, lab: lab, spec: spec, rep: rep}
+	d := &drill{ctx: ctx, cfg: cfg, lab: lab, spec: spec, rep: rep}
 	if err := d.run(scenario); err != nil {
 		rep.Err = err.Error()
 		cfg.logf("%s failed: %v", scenario, err)
@@ -113,6 +115,7 @@ func Run(cfg Config, scenario string) (rep *Report) {
 }
 
 type drill struct {
+	ctx  context.Context
 	cfg  Config
 	lab  *Lab
 	spec *spec
@@ -163,7 +166,9 @@ func (d *drill) run(scenario string) error {
 	if err != nil {
 		return err
 	}
-	time.Sleep(d.cfg.Before) // steady traffic before the fault
+	if err := d.pause(d.cfg.Before); err != nil { // steady traffic before the fault
+		return err
+	}
 	t0 := time.Now()
 	d.rep.ExpectHolder = backup
 	switch scenario {
@@ -176,9 +181,10 @@ func (d *drill) run(scenario string) error {
 	case "restart-old-master":
 		if err = d.killRelay(master); err == nil {
 			if err = d.waitVIP(backup, 5*time.Second); err == nil {
-				time.Sleep(time.Second)
-				t0 = time.Now()
-				err = d.startRelay(master)
+				if err = d.pause(time.Second); err == nil {
+					t0 = time.Now()
+					err = d.startRelay(master)
+				}
 			}
 		}
 	case "kill-msgserver":
@@ -188,8 +194,9 @@ func (d *drill) run(scenario string) error {
 		d.rep.ExpectHolder = master
 		if err = d.redis.Signal(syscall.SIGKILL); err == nil {
 			d.redis.Wait(5 * time.Second)
-			time.Sleep(500 * time.Millisecond) // Redis stays down a moment
-			err = d.startRedis()
+			if err = d.pause(500 * time.Millisecond); err == nil { // Redis stays down a moment
+				err = d.startRedis()
+			}
 		}
 	}
 	if err != nil {
@@ -322,9 +329,23 @@ func (d *drill) startLoad() (*Proc, error) {
 		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String())
 }
 
+// pause waits d, or less if the drill is interrupted.
+func (d *drill) pause(t time.Duration) error {
+	select {
+	case <-time.After(t):
+		return nil
+	case <-d.ctx.Done():
+		return errors.New("interrupted")
+	}
+}
+
 func (d *drill) finishLoad(p *Proc) (*LoadResult, error) {
-	if !p.Wait(d.cfg.Before + d.cfg.After + 60*time.Second) {
+	select {
+	case <-p.done:
+	case <-time.After(d.cfg.Before + d.cfg.After + 60*time.Second):
 		return nil, errors.New("load generator did not finish")
+	case <-d.ctx.Done():
+		return nil, errors.New("interrupted")
 	}
 	out := p.Output()
 	i := strings.LastIndex(out, "\n{")

@@ -1,8 +1,11 @@
 package drill_test
 
 import (
+	"context"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,7 +36,7 @@ func TestFailoverDrills(t *testing.T) {
 	}
 	for _, sc := range drill.Scenarios {
 		t.Run(sc, func(t *testing.T) {
-			rep := drill.Run(cfg, sc)
+			rep := drill.Run(context.Background(), cfg, sc)
 			t.Logf("%s: interruption %.3fs (resumed %.3fs after the fault), sent %d acked %d refused %d %v unconfirmed %d, live %d offline %d, lost %d dup %d, VIP on %v; notes %v",
 				sc, rep.Interruption, rep.Resumed, rep.Load.Sent, rep.Load.Acked, rep.Load.Refused, rep.Load.RefusedCodes, rep.Load.Unconfirmed,
 				rep.Load.DeliveredLive, rep.Load.DeliveredOffline, rep.Load.Lost, rep.Load.Duplicated, rep.VIPHolders, rep.Notes)
@@ -66,4 +69,29 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
+}
+
+// An interrupted drill removes every namespace and process it made.
+func TestInterruptedDrillCleansUp(t *testing.T) {
+	testenv.NeedRoot(t, "the drills build network namespaces and run keepalived")
+	testenv.Need(t, "keepalived", "keepalived")
+	bin := testenv.Build(t, "drill")
+	testenv.Build(t, "relay")
+	testenv.Build(t, "msgserver")
+	p := testenv.Start(t, "drill", bin, "--scenario", "kill-relay", "--repo", testenv.ModuleRoot(t), "--before", "30s")
+	p.WaitOutput("lab up", 30*time.Second)
+	if len(drill.Leftovers()) == 0 {
+		t.Fatal("no namespaces while the lab is up: the test proves nothing")
+	}
+	p.Signal(syscall.SIGINT)
+	p.Wait(30 * time.Second)
+	if !strings.Contains(p.Output(), "interrupted") {
+		t.Fatalf("drill did not say it was interrupted:\n%s", p.Output())
+	}
+	if left := drill.Leftovers(); len(left) != 0 {
+		t.Fatalf("namespaces left after the interruption: %v", left)
+	}
+	if out, err := exec.Command("pgrep", "-f", "chatrelay-drill-").Output(); err == nil {
+		t.Fatalf("processes left after the interruption: %s", out)
+	}
 }

@@ -1,0 +1,399 @@
+package main
+
+// direct-node is one half of the direct-link baseline (chatbench direct
+// starts two of them as processes). It speaks the message server's client
+// protocol subset a benchmark needs (login, chat, ping; the same JSON reply
+// and event shapes, encoding/json both ways), and passes chats for users it
+// does not hold to its one peer over a single TCP link: the relay's frame
+// format (relay/wire), one writer goroutine per connection draining a
+// bounded queue with one write per batch (internal/sendq, as the message
+// server uses). The peer acks what it delivered and only then does the
+// sender get its "relayed" reply, as through the relay. No relay, no Redis,
+// no authentication, no resend: the floor the relay tier is measured against.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/relay/wire"
+)
+
+// The client protocol's JSON shapes, as msgserver writes them.
+type dRequest struct {
+	Cmd     string `json:"cmd"`
+	Name    string `json:"name"`
+	Send    string `json:"send"`
+	Recv    string `json:"recv"`
+	Content string `json:"content"`
+	Ref     string `json:"ref"`
+}
+
+type dReply struct {
+	Reply   string `json:"reply"`
+	OK      bool   `json:"ok"`
+	Code    string `json:"code,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Name    string `json:"name,omitempty"`
+	Session string `json:"session,omitempty"`
+	Server  string `json:"server,omitempty"`
+	ID      string `json:"id,omitempty"`
+	Status  string `json:"status,omitempty"`
+	Ref     string `json:"ref,omitempty"`
+}
+
+type dEvent struct {
+	Event   string `json:"event"`
+	ID      string `json:"id"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+	Content string `json:"content"`
+	TS      int64  `json:"ts"`
+}
+
+const (
+	dQueueBytes   = 1 << 20  // per client, as msgserver's default
+	dLinkQueue    = 64 << 20 // the link, as the relay's default
+	dMaxLine      = 8 << 10
+	dMaxName      = 64 // bytes, as msgserver's default; names travel as str8
+	dWriteTimeout = 10 * time.Second
+)
+
+type directNode struct {
+	id, peer string
+	link     *sendq.Queue
+	idBase   [8]byte
+	seq      atomic.Uint64
+	sessSeq  atomic.Uint64
+
+	mu    sync.Mutex
+	users map[string]*dSession
+
+	pmu     sync.Mutex
+	pending map[wire.ID]dPending // forwarded, waiting for the peer's ack
+}
+
+type dPending struct {
+	sender *dSession
+	ref    string
+}
+
+type dSession struct {
+	conn net.Conn
+	q    *sendq.Queue
+	name string // set by login; touched only by the session's reader
+}
+
+func (s *dSession) sendJSON(v any) {
+	line, err := json.Marshal(v)
+	if err != nil {
+		return // only strings, numbers and booleans: cannot happen
+	}
+	line = append(line, '\n')
+	if errors.Is(s.q.Write(line), sendq.ErrFull) {
+		s.conn.Close() // slow consumer: cut, as msgserver does
+	}
+}
+
+func runDirectNodeCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("chatbench direct-node", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cli.Usage(fs, "chatbench direct-node: one node of the direct-link baseline (started by chatbench direct).\n"+
+		"Prints \"link ADDR\" (with --link-listen) and \"ready ADDR\" on stdout; exits when stdin closes.")
+	id := fs.String("id", "a", "this node's id")
+	peerID := fs.String("peer-id", "b", "the peer node's id")
+	listen := fs.String("listen", "127.0.0.1:0", "client address")
+	linkListen := fs.String("link-listen", "", "accept the peer's link here (one of --link-listen, --peer)")
+	peer := fs.String("peer", "", "dial the peer's link here (one of --link-listen, --peer)")
+	lifetime := fs.Duration("lifetime", 10*time.Minute, "exit after this long whatever happens")
+	if code, done := parseFlags(fs, args, stderr); done {
+		return code
+	}
+	if (*linkListen == "") == (*peer == "") || *lifetime <= 0 {
+		fmt.Fprintln(stderr, "chatbench direct-node: give exactly one of --link-listen and --peer, and a positive --lifetime")
+		return 2
+	}
+	deadline := time.Now().Add(*lifetime)
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "chatbench direct-node %s: %v\n", *id, err)
+		return 1
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fail(err)
+	}
+	defer ln.Close()
+	var link net.Conn
+	if *linkListen != "" {
+		lln, err := net.Listen("tcp", *linkListen)
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "link %s\n", lln.Addr())
+		_ = lln.(*net.TCPListener).SetDeadline(deadline)
+		link, err = lln.Accept()
+		lln.Close()
+		if err != nil {
+			return fail(fmt.Errorf("accept the peer's link: %w", err))
+		}
+	} else {
+		link, err = dialRetry(*peer, 10*time.Second)
+		if err != nil {
+			return fail(err)
+		}
+	}
+	defer link.Close()
+
+	n := &directNode{
+		id:      *id,
+		peer:    *peerID,
+		link:    sendq.New(dLinkQueue, nil),
+		users:   make(map[string]*dSession),
+		pending: make(map[wire.ID]dPending),
+	}
+	_, _ = rand.Read(n.idBase[:])
+	linkErr := make(chan error, 2)
+	go func() { linkErr <- n.link.Run(link, dWriteTimeout) }()
+	go func() { linkErr <- n.readLink(link) }()
+	go n.accept(ln)
+	fmt.Fprintf(stdout, "ready %s\n", ln.Addr())
+
+	stdinClosed := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		close(stdinClosed)
+	}()
+	life := time.NewTimer(time.Until(deadline))
+	defer life.Stop()
+	select {
+	case <-stdinClosed:
+		return 0
+	case <-life.C:
+		return fail(fmt.Errorf("lifetime %s over", *lifetime))
+	case err := <-linkErr:
+		if errors.Is(err, io.EOF) {
+			return 0 // the peer exited first: the run is over
+		}
+		return fail(fmt.Errorf("link to %s ended: %v", *peerID, err))
+	}
+}
+
+func dialRetry(addr string, within time.Duration) (net.Conn, error) {
+	deadline := time.Now().Add(within)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil || time.Now().After(deadline) {
+			return c, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// accept serves clients until the listener closes (the process exits).
+func (n *directNode) accept(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		go n.serveClient(c)
+	}
+}
+
+func (n *directNode) serveClient(c net.Conn) {
+	s := &dSession{conn: c, q: sendq.New(dQueueBytes, nil)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.q.Run(c, dWriteTimeout)
+		c.Close()
+	}()
+	br := bufio.NewReaderSize(c, dMaxLine)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			break // EOF, a closed connection, or a line over the limit
+		}
+		if line = bytes.TrimSpace(line); len(line) > 0 {
+			n.handle(s, line)
+		}
+	}
+	n.mu.Lock()
+	if s.name != "" && n.users[s.name] == s {
+		delete(n.users, s.name)
+	}
+	n.mu.Unlock()
+	s.q.Close()
+	<-done
+}
+
+func (n *directNode) handle(s *dSession, line []byte) {
+	var r dRequest
+	if !utf8.Valid(line) || json.Unmarshal(line, &r) != nil {
+		s.sendJSON(dReply{Reply: "error", Code: "bad_json", Error: "line is not a JSON object"})
+		return
+	}
+	switch r.Cmd {
+	case "ping":
+		s.sendJSON(dReply{Reply: "ping", OK: true})
+	case "login":
+		if s.name != "" || r.Name == "" || len(r.Name) > dMaxName {
+			s.sendJSON(dReply{Reply: "login", Code: "bad_name", Error: "empty or long name, or already logged in"})
+			return
+		}
+		s.name = r.Name
+		n.mu.Lock()
+		n.users[r.Name] = s
+		n.mu.Unlock()
+		s.sendJSON(dReply{Reply: "login", OK: true, Name: r.Name, Session: fmt.Sprintf("%s-%d", n.id, n.sessSeq.Add(1)), Server: n.id})
+	case "chat":
+		switch {
+		case s.name == "":
+			s.sendJSON(dReply{Reply: "chat", Code: "not_logged_in", Error: "log in first", Ref: r.Ref})
+		case r.Recv == "" || len(r.Recv) > dMaxName:
+			s.sendJSON(dReply{Reply: "chat", Code: "bad_recipient", Error: "recv is empty or too long", Ref: r.Ref})
+		case r.Send != "" && r.Send != s.name:
+			s.sendJSON(dReply{Reply: "chat", Code: "sender_mismatch", Error: "send is not the logged-in user", Ref: r.Ref})
+		default:
+			n.chat(s, r)
+		}
+	default:
+		s.sendJSON(dReply{Reply: "error", Code: "unknown_cmd", Error: "expected login, chat or ping"})
+	}
+}
+
+func (n *directNode) local(user string) *dSession {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.users[user]
+}
+
+func (n *directNode) newID() wire.ID {
+	var id wire.ID
+	copy(id[:8], n.idBase[:])
+	binary.BigEndian.PutUint64(id[8:], n.seq.Add(1))
+	return id
+}
+
+// chat delivers to a local recipient, or forwards to the peer and replies
+// when the peer's ack comes back.
+func (n *directNode) chat(s *dSession, r dRequest) {
+	id := n.newID()
+	ts := time.Now().UnixMilli()
+	if dst := n.local(r.Recv); dst != nil {
+		dst.sendJSON(dEvent{Event: "chat", ID: id.String(), From: s.name, To: r.Recv, Content: r.Content, TS: ts})
+		s.sendJSON(dReply{Reply: "chat", OK: true, ID: id.String(), Status: "delivered", Ref: r.Ref})
+		return
+	}
+	n.pmu.Lock()
+	n.pending[id] = dPending{sender: s, ref: r.Ref}
+	n.pmu.Unlock()
+	f := &wire.Forward{ID: id, Origin: n.id, Dest: n.peer, Payload: appendDirectPayload(nil, s.name, r.Recv, ts, r.Content)}
+	if err := n.link.Append(func(b []byte) []byte { return wire.AppendForward(b, f) }); err != nil {
+		n.pmu.Lock()
+		delete(n.pending, id)
+		n.pmu.Unlock()
+		s.sendJSON(dReply{Reply: "chat", Code: "backlog_full", Error: err.Error(), Ref: r.Ref})
+	}
+}
+
+// readLink handles the peer's frames: Forward (deliver, then ack) and Ack
+// (reply to the sender).
+func (n *directNode) readLink(c net.Conn) error {
+	fr := wire.NewReader(c, wire.DefaultMaxFrame)
+	for {
+		typ, body, _, err := fr.Next()
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case wire.TypeForward:
+			f, err := wire.ParseForward(body)
+			if err != nil {
+				return err
+			}
+			from, to, ts, content, err := parseDirectPayload(f.Payload)
+			if err != nil {
+				return err
+			}
+			code := wire.AckNotHere
+			if dst := n.local(to); dst != nil {
+				dst.sendJSON(dEvent{Event: "chat", ID: f.ID.String(), From: from, To: to, Content: content, TS: ts})
+				code = wire.AckDelivered
+			}
+			a := wire.Ack{ID: f.ID, Origin: n.id, Dest: f.Origin, Code: code}
+			if err := n.link.Append(func(b []byte) []byte { return wire.AppendAck(b, wire.TypeAck, a) }); err != nil {
+				return err
+			}
+		case wire.TypeAck:
+			a, err := wire.ParseAck(body)
+			if err != nil {
+				return err
+			}
+			n.pmu.Lock()
+			p, ok := n.pending[a.ID]
+			delete(n.pending, a.ID)
+			n.pmu.Unlock()
+			if !ok {
+				continue
+			}
+			if a.Code == wire.AckDelivered {
+				p.sender.sendJSON(dReply{Reply: "chat", OK: true, ID: a.ID.String(), Status: "relayed", Ref: p.ref})
+			} else {
+				p.sender.sendJSON(dReply{Reply: "chat", Code: "offline", Error: "recipient is on neither node", ID: a.ID.String(), Ref: p.ref})
+			}
+		default:
+			return fmt.Errorf("unexpected frame type %d on the direct link", typ)
+		}
+	}
+}
+
+// The Forward payload: from str8, to str8, ts int64 big-endian, content:
+// the message server's layout.
+func appendDirectPayload(b []byte, from, to string, ts int64, content string) []byte {
+	b = append(b, byte(len(from)))
+	b = append(b, from...)
+	b = append(b, byte(len(to)))
+	b = append(b, to...)
+	b = binary.BigEndian.AppendUint64(b, uint64(ts))
+	return append(b, content...)
+}
+
+var errDirectPayload = errors.New("malformed direct payload")
+
+func parseDirectPayload(b []byte) (from, to string, ts int64, content string, err error) {
+	str := func() (string, bool) {
+		if len(b) < 1 || len(b) < 1+int(b[0]) {
+			return "", false
+		}
+		s := string(b[1 : 1+int(b[0])])
+		b = b[1+int(b[0]):]
+		return s, true
+	}
+	from, ok1 := str()
+	to, ok2 := str()
+	if !ok1 || !ok2 || len(b) < 8 {
+		return "", "", 0, "", errDirectPayload
+	}
+	return from, to, int64(binary.BigEndian.Uint64(b)), string(b[8:]), nil
+}
