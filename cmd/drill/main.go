@@ -145,6 +145,7 @@ func table(w io.Writer, reports []*drill.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "scenario\tinterruption s\tresumed after s\tsent\tacked\trefused\tlost\tdup\tVIP on\texpected\tok")
 	by := map[string][]float64{}
+	var notes []string
 	for _, r := range reports {
 		ok := "yes"
 		if !r.OK() {
@@ -156,10 +157,13 @@ func table(w io.Writer, reports []*drill.Report) {
 			by[r.Scenario] = append(by[r.Scenario], r.Interruption)
 		}
 		for _, n := range r.Notes {
-			fmt.Fprintf(tw, "  note: %s\n", n)
+			notes = append(notes, r.Scenario+": "+n)
 		}
 	}
 	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintln(w, "note:", n)
+	}
 	if len(reports) <= len(by) {
 		return
 	}
