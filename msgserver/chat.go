@@ -61,13 +61,14 @@ func (d *delivery) route(cached bool) *clientError {
 		d.finish(StatusDelivered)
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-	defer cancel()
 	loc, ok := location{}, false
 	if cached {
 		loc, ok = s.routes.get(d.ev.To, d.accepted)
 	}
 	if !ok {
+		// Only a cache miss costs a Redis round trip (and a context).
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+		defer cancel()
 		var err error
 		loc, ok, err = s.pres.lookup(ctx, d.ev.To)
 		if err != nil {
@@ -79,7 +80,7 @@ func (d *delivery) route(cached bool) *clientError {
 		}
 	}
 	if !ok || loc.server == s.cfg.ID || s.up == nil || d.routes >= maxRoutes {
-		return d.storeOffline(ctx)
+		return d.storeOffline()
 	}
 	d.routes++
 	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.server}
@@ -104,9 +105,7 @@ func (d *delivery) forwarded(o outcome) {
 			defer s.wg.Done()
 			var e *clientError
 			if o == outGaveUp {
-				ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-				e = d.storeOffline(ctx)
-				cancel()
+				e = d.storeOffline()
 			} else {
 				e = d.route(false)
 			}
@@ -119,7 +118,9 @@ func (d *delivery) forwarded(o outcome) {
 	}
 }
 
-func (d *delivery) storeOffline(ctx context.Context) *clientError {
+func (d *delivery) storeOffline() *clientError {
+	ctx, cancel := context.WithTimeout(d.srv.ctx, d.srv.cfg.RedisTimeout)
+	defer cancel()
 	ev := d.ev
 	ev.Offline = true
 	line := appendJSONLine(nil, ev)

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
 )
 
 // The client protocol: one JSON object per line in each direction.
@@ -109,15 +111,58 @@ func errorf(code, format string, args ...any) *clientError {
 	return &clientError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
+// parsers are reused across sessions: decoding requests with reflection
+// (encoding/json) was the largest single cost of a message in the profile.
+var parsers fastjson.ParserPool
+
 // decodeRequest parses one line. It returns a client error for anything
-// that is not a JSON object with a known cmd.
+// that is not a JSON object with a known cmd and string fields.
 func decodeRequest(line []byte) (request, *clientError) {
 	var r request
 	if !utf8.Valid(line) {
 		return r, errorf(CodeBadJSON, "line is not valid UTF-8 JSON")
 	}
-	if err := json.Unmarshal(line, &r); err != nil {
-		return r, errorf(CodeBadJSON, "line is not a JSON object: %v", err)
+	p := parsers.Get()
+	defer parsers.Put(p)
+	v, err := p.ParseBytes(line)
+	if err != nil {
+		return r, errorf(CodeBadJSON, "line is not a JSON object: %s", truncate(err.Error(), 120))
+	}
+	o, err := v.Object()
+	if err != nil {
+		return r, errorf(CodeBadJSON, "line is not a JSON object: it is %s", v.Type())
+	}
+	var notString string
+	o.Visit(func(k []byte, v *fastjson.Value) {
+		var dst *string
+		switch string(k) {
+		case "cmd":
+			dst = &r.Cmd
+		case "name":
+			dst = &r.Name
+		case "send":
+			dst = &r.Send
+		case "recv":
+			dst = &r.Recv
+		case "content":
+			dst = &r.Content
+		case "ref":
+			dst = &r.Ref
+		default:
+			return // unknown fields are ignored, as encoding/json does
+		}
+		if v.Type() == fastjson.TypeNull {
+			return // null is absent, as encoding/json has it
+		}
+		b, err := v.StringBytes()
+		if err != nil {
+			notString = string(k)
+			return
+		}
+		*dst = string(b)
+	})
+	if notString != "" {
+		return request{}, errorf(CodeBadJSON, "field %q must be a string", truncate(notString, 32))
 	}
 	switch r.Cmd {
 	case "login", "chat", "ping", "logout":

@@ -42,7 +42,7 @@ func TestDecodeRequest(t *testing.T) {
 
 		{"missing cmd", `{"name":"zhima201"}`, request{}, CodeUnknownCmd},
 		{"empty object", `{}`, request{}, CodeUnknownCmd},
-		{"json null", `null`, request{}, CodeUnknownCmd},
+		{"json null", `null`, request{}, CodeBadJSON}, // not an object
 		{"empty cmd", `{"cmd":""}`, request{}, CodeUnknownCmd},
 		{"null cmd", `{"cmd":null}`, request{}, CodeUnknownCmd},
 		{"unknown cmd", `{"cmd":"send"}`, request{}, CodeUnknownCmd},

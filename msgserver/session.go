@@ -42,6 +42,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 		closed: make(chan struct{}),
 	}
 	s.q = sendq.New(srv.cfg.SessionQueueBytes, nil)
+	s.q.Start(conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
 	return s
 }
 
@@ -60,7 +61,7 @@ func (s *session) sendJSON(v any) { s.send(appendJSONLine(nil, v)) }
 func (s *session) closeWith(code, reason string) {
 	s.closeOnce.Do(func() {
 		_ = s.q.Write(appendJSONLine(nil, closingEvent{Event: eventFor(code), Code: code, Reason: reason}))
-		s.q.Close() // the writer flushes, then closes conn
+		s.q.Close() // flushed, then run closes conn
 		s.srv.m.disconnect(code)
 		close(s.closed)
 		_ = s.conn.SetReadDeadline(time.Now()) // wake the reader
@@ -94,23 +95,26 @@ func eventFor(code string) string {
 
 // run serves the connection until it ends, then cleans up.
 func (s *session) run() {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := s.q.Run(s.conn, s.srv.cfg.WriteTimeout); err != nil {
-			s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote, "err", err)
-		}
-		s.conn.Close()
-	}()
 	s.readLoop()
 	s.srv.endSession(s)
 	s.closeOnce.Do(func() { s.q.Close(); close(s.closed) })
-	<-done
+	<-s.q.Done() // everything queued is written (bounded by the write timeout)
+	if err := s.q.Err(); err != nil {
+		s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote, "err", err)
+	}
+	s.conn.Close()
 }
+
+// readBufferSize is the per-session read buffer. Requests are short; a
+// longer line (up to MaxLine) is gathered in a temporary slice, so an idle
+// session holds 512 bytes, not MaxLine.
+const readBufferSize = 512
 
 func (s *session) readLoop() {
 	cfg := &s.srv.cfg
-	br := bufio.NewReaderSize(s.conn, cfg.MaxLine)
+	br := bufio.NewReaderSize(s.conn, readBufferSize)
+	var long []byte // a line longer than the buffer, gathered so far
+	tooLong := false
 	errorsInARow := 0
 	var deadlineSet time.Time
 	for {
@@ -118,40 +122,40 @@ func (s *session) readLoop() {
 			deadlineSet = now
 			_ = s.conn.SetReadDeadline(now.Add(cfg.IdleTimeout))
 		}
-		line, err := br.ReadSlice('\n')
+		frag, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			// Discard the rest of the oversize line, then carry on.
-			for errors.Is(err, bufio.ErrBufferFull) {
-				_, err = br.ReadSlice('\n')
-			}
-			if err != nil && !errors.Is(err, io.EOF) {
-				s.readFailed(err)
-				return
-			}
-			errorsInARow++
-			s.fail("error", "", errorf(CodeLineTooLong, "line exceeds %d bytes; it was discarded", cfg.MaxLine))
-			if err != nil || s.tooManyErrors(errorsInARow) {
-				return
+			if !tooLong && len(long)+len(frag) <= cfg.MaxLine {
+				long = append(long, frag...)
+			} else {
+				tooLong, long = true, nil // discard the rest of this line
 			}
 			continue
 		}
-		if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+		if err != nil && !(errors.Is(err, io.EOF) && len(frag)+len(long) > 0) {
 			s.readFailed(err)
 			return
 		}
-		line = bytes.TrimSpace(line)
-		if len(line) > 0 {
+		line := frag
+		if long != nil {
+			long = append(long, frag...)
+			line = long
+		}
+		if len(line) > cfg.MaxLine {
+			tooLong = true
+		}
+		if tooLong {
+			errorsInARow++
+			s.fail("error", "", errorf(CodeLineTooLong, "line exceeds %d bytes; it was discarded", cfg.MaxLine))
+		} else if line = bytes.TrimSpace(line); len(line) > 0 {
 			if cerr := s.handle(line); cerr != nil {
 				errorsInARow++
-				if s.tooManyErrors(errorsInARow) {
-					return
-				}
 			} else {
 				errorsInARow = 0
 			}
 		}
-		if err != nil || s.isClosed() {
-			return // EOF after a last line without newline, or closed
+		tooLong, long = false, nil
+		if s.tooManyErrors(errorsInARow) || err != nil || s.isClosed() {
+			return // too many errors, EOF after a last line without newline, or closed
 		}
 	}
 }

@@ -37,6 +37,16 @@ type Queue struct {
 	oldest  time.Time // when the first item now pending was appended
 	closed  bool
 	flushed func(bytes, items int, waited time.Duration)
+
+	// Self-writing mode (Start): a goroutine exists only while there is
+	// something to write.
+	conn         net.Conn
+	writeTimeout time.Duration
+	writing      bool
+	spare        []byte
+	werr         error
+	drained      chan struct{}
+	drainedOnce  sync.Once
 }
 
 // New returns a queue that refuses new items once more than maxBytes are
@@ -70,12 +80,87 @@ func (q *Queue) Append(fn func([]byte) []byte) error {
 	}
 	q.buf = fn(q.buf)
 	q.items++
+	start := q.conn != nil && !q.writing
+	if start {
+		q.writing = true
+	}
 	q.mu.Unlock()
+	if start {
+		go q.flushLoop()
+		return nil
+	}
 	select {
 	case q.notify <- struct{}{}:
 	default:
 	}
 	return nil
+}
+
+// Start makes the queue write to conn by itself, instead of a Run loop:
+// a goroutine is started when items arrive and ends when the queue is
+// empty, so an idle connection costs no goroutine. Done is closed once the
+// queue is closed and everything is written, or a write failed.
+func (q *Queue) Start(conn net.Conn, writeTimeout time.Duration) {
+	q.mu.Lock()
+	q.conn, q.writeTimeout = conn, writeTimeout
+	q.drained = make(chan struct{})
+	start := len(q.buf) > 0
+	q.writing = start
+	closed := q.closed
+	q.mu.Unlock()
+	switch {
+	case start:
+		go q.flushLoop()
+	case closed:
+		q.drainedOnce.Do(func() { close(q.drained) })
+	}
+}
+
+// Done is closed when a started queue is closed and drained (see Start).
+func (q *Queue) Done() <-chan struct{} { return q.drained }
+
+// Err is the write error that ended a started queue, if any.
+func (q *Queue) Err() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.werr
+}
+
+func (q *Queue) flushLoop() {
+	for {
+		q.mu.Lock()
+		if len(q.buf) == 0 || q.werr != nil {
+			q.writing = false
+			closed := q.closed
+			q.mu.Unlock()
+			if closed {
+				q.drainedOnce.Do(func() { close(q.drained) })
+			}
+			return
+		}
+		out, items, oldest := q.buf, q.items, q.oldest
+		q.buf, q.items = q.spare[:0], 0
+		q.spare = nil
+		q.mu.Unlock()
+
+		if q.writeTimeout > 0 {
+			_ = q.conn.SetWriteDeadline(time.Now().Add(q.writeTimeout))
+		}
+		_, err := q.conn.Write(out)
+		if err == nil && q.flushed != nil {
+			q.flushed(len(out), items, time.Since(oldest))
+		}
+		q.mu.Lock()
+		if cap(out) <= 4<<10 && q.spare == nil {
+			q.spare = out // small buffers are reused; big ones go back to the GC
+		}
+		if err != nil {
+			q.werr = fmt.Errorf("write %d bytes: %w", len(out), err)
+			q.closed = true
+			q.buf = nil
+		}
+		q.mu.Unlock()
+	}
 }
 
 // Write queues a copy of p.
@@ -94,10 +179,14 @@ func (q *Queue) Len() int {
 // (bounded by the write timeout). Appends after Close fail.
 func (q *Queue) Close() {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if !q.closed {
 		q.closed = true
 		close(q.done)
+	}
+	idle := q.conn != nil && !q.writing
+	q.mu.Unlock()
+	if idle { // nothing pending and no writer: drained now
+		q.drainedOnce.Do(func() { close(q.drained) })
 	}
 }
 
