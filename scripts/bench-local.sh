@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Starts the tier on loopback as real processes (redis-server, one relay,
-# two message servers), runs the cross-server benchmarks with chatbench and
+# two message servers), runs the standard benchmarks with chatbench and
 # prints their tables; stops everything on exit.
 #
-#   scripts/bench-local.sh [users] [seconds]
+#   scripts/bench-local.sh [users] [seconds] [idle sessions]
+#
+# BIN=dir uses binaries already built there (relay, msgserver, chatbench)
+# instead of building the working tree, to compare versions.
 set -euo pipefail
 
 users=${1:-1000}
 secs=${2:-10}
+idle=${3:-15000}
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install redis-server" >&2; exit 1; }
@@ -22,11 +26,15 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || echo "note: could not raise the open-file limit; large user counts may fail" >&2
-go build -o "$work/" ./cmd/relay ./cmd/msgserver ./cmd/chatbench
+if [ -n "${BIN:-}" ]; then
+  cp "$BIN/relay" "$BIN/msgserver" "$BIN/chatbench" "$work/"
+else
+  go build -o "$work/" ./cmd/relay ./cmd/msgserver ./cmd/chatbench
+fi
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rport=$(free_port); lport=$(free_port); p1=$(free_port); p2=$(free_port)
+rport=$(free_port); lport=$(free_port); p1=$(free_port); p2=$(free_port); a1=$(free_port)
 
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
@@ -35,13 +43,17 @@ pids+=($!)
 for i in 1 2; do
   port=$p1; [ "$i" = 2 ] && port=$p2
   "$work/msgserver" --id "msg-$i" --listen "127.0.0.1:$port" --relay "127.0.0.1:$lport" \
-    --redis "redis://127.0.0.1:$rport/0" --link-secret-file "$work/secret" --admin "" --log-level warn &
+    --redis "redis://127.0.0.1:$rport/0" --link-secret-file "$work/secret" --log-level warn \
+    --admin "$([ "$i" = 1 ] && echo "127.0.0.1:$a1")" &
   pids+=($!)
 done
 for port in $p1 $p2; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
-echo "# $(nproc) cores, $users users, ${secs}s per run"
+echo "# $(nproc) cores, $users users, ${secs}s per run, $idle idle sessions"
 "$work/chatbench" xnode --servers "127.0.0.1:$p1,127.0.0.1:$p2" --users "$users" --window 8 --duration "${secs}s" --quiet
 "$work/chatbench" xnode --servers "127.0.0.1:$p1,127.0.0.1:$p2" --users "$users" --rate 5000 --duration "${secs}s" --quiet --prefix rate
+"$work/chatbench" idle --server "127.0.0.1:$p1" --sessions "$idle" --metrics "http://127.0.0.1:$a1/metrics" --hold 2s
+# The baseline: two processes joined by one direct link, no relay, no Redis.
+"$work/chatbench" direct --users "$users" --window 8 --duration "${secs}s" --quiet

@@ -459,3 +459,57 @@ func TestConcurrentProducersTCP(t *testing.T) {
 		next[p]++
 	}
 }
+
+// Self-writing mode: items are written in order without a Run loop, Done
+// closes after Close once everything is written, and a failed write ends it.
+func TestStartWritesAndDrains(t *testing.T) {
+	w, r := pipe(t)
+	q := New(1<<20, nil)
+	q.Start(w, time.Second)
+	all, each := items(50)
+	for _, it := range each {
+		if err := q.Write(it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readN(t, r, len(all)); !bytes.Equal(got, all) {
+		t.Fatalf("got %q, want %q", got, all)
+	}
+	select {
+	case <-q.Done():
+		t.Fatal("Done before Close")
+	default:
+	}
+	_ = q.Write([]byte("last"))
+	q.Close()
+	if got := readN(t, r, 4); string(got) != "last" {
+		t.Fatalf("after Close got %q", got)
+	}
+	select {
+	case <-q.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after Close and flush")
+	}
+	if q.Err() != nil {
+		t.Fatalf("Err = %v", q.Err())
+	}
+}
+
+func TestStartWriteErrorEndsIt(t *testing.T) {
+	w, r := pipe(t)
+	r.Close()
+	q := New(1<<20, nil)
+	q.Start(w, time.Second)
+	_ = q.Write([]byte("into a closed pipe"))
+	select {
+	case <-q.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after a write error")
+	}
+	if q.Err() == nil {
+		t.Fatal("no error after writing to a closed peer")
+	}
+	if err := q.Write([]byte("x")); err == nil {
+		t.Fatal("Write accepted after the queue failed")
+	}
+}
