@@ -2,6 +2,7 @@ package msgserver
 
 import (
 	"context"
+	"encoding/binary"
 	"sync"
 	"time"
 
@@ -205,32 +206,49 @@ func (c *routeCache) sweep(now time.Time) {
 	c.mu.Unlock()
 }
 
-// dedup remembers the ids of the last n messages taken from other servers,
-// so a message resent after a failover is not shown twice. An origin
-// resends only messages still unacked (at most its MaxUnacked), so a window
-// larger than that catches every resend.
+// dedup remembers the last n messages taken from each origin, so a message
+// resent after a failover is not shown twice. An origin resends only
+// messages still unacked, so a window larger than its MaxUnacked catches
+// every resend.
+//
+// Message ids are a per-process prefix and a sequence number, so each
+// origin process gets a ring indexed by sequence number: a slot holds the
+// last sequence number stored there, and a message is a duplicate when its
+// slot holds its own number. No hashing of 16-byte keys, no map churn: the
+// profile showed the map version at 7% of a message's cost.
 type dedup struct {
-	ring []wire.ID
-	next int
-	set  map[wire.ID]struct{}
+	n     uint64
+	rings map[[8]byte][]uint64
 }
 
 func newDedup(n int) dedup {
-	return dedup{ring: make([]wire.ID, 0, n), set: make(map[wire.ID]struct{}, n)}
+	return dedup{n: uint64(max(n, 1)), rings: make(map[[8]byte][]uint64)}
+}
+
+func split(id wire.ID) (prefix [8]byte, seq uint64) {
+	copy(prefix[:], id[:8])
+	return prefix, binary.BigEndian.Uint64(id[8:])
 }
 
 func (d *dedup) seen(id wire.ID) bool {
-	_, ok := d.set[id]
-	return ok
+	prefix, seq := split(id)
+	ring := d.rings[prefix]
+	return ring != nil && ring[seq%d.n] == seq+1 // +1: an empty slot never matches
 }
 
 func (d *dedup) add(id wire.ID) {
-	if len(d.ring) < cap(d.ring) {
-		d.ring = append(d.ring, id)
-	} else {
-		delete(d.set, d.ring[d.next])
-		d.ring[d.next] = id
-		d.next = (d.next + 1) % len(d.ring)
+	prefix, seq := split(id)
+	ring := d.rings[prefix]
+	if ring == nil {
+		if len(d.rings) >= maxOrigins {
+			clear(d.rings) // origins restarting forever: start over rather than grow
+		}
+		ring = make([]uint64, d.n)
+		d.rings[prefix] = ring
 	}
-	d.set[id] = struct{}{}
+	ring[seq%d.n] = seq + 1
 }
+
+// maxOrigins bounds the rings kept: one per message server process seen
+// (a restarted server is a new origin).
+const maxOrigins = 64
