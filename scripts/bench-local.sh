@@ -51,9 +51,14 @@ for port in $p1 $p2; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 
+watch="relay=${pids[1]},msg-1=${pids[2]},msg-2=${pids[3]}"
+servers="127.0.0.1:$p1,127.0.0.1:$p2"
 echo "# $(nproc) cores, $users users, ${secs}s per run, $idle idle sessions"
-"$work/chatbench" xnode --servers "127.0.0.1:$p1,127.0.0.1:$p2" --users "$users" --window 8 --duration "${secs}s" --quiet
-"$work/chatbench" xnode --servers "127.0.0.1:$p1,127.0.0.1:$p2" --users "$users" --rate 5000 --duration "${secs}s" --quiet --prefix rate
+"$work/chatbench" xnode --servers "$servers" --users "$users" --window 8 --duration "${secs}s" --quiet --pids "$watch"
+# Open loop at rising rates: latency at 5k/s, and the relay's CPU per message falling with load.
+for rate in 5000 20000 50000; do
+  "$work/chatbench" xnode --servers "$servers" --users "$users" --rate "$rate" --duration "${secs}s" --quiet --prefix "rate$rate" --pids "$watch"
+done
 "$work/chatbench" idle --server "127.0.0.1:$p1" --sessions "$idle" --metrics "http://127.0.0.1:$a1/metrics" --hold 2s
 # The baseline: two processes joined by one direct link, no relay, no Redis.
 "$work/chatbench" direct --users "$users" --window 8 --duration "${secs}s" --quiet

@@ -101,6 +101,7 @@ func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
 	loadFlags(fs, &cfg)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	pids := fs.String("pids", "", "name=pid,... of the tier's processes: report each one's CPU time per 1,000 delivered messages")
 	if code, done := parseFlags(fs, args, stderr); done {
 		return code
 	}
@@ -111,6 +112,11 @@ func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	if !*quiet {
 		cfg.Progress = stderr
+	}
+	var err error
+	if cfg.Watch, err = parsePids(*pids); err != nil {
+		fmt.Fprintln(stderr, "chatbench:", err)
+		return 2
 	}
 	res, err := runXnode(cfg)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
@@ -26,6 +27,24 @@ type xnodeConfig struct {
 	Size     int
 	Prefix   string
 	Progress io.Writer
+	Watch    map[string]int // process name -> pid whose CPU per 1k messages is reported
+}
+
+// parsePids reads "relay=123,msg-1=456".
+func parsePids(s string) (map[string]int, error) {
+	out := map[string]int{}
+	if s == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		name, v, ok := strings.Cut(kv, "=")
+		pid, err := strconv.Atoi(v)
+		if !ok || err != nil || pid <= 0 {
+			return nil, fmt.Errorf("--pids: %q is not name=pid", kv)
+		}
+		out[name] = pid
+	}
+	return out, nil
 }
 
 func (c *xnodeConfig) validate() error {
@@ -67,6 +86,9 @@ type result struct {
 	Duplicated int64   `json:"duplicated"`
 	Errors     int64   `json:"errors"`
 	Cores      int     `json:"cores"`
+	// CPUMsPer1k is each watched process's CPU time (user+system) per
+	// 1,000 delivered messages, over the measured window.
+	CPUMsPer1k map[string]float64 `json:"cpu_ms_per_1k,omitempty"`
 }
 
 func (r *result) table(w io.Writer) {
@@ -75,6 +97,18 @@ func (r *result) table(w io.Writer) {
 	fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%d\t%d\t%d\t%d\t%d\t\n",
 		r.Mode, r.Users, r.MsgsPerSec, r.P50ms, r.P99ms, r.P999ms, r.MaxMs, r.Sent, r.Delivered, r.Lost, r.Duplicated, r.Errors, r.Cores)
 	tw.Flush()
+	if len(r.CPUMsPer1k) > 0 {
+		names := make([]string, 0, len(r.CPUMsPer1k))
+		for n := range r.CPUMsPer1k {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		fmt.Fprint(w, "CPU ms per 1k delivered:")
+		for _, n := range names {
+			fmt.Fprintf(w, "  %s %.2f", n, r.CPUMsPer1k[n])
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 type benchUser struct {
@@ -100,6 +134,8 @@ type benchRun struct {
 	sent, errs, inFlow  atomic.Int64
 	deliveredInWindow   atomic.Int64
 	totalReceived       atomic.Int64
+	cpuMu               sync.Mutex
+	cpuPer1k            map[string]float64
 	windowStartReceived int64
 }
 
@@ -117,6 +153,17 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 
 	r.start = time.Now()
 	r.measureFrom = r.start.Add(cfg.Warmup)
+	cpuAtStart := map[string]time.Duration{}
+	cpuTimer := time.AfterFunc(cfg.Warmup, func() {
+		for n, pid := range cfg.Watch {
+			if c, err := procCPU(pid); err == nil {
+				r.cpuMu.Lock()
+				cpuAtStart[n] = c
+				r.cpuMu.Unlock()
+			}
+		}
+	})
+	defer cpuTimer.Stop()
 	r.measureTo = r.measureFrom.Add(cfg.Duration)
 	// Closed loop: queue each user's first window before its reader starts,
 	// so the reader (which sends on every reply) never sends concurrently.
@@ -143,6 +190,18 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 		r.progressUntil(r.measureTo)
 		r.stopSending.Store(true)
 	}
+	r.cpuMu.Lock()
+	for n, pid := range cfg.Watch {
+		if c, err := procCPU(pid); err == nil {
+			if c0, ok := cpuAtStart[n]; ok && r.deliveredInWindow.Load() > 0 {
+				if r.cpuPer1k == nil {
+					r.cpuPer1k = map[string]float64{}
+				}
+				r.cpuPer1k[n] = float64((c - c0).Milliseconds()) / (float64(r.deliveredInWindow.Load()) / 1000)
+			}
+		}
+	}
+	r.cpuMu.Unlock()
 	// Drain: wait for everything sent to arrive, at most 10 s.
 	drainBy := time.Now().Add(10 * time.Second)
 	for r.totalReceived.Load() < r.sent.Load()-r.errs.Load() && time.Now().Before(drainBy) {
@@ -366,6 +425,7 @@ func (r *benchRun) result(users []*benchUser) *result {
 		Errors:  r.errs.Load(),
 		Cores:   runtime.NumCPU(),
 	}
+	res.CPUMsPer1k = r.cpuPer1k
 	if r.cfg.Rate > 0 {
 		res.Mode, res.Window, res.Rate = "xnode-rate", 0, r.cfg.Rate
 	}
