@@ -11,9 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/relay/wire"
 )
 
@@ -151,23 +151,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
 	s.log.Info("relay listening", "addr", ln.Addr().String())
-	var backoff time.Duration
 	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if s.ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		conn, err := netx.Accept(ln, s.log, func() bool { return s.ctx.Err() != nil })
+		if conn == nil {
+			return err
 		}
-		backoff = 0
 		if !s.track(conn) {
 			conn.Close()
 			return nil
