@@ -47,6 +47,28 @@ end
 return 0
 `)
 
+// takeInboxScript returns a user's offline messages, oldest first, and
+// deletes them: one key, atomic, so nothing stored meanwhile is lost.
+var takeInboxScript = redis.NewScript(`
+local v = redis.call('LRANGE', KEYS[1], 0, -1)
+if #v > 0 then
+  redis.call('DEL', KEYS[1])
+end
+return v
+`)
+
+// restoreInboxScript puts taken messages (ARGV[3..], oldest first) back at
+// the head of the inbox, keeps the newest ARGV[1] and sets the TTL to
+// ARGV[2] ms, as storeOffline does.
+var restoreInboxScript = redis.NewScript(`
+for i = #ARGV, 3, -1 do
+  redis.call('LPUSH', KEYS[1], ARGV[i])
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
 // location is where a user is logged in.
 type location struct {
 	server, session string
@@ -67,6 +89,9 @@ type presence struct {
 	inboxMax int
 	inboxTTL time.Duration
 	onError  func()
+
+	watchMu sync.Mutex
+	watches map[string][]*inboxWatch // users with a login in progress here
 }
 
 func (p *presence) fail(err error) error {
@@ -76,18 +101,40 @@ func (p *presence) fail(err error) error {
 	return err
 }
 
-// claim records that user is now at loc and returns where it was before
-// (ok false if nowhere).
-func (p *presence) claim(ctx context.Context, user string, loc location) (old location, ok bool, err error) {
-	prev, err := p.rdb.SetArgs(ctx, userKeyPrefix+user, loc.value(), redis.SetArgs{TTL: p.ttl, Get: true}).Result()
-	if errors.Is(err, redis.Nil) {
-		return location{}, false, nil
+// claimLogins records, in one pipeline (one round trip), that each
+// claim's user is now at its location, and atomically takes each user's
+// offline inbox. Every claim gets its own outcome: a command failing for one
+// key fails only that claim; a failed connection fails all. A claim whose
+// presence write failed must not keep its inbox: loginBatcher.claim puts it back.
+func (p *presence) claimLogins(ctx context.Context, claims []*loginClaim) {
+	sets := make([]*redis.StatusCmd, len(claims))
+	takes := make([]*redis.Cmd, len(claims))
+	// Eval, not Run: a pipeline cannot fall back from EVALSHA on NOSCRIPT.
+	_, _ = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, c := range claims {
+			sets[i] = pipe.SetArgs(ctx, userKeyPrefix+c.user, c.loc.value(), redis.SetArgs{TTL: p.ttl, Get: true})
+			takes[i] = takeInboxScript.Eval(ctx, pipe, []string{inboxKeyPrefix + c.user})
+		}
+		return nil
+	})
+	// Each command carries its own error: go-redis stamps a connection
+	// failure on every command whose reply was not read.
+	for i, c := range claims {
+		prev, err := sets[i].Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			c.err = p.fail(fmt.Errorf("claim presence of %q: %w", c.user, err))
+		default:
+			c.old, c.had = parseLocation(prev)
+		}
+		lines, err := takes[i].StringSlice()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			c.inboxErr = p.fail(fmt.Errorf("take inbox of %q: %w", c.user, err))
+		} else {
+			c.inbox = lines
+		}
 	}
-	if err != nil {
-		return location{}, false, p.fail(fmt.Errorf("claim presence of %q: %w", user, err))
-	}
-	old, ok = parseLocation(prev)
-	return old, ok, nil
 }
 
 // lookup returns where user is logged in (ok false if offline).
@@ -160,6 +207,7 @@ func (p *presence) refreshAll(ctx context.Context, users map[string]location) (l
 // storeOffline appends an event line to user's inbox, keeping the newest
 // inboxMax and renewing the inbox TTL.
 func (p *presence) storeOffline(ctx context.Context, user string, line []byte) error {
+	defer p.noteStore(user)()
 	key := inboxKeyPrefix + user
 	_, err := p.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 		pipe.RPush(ctx, key, line)
@@ -175,17 +223,92 @@ func (p *presence) storeOffline(ctx context.Context, user string, line []byte) e
 
 // takeInbox atomically reads and removes user's offline messages, oldest first.
 func (p *presence) takeInbox(ctx context.Context, user string) ([]string, error) {
-	key := inboxKeyPrefix + user
-	var lr *redis.StringSliceCmd
-	_, err := p.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		lr = pipe.LRange(ctx, key, 0, -1)
-		pipe.Del(ctx, key)
-		return nil
-	})
-	if err != nil {
+	lines, err := takeInboxScript.Run(ctx, p.rdb, []string{inboxKeyPrefix + user}).StringSlice()
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, p.fail(fmt.Errorf("take inbox of %q: %w", user, err))
 	}
-	return lr.Val(), nil
+	return lines, nil
+}
+
+// restoreInbox puts lines taken from user's inbox back in front of
+// whatever arrived since, keeping the newest inboxMax.
+func (p *presence) restoreInbox(ctx context.Context, user string, lines []string) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 2+len(lines))
+	args = append(args, p.inboxMax, p.inboxTTL.Milliseconds())
+	for _, l := range lines {
+		args = append(args, l)
+	}
+	if err := restoreInboxScript.Run(ctx, p.rdb, []string{inboxKeyPrefix + user}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return p.fail(fmt.Errorf("restore inbox of %q: %w", user, err))
+	}
+	return nil
+}
+
+// inboxWatch notices offline messages stored from this server for a user
+// while that user's login is in progress here. The login takes the inbox in
+// the same round trip as its presence claim, before the session is in the
+// local map; a local sender that finds the user claimed but not yet mapped
+// stores the message offline, and without the watch it would wait in the
+// inbox until the next login.
+type inboxWatch struct {
+	stored   bool           // a store was started while watched (under watchMu)
+	inflight sync.WaitGroup // those stores still running
+}
+
+// watchInbox starts watching user's inbox for stores from this server.
+func (p *presence) watchInbox(user string) *inboxWatch {
+	w := &inboxWatch{}
+	p.watchMu.Lock()
+	if p.watches == nil {
+		p.watches = make(map[string][]*inboxWatch)
+	}
+	p.watches[user] = append(p.watches[user], w)
+	p.watchMu.Unlock()
+	return w
+}
+
+// unwatchInbox stops w and reports whether a store started meanwhile; if
+// so, w.inflight.Wait() returns once those stores are done.
+func (p *presence) unwatchInbox(user string, w *inboxWatch) (stored bool) {
+	p.watchMu.Lock()
+	defer p.watchMu.Unlock()
+	ws := p.watches[user]
+	for i, x := range ws {
+		if x == w {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(p.watches, user)
+	} else {
+		p.watches[user] = ws
+	}
+	return w.stored
+}
+
+// noteStore marks every watch on user and returns the function that ends
+// the store.
+func (p *presence) noteStore(user string) (done func()) {
+	p.watchMu.Lock()
+	defer p.watchMu.Unlock()
+	ws := p.watches[user]
+	if len(ws) == 0 {
+		return func() {}
+	}
+	ws = append([]*inboxWatch(nil), ws...)
+	for _, w := range ws {
+		w.stored = true
+		w.inflight.Add(1)
+	}
+	return func() {
+		for _, w := range ws {
+			w.inflight.Done()
+		}
+	}
 }
 
 // register writes this server's registry entry (also its heartbeat).

@@ -11,10 +11,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/relay/wire"
 )
 
@@ -25,6 +25,7 @@ type Server struct {
 	log     *slog.Logger
 	m       *Metrics
 	pres    *presence
+	logins  *loginBatcher
 	up      *uplink // nil when no relay is configured
 
 	ctx    context.Context
@@ -80,6 +81,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("seed message ids: %w", err)
 	}
 	s.redisOK.Store(true)
+	s.logins = newLoginBatcher(s.pres, cfg.RedisTimeout)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.logins.run(ctx)
+	}()
 	if cfg.RelayAddr != "" {
 		s.up = newUplink(&s.cfg, s.log, s.m, s.onForward, s.onKick)
 		s.wg.Add(1)
@@ -107,26 +114,16 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
 	s.log.Info("accepting clients", "addr", ln.Addr().String())
-	var backoff time.Duration
+	stopping := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.draining || s.ctx.Err() != nil
+	}
 	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			stopping := s.draining || s.ctx.Err() != nil
-			s.mu.Unlock()
-			if stopping {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		conn, err := netx.Accept(ln, s.log, stopping)
+		if conn == nil {
+			return err
 		}
-		backoff = 0
 		sess := newSession(s, conn)
 		s.mu.Lock()
 		full := len(s.conns) >= s.cfg.MaxSessions
@@ -190,7 +187,8 @@ func (s *Server) local(user string) *session {
 
 // login binds the session to a name: presence first (so the user is
 // reachable), then the local map, then the takeover of any older session,
-// then the offline inbox.
+// then the reply and the offline inbox. The presence claim and the inbox
+// take share one Redis round trip with the other logins in progress.
 func (s *Server) login(sess *session, r request) *clientError {
 	if sess.name != "" {
 		return errorf(CodeAlreadyIn, "already logged in as %q; log out first", sess.name)
@@ -207,9 +205,14 @@ func (s *Server) login(sess *session, r request) *clientError {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	defer cancel()
 	loc := location{server: s.cfg.ID, session: sess.id}
-	old, had, err := s.pres.claim(ctx, r.Name, loc)
-	if err != nil {
-		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", err)
+	// Until the session is in the local map, a local sender may find the
+	// user claimed but not here and store its message offline, after the
+	// inbox was taken: the watch notices, and the inbox is read again.
+	watch := s.pres.watchInbox(r.Name)
+	c := s.logins.claim(ctx, r.Name, loc)
+	if c.err != nil {
+		s.pres.unwatchInbox(r.Name, watch)
+		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", c.err)
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
 	sess.name = r.Name
@@ -218,25 +221,39 @@ func (s *Server) login(sess *session, r request) *clientError {
 	s.sessions[r.Name] = sess
 	n := len(s.sessions)
 	s.mu.Unlock()
+	storedMeanwhile := s.pres.unwatchInbox(r.Name, watch)
 	s.m.setSessions(n)
 	s.routes.forget(r.Name)
 
 	if prev != nil && prev != sess {
 		prev.closeWith(CodeKicked, "logged in again from another connection")
-	} else if had && old.server != s.cfg.ID && s.up != nil {
-		k := wire.Kick{Origin: s.cfg.ID, Dest: old.server, User: r.Name, Session: old.session}
+	} else if c.had && c.old.server != s.cfg.ID && s.up != nil {
+		k := wire.Kick{Origin: s.cfg.ID, Dest: c.old.server, User: r.Name, Session: c.old.session}
 		s.up.control(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
 	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+	// The reply first: clients expect it before any event.
 	sess.sendJSON(reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
 
-	lines, err := s.pres.takeInbox(ctx, r.Name)
-	if err != nil {
-		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
+	if c.inboxErr != nil && !storedMeanwhile {
+		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.inboxErr)
 		return nil
 	}
-	for _, l := range lines {
+	for _, l := range c.inbox {
 		sess.send(append([]byte(l), '\n'))
+	}
+	if storedMeanwhile {
+		watch.inflight.Wait()
+		tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+		defer tcancel()
+		lines, err := s.pres.takeInbox(tctx, r.Name)
+		if err != nil {
+			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
+			return nil
+		}
+		for _, l := range lines {
+			sess.send(append([]byte(l), '\n'))
+		}
 	}
 	return nil
 }
