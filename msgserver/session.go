@@ -93,9 +93,18 @@ func eventFor(code string) string {
 	return "closing"
 }
 
-// run serves the connection until it ends, then cleans up.
+// run serves the connection until it ends, then cleans up. It is kept
+// tiny, and the cleanup out of it: an idle session waits in a read at the
+// bottom of this call chain, and the runtime shrinks an idle goroutine's
+// stack only when the frames in use are under a quarter of it; a few
+// hundred bytes less here halve the memory of every idle session.
 func (s *session) run() {
 	s.readLoop()
+	s.finish()
+}
+
+//go:noinline
+func (s *session) finish() {
 	s.srv.endSession(s)
 	s.closeOnce.Do(func() { s.q.Close(); close(s.closed) })
 	<-s.q.Done() // everything queued is written (bounded by the write timeout)
