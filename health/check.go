@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/chatrelay/chatrelay/relay/wire"
 )
 
 // The check rule, run by keepalived's vrrp_script on each relay host every
@@ -120,8 +122,9 @@ func fetchReport(ctx context.Context, admin string, timeout time.Duration) (Repo
 	return rep, nil
 }
 
-// probeLink connects to the link port and waits for the relay's first
-// frame (the challenge), then hangs up.
+// probeLink connects to the link port, reads the relay's first frame (it
+// must be a valid challenge), then hangs up without a word, which the relay
+// recognises as a probe: no warning, no handshake failure counted.
 func probeLink(ctx context.Context, addr string, timeout time.Duration) error {
 	d := net.Dialer{Timeout: timeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
@@ -130,9 +133,15 @@ func probeLink(ctx context.Context, addr string, timeout time.Duration) error {
 	}
 	defer conn.Close()
 	_ = conn.SetReadDeadline(time.Now().Add(timeout))
-	var b [1]byte
-	if _, err := conn.Read(b[:]); err != nil {
+	typ, body, _, err := wire.NewReader(conn, 1024).Next()
+	if err != nil {
 		return fmt.Errorf("no challenge: %w", err)
+	}
+	if typ != wire.TypeChallenge {
+		return fmt.Errorf("first frame has type %d, not a challenge", typ)
+	}
+	if _, err := wire.ParseChallenge(body); err != nil {
+		return fmt.Errorf("bad challenge: %w", err)
 	}
 	return nil
 }

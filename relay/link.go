@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/sendq"
@@ -110,7 +111,7 @@ func (s *Server) handshake(conn net.Conn, fr *wire.Reader) (string, error) {
 		return "", fmt.Errorf("send challenge: %w", err)
 	}
 	typ, body, _, err := fr.Next()
-	if errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 		return "", errProbe
 	}
 	if err != nil {

@@ -237,3 +237,23 @@ func TestHealthzIs503OnceClosed(t *testing.T) {
 		t.Fatalf("closed relay reports %+v", rep)
 	}
 }
+
+// The keepalived check's probe of the link port is not an intruder: it is
+// neither counted as a handshake failure nor logged as a refusal.
+func TestLinkProbeIsNotAFailure(t *testing.T) {
+	r, reg := startRelay(t)
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", r.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, _, err := wire.NewReader(c, 1024).Next(); err != nil {
+			t.Fatalf("no challenge: %v", err)
+		}
+		c.Close()
+	}
+	if v := metric(t, reg, "relay_handshake_failures_total").Counter.GetValue(); v != 0 {
+		t.Fatalf("probes counted as %v handshake failures", v)
+	}
+}
