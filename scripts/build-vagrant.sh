@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# build-vagrant.sh: build what the Vagrant VMs run, on the host, before
+# `vagrant up` (see vagrant/README.md):
+#
+#   DIR/relay, DIR/msgserver  linux/amd64, statically linked (CGO_ENABLED=0):
+#                             the VMs are CentOS Stream 9 x86_64 and have no Go
+#   DIR/link.secret           the shared link secret (64 hex characters, mode
+#                             0600), created once and then kept, so rebuilding
+#                             does not break the links of running VMs
+#
+# DIR is vagrant/build (ignored by git) unless --out DIR is given. Each binary
+# is built to a temporary name and renamed into place, so a failed build
+# never leaves a half-written binary for the provisioner to install.
+set -euo pipefail
+
+usage() {
+	echo "usage: $0 [--out DIR]   (default DIR: vagrant/build in the repository)" >&2
+	exit 2
+}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$root/vagrant/build
+while (($# > 0)); do
+	case $1 in
+	--out)
+		(($# >= 2)) || usage
+		out=$2
+		shift 2
+		;;
+	-h | --help) usage ;;
+	*) usage ;;
+	esac
+done
+
+export PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || {
+	echo "$0: go not found (install Go, or put /usr/local/go/bin on PATH)" >&2
+	exit 1
+}
+
+mkdir -p -- "$out"
+out=$(cd "$out" && pwd)
+
+tmp=$(mktemp -d "$out/.build.XXXXXX")
+trap 'rm -rf -- "$tmp"' EXIT
+
+cd "$root"
+for bin in relay msgserver; do
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -o "$tmp/$bin" "./cmd/$bin"
+	mv -f -- "$tmp/$bin" "$out/$bin"
+	echo "built $out/$bin (linux/amd64)"
+done
+
+secret=$out/link.secret
+if [[ -s $secret ]]; then
+	echo "kept  $secret"
+else
+	# 32 random bytes as hex; od is in coreutils, so no openssl is needed.
+	(
+		umask 077
+		od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/link.secret"
+		echo >>"$tmp/link.secret"
+	)
+	mv -f -- "$tmp/link.secret" "$secret"
+	echo "made  $secret"
+fi
+chmod 0600 -- "$secret"

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# provision.sh: set up one lab VM for its roles (relay, msgserver, redis).
+# Vagrant runs it as root after uploading its inputs to LAB_STAGE:
+#
+#   LAB_STAGE/topology.json          ../keepalived/topology.json
+#   LAB_STAGE/notify.sh              ../keepalived/notify.sh
+#   LAB_STAGE/provision/*.sh         this folder
+#   LAB_STAGE/systemd/*.service      ../systemd
+#   LAB_STAGE/build/{relay,msgserver,link.secret}   from scripts/build-vagrant.sh
+#
+# The other LAB_* variables (this host's name, address and roles; the VIP,
+# the lab network, the relays, Redis and the ports) are set by the Vagrantfile
+# from keepalived/topology.json. Re-running (`vagrant provision`) reinstalls
+# everything and restarts the services. LAB_STAGE is removed at the end, as it
+# holds the link secret.
+#
+# SELinux stays enforcing. What it needs here, from the RHEL 9 policy
+# (selinux-policy's keepalived.te/.fc):
+# - keepalived runs as keepalived_t, which may only connect to a few port
+#   types (http, mysql, smtp, ...): `relay check` (ports 9100, 7000, 6379) and
+#   notify.sh (writes /var/log/chatrelay) would be denied. A program labelled
+#   keepalived_unconfined_script_exec_t is run in keepalived_unconfined_script_t,
+#   an unconfined domain: the policy's own answer for keepalived scripts (it
+#   labels /usr/libexec/keepalived so). `semanage fcontext` makes our
+#   /usr/local/libexec/chatrelay the same, persistently (a plain chcon is
+#   undone by the next restorecon or relabel).
+# - The check runs a copy of the relay binary in that folder, not
+#   /usr/local/bin/relay: systemd starts /usr/local/bin/relay (bin_t) as an
+#   ordinary service (unconfined_service_t), and relabelling it for keepalived
+#   would change the domain the service itself starts in.
+# - keepalived_t reads and writes only keepalived_var_run_t under /run, not
+#   var_run_t: /run/chatrelay (the track file's folder) gets that label, or
+#   keepalived could neither create nor read relay.down.
+set -euo pipefail
+
+: "${LAB_STAGE:?set by the Vagrantfile}" "${LAB_HOST:?}" "${LAB_IP:?}" "${LAB_ROLES:?}" "${LAB_INTERFACE:?}"
+: "${LAB_VIP:?}" "${LAB_CIDR:?}" "${LAB_REDIS_IP:?}" "${LAB_PORT_RELAY_ADMIN:?}" "${LAB_PORT_MSGSERVER_ADMIN:?}"
+: "${LAB_PORT_REDIS:?}" "${LAB_VRRP_UNICAST:=0}"
+stage=$LAB_STAGE
+
+log() { printf '[chatrelay %s] %s\n' "$LAB_HOST" "$*"; }
+die() {
+	printf '[chatrelay %s] ERROR: %s\n' "$LAB_HOST" "$*" >&2
+	exit 1
+}
+has_role() { [[ " $LAB_ROLES " == *" $1 "* ]]; }
+
+trap 'rm -rf -- "$stage"' EXIT
+
+# --- inputs -----------------------------------------------------------------
+missing=()
+for f in relay msgserver link.secret; do
+	[[ -s $stage/build/$f ]] || missing+=("vagrant/build/$f")
+done
+if ((${#missing[@]} > 0)); then
+	die "${missing[*]} not found: the linux/amd64 binaries and the link secret are made on the host. Run scripts/build-vagrant.sh in the repository, then: vagrant provision ${LAB_HOST}"
+fi
+if [[ $(head -c 4 "$stage/build/relay" | od -An -c | tr -d ' ') != '177ELF' ]]; then
+	die "vagrant/build/relay is not a Linux binary: rebuild it with scripts/build-vagrant.sh"
+fi
+for f in topology.json notify.sh provision/write-env.sh provision/firewall.sh provision/render-keepalived.sh \
+	systemd/chatrelay-relay.service systemd/chatrelay-msgserver.service; do
+	[[ -s $stage/$f ]] || missing+=("$f")
+done
+if ((${#missing[@]} > 0)); then
+	die "not uploaded to ${stage}: ${missing[*]} (the Vagrantfile uploads them; is the repository complete?)"
+fi
+
+[[ $(id -u) -eq 0 ]] || die "run as root (Vagrant's shell provisioner does)"
+
+# --- packages ---------------------------------------------------------------
+packages=(firewalld policycoreutils-python-utils curl)
+has_role relay && packages+=(keepalived)
+has_role redis && packages+=(redis)
+log "dnf install ${packages[*]}"
+dnf -y -q install "${packages[@]}"
+
+selinux=0
+if selinuxenabled 2>/dev/null; then
+	selinux=1
+	log "SELinux: $(getenforce)"
+fi
+# fcontext TYPE REGEX: a persistent file-context rule (added or changed).
+fcontext() {
+	((selinux)) || return 0
+	semanage fcontext -a -t "$1" "$2" 2>/dev/null || semanage fcontext -m -t "$1" "$2"
+}
+relabel() {
+	((selinux)) || return 0
+	restorecon -RF "$@"
+}
+
+# --- common: user, binaries, configuration, firewall ------------------------
+id chatrelay >/dev/null 2>&1 ||
+	useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin chatrelay
+
+install -d -m 0755 /etc/chatrelay
+install -m 0644 "$stage/topology.json" /etc/chatrelay/topology.json
+# The secret is readable by the services' user, and nobody else.
+install -m 0640 -o root -g chatrelay "$stage/build/link.secret" /etc/chatrelay/link.secret
+LAB_ETC=/etc/chatrelay bash "$stage/provision/write-env.sh"
+
+# install (not mv) creates new files, which get the target folder's label.
+for bin in relay msgserver; do
+	if has_role "$bin"; then
+		install -m 0755 "$stage/build/$bin" "/usr/local/bin/$bin"
+		relabel "/usr/local/bin/$bin"
+	fi
+done
+relabel /etc/chatrelay
+
+systemctl enable --now firewalld
+bash "$stage/provision/firewall.sh"
+
+# unit NAME: install vagrant/systemd/NAME, enable it and (re)start it.
+unit() {
+	install -m 0644 "$stage/systemd/$1" "/etc/systemd/system/$1"
+	relabel "/etc/systemd/system/$1"
+	systemctl daemon-reload
+	systemctl enable "$1"
+	systemctl restart "$1"
+}
+# healthy NAME PORT: wait up to 10 s for /healthz on 127.0.0.1:PORT.
+healthy() {
+	local i
+	for ((i = 0; i < 50; i++)); do
+		if curl -fsS -m 1 -o /dev/null "http://127.0.0.1:$2/healthz"; then
+			log "$1 answers on 127.0.0.1:$2/healthz"
+			return 0
+		fi
+		sleep 0.2
+	done
+	journalctl -u "$1" -n 30 --no-pager >&2 || true
+	die "$1 did not answer on 127.0.0.1:$2/healthz within 10 s (its log is above)"
+}
+
+# --- redis ------------------------------------------------------------------
+# Bound to the lab address (and loopback) without a password, protected mode
+# off: firewall.sh lets only the lab network reach the port. A production
+# Redis would have requirepass/ACLs and TLS (CHATRELAY_REDIS=rediss://:pw@...).
+if has_role redis; then
+	conf=/etc/redis/redis.conf # CentOS Stream 9's redis (6.2, or the redis:7 module)
+	[[ -f $conf ]] || die "$conf not found: is this CentOS Stream 9's redis package?"
+	cat >/etc/redis/chatrelay.conf <<EOF
+# Written by vagrant/provision/provision.sh; included at the end of $conf.
+bind ${LAB_IP} 127.0.0.1
+port ${LAB_PORT_REDIS}
+protected-mode no
+EOF
+	chown root:redis /etc/redis/chatrelay.conf
+	chmod 0640 /etc/redis/chatrelay.conf
+	# Last line, so it overrides the packaged bind/port/protected-mode.
+	grep -qxF 'include /etc/redis/chatrelay.conf' "$conf" ||
+		echo 'include /etc/redis/chatrelay.conf' >>"$conf"
+	# Binding the lab address needs eth1 configured: start after the network.
+	install -d -m 0755 /etc/systemd/system/redis.service.d
+	printf '[Unit]\nWants=network-online.target\nAfter=network-online.target\n' \
+		>/etc/systemd/system/redis.service.d/chatrelay.conf
+	relabel /etc/redis /etc/systemd/system/redis.service.d
+	if ((selinux)) && ! semanage port -l | grep -E '^redis_port_t ' | grep -qw "$LAB_PORT_REDIS"; then
+		semanage port -a -t redis_port_t -p tcp "$LAB_PORT_REDIS" 2>/dev/null ||
+			semanage port -m -t redis_port_t -p tcp "$LAB_PORT_REDIS"
+	fi
+	systemctl daemon-reload
+	systemctl enable redis
+	systemctl restart redis
+	for ((i = 0; ; i++)); do
+		[[ $(redis-cli -h "$LAB_IP" -p "$LAB_PORT_REDIS" ping 2>/dev/null) == PONG ]] && break
+		((i < 50)) || die "redis does not answer PING on ${LAB_IP}:${LAB_PORT_REDIS}"
+		sleep 0.2
+	done
+	log "redis answers on ${LAB_IP}:${LAB_PORT_REDIS}"
+fi
+
+# --- message server ---------------------------------------------------------
+if has_role msgserver; then
+	unit chatrelay-msgserver.service
+	healthy chatrelay-msgserver.service "$LAB_PORT_MSGSERVER_ADMIN"
+fi
+
+# --- relay + keepalived -----------------------------------------------------
+if has_role relay; then
+	id keepalived_script >/dev/null 2>&1 ||
+		useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin keepalived_script
+
+	# The track file's folder must exist before keepalived starts (else it
+	# drops the tracker): tmpfiles.d creates it at every boot, before services.
+	fcontext keepalived_var_run_t '/run/chatrelay(/.*)?'
+	echo 'd /run/chatrelay 0755 root root -' >/etc/tmpfiles.d/chatrelay.conf
+	relabel /etc/tmpfiles.d/chatrelay.conf
+	systemd-tmpfiles --create /etc/tmpfiles.d/chatrelay.conf
+	relabel /run/chatrelay
+
+	# notify.sh runs as keepalived_script and appends its transitions here.
+	install -d -m 0750 -o keepalived_script -g keepalived_script /var/log/chatrelay
+	relabel /var/log/chatrelay
+
+	# What keepalived runs: root-owned, writable by nobody else (keepalived's
+	# enable_script_security refuses anything else), labelled for SELinux.
+	fcontext keepalived_unconfined_script_exec_t '/usr/local/libexec/chatrelay(/.*)?'
+	install -d -m 0755 /usr/local/libexec/chatrelay
+	install -m 0755 "$stage/notify.sh" /usr/local/libexec/chatrelay/notify.sh
+	install -m 0755 "$stage/build/relay" /usr/local/libexec/chatrelay/relay
+	relabel /usr/local/libexec/chatrelay
+
+	# The NIC that holds this host's lab address: eth1 on the default box (the
+	# topology's interface); with another box it may be named otherwise.
+	nic=$(ip -o -4 addr show to "${LAB_IP}/32" | awk '{print $2; exit}')
+	[[ -n $nic ]] || die "no interface holds ${LAB_IP}: is the private network up?"
+	LAB_NIC=$nic LAB_TOPOLOGY=/etc/chatrelay/topology.json bash "$stage/provision/render-keepalived.sh"
+	relabel /etc/keepalived/keepalived.conf
+	keepalived -t -f /etc/keepalived/keepalived.conf ||
+		die "keepalived -t rejects the rendered /etc/keepalived/keepalived.conf"
+
+	unit chatrelay-relay.service
+	healthy chatrelay-relay.service "$LAB_PORT_RELAY_ADMIN"
+	systemctl enable keepalived
+	systemctl restart keepalived
+	log "keepalived started; the VIP goes to the first relay whose check passes"
+fi
+
+log "done: roles ${LAB_ROLES}, ${LAB_IP} on the lab network ${LAB_CIDR}"
