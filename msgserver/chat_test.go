@@ -291,3 +291,18 @@ func TestIdleClientDisconnected(t *testing.T) {
 		t.Fatalf("idle client should be told idle_timeout, got %v", got)
 	}
 }
+
+func TestDisconnectReleasesPresence(t *testing.T) {
+	tr := startTier(t, nil)
+	var clients []*testenv.Client
+	for i := 0; i < 50; i++ {
+		clients = append(clients, login(t, tr.a, fmt.Sprintf("leaver%d", i)))
+	}
+	for _, c := range clients {
+		c.Conn().Close() // all at once, as a network blip would
+	}
+	testenv.Eventually(t, 5*time.Second, "every leaver's presence to be released", func() bool {
+		keys, _ := tr.redis.Command("KEYS", "chatrelay:user:leaver*")
+		return keys == ""
+	})
+}

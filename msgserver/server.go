@@ -20,13 +20,14 @@ import (
 
 // Server is a running message server.
 type Server struct {
-	started time.Time
-	cfg     Config
-	log     *slog.Logger
-	m       *Metrics
-	pres    *presence
-	logins  *loginBatcher
-	up      *uplink // nil when no relay is configured
+	started  time.Time
+	cfg      Config
+	log      *slog.Logger
+	m        *Metrics
+	pres     *presence
+	logins   *loginBatcher
+	releases *releaser
+	up       *uplink // nil when no relay is configured
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -82,10 +83,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.redisOK.Store(true)
 	s.logins = newLoginBatcher(s.pres, cfg.RedisTimeout)
-	s.wg.Add(1)
+	s.releases = newReleaser(s.pres, s.log, cfg.RedisTimeout)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.logins.run(ctx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.releases.run(ctx)
 	}()
 	if cfg.RelayAddr != "" {
 		s.up = newUplink(&s.cfg, s.log, s.m, s.onForward, s.onKick)
@@ -170,12 +176,7 @@ func (s *Server) endSession(sess *session) {
 	if draining {
 		return // Shutdown releases everyone in one pipeline
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-	defer cancel()
-	if err := s.pres.release(ctx, name, location{s.cfg.ID, sess.id}); err != nil {
-		// The record expires by itself within PresenceTTL.
-		s.log.Warn("release presence failed", "user", name, "err", err)
-	}
+	s.releases.add(name, location{s.cfg.ID, sess.id})
 }
 
 // local returns the session of a user logged in here, or nil.

@@ -1,0 +1,71 @@
+package msgserver
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// releaser removes the presence records of ended sessions in the
+// background, many per pipeline: a mass disconnect (a network blip drops
+// thousands of clients at once) costs a few round trips and one log line,
+// not one of each per session, and never holds a session's goroutine.
+// A record it cannot remove expires by its TTL.
+type releaser struct {
+	pres    *presence
+	log     *slog.Logger
+	timeout time.Duration
+	queue   chan pendingRelease
+}
+
+type pendingRelease struct {
+	user string
+	loc  location
+}
+
+const (
+	releaseQueueLen = 1 << 16
+	maxReleaseBatch = 1024
+)
+
+func newReleaser(p *presence, log *slog.Logger, timeout time.Duration) *releaser {
+	return &releaser{pres: p, log: log, timeout: timeout, queue: make(chan pendingRelease, releaseQueueLen)}
+}
+
+// add queues the release of user's record if it still names loc. It never
+// blocks: when the queue is full, the record is left to expire.
+func (r *releaser) add(user string, loc location) {
+	select {
+	case r.queue <- pendingRelease{user, loc}:
+	default:
+	}
+}
+
+// run releases queued records until ctx ends.
+func (r *releaser) run(ctx context.Context) {
+	for {
+		var first pendingRelease
+		select {
+		case first = <-r.queue:
+		case <-ctx.Done():
+			return
+		}
+		// A later release of the same user replaces an earlier one: that
+		// session's login already replaced the earlier record.
+		batch := map[string]location{first.user: first.loc}
+	fill:
+		for len(batch) < maxReleaseBatch {
+			select {
+			case p := <-r.queue:
+				batch[p.user] = p.loc
+			default:
+				break fill
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, r.timeout)
+		if err := r.pres.releaseAll(cctx, batch); err != nil && ctx.Err() == nil {
+			r.log.Warn("presence records not released; they expire by their TTL", "sessions", len(batch), "err", err)
+		}
+		cancel()
+	}
+}
