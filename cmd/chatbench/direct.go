@@ -61,15 +61,7 @@ func runDirectCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 1
 	}
-	if *asJSON {
-		printJSON(stdout, res)
-	} else {
-		res.table(stdout)
-	}
-	if res.Lost > 0 || res.Duplicated > 0 {
-		return 1
-	}
-	return 0
+	return report(stdout, res, *asJSON, res.Lost > 0 || res.Duplicated > 0)
 }
 
 func runDirect(cfg xnodeConfig, stderr io.Writer) (*directResult, error) {

@@ -155,15 +155,7 @@ func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 1
 	}
-	if *asJSON {
-		printJSON(stdout, res)
-	} else {
-		res.table(stdout)
-	}
-	if res.Failed > 0 || res.Dropped > 0 {
-		return 1
-	}
-	return 0
+	return report(stdout, res, *asJSON, res.Failed > 0 || res.Dropped > 0)
 }
 
 // raiseNoFile raises this process's open-file soft limit to its hard limit

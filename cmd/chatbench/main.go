@@ -123,12 +123,18 @@ func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 1
 	}
-	if *asJSON {
-		printJSON(stdout, res)
+	return report(stdout, res, *asJSON, res.Lost > 0 || res.Duplicated > 0)
+}
+
+// report prints a result as a table or JSON; the exit code is 1 when the
+// run failed its own checks (messages lost or duplicated, sessions lost).
+func report(w io.Writer, res interface{ table(io.Writer) }, asJSON, failed bool) int {
+	if asJSON {
+		printJSON(w, res)
 	} else {
-		res.table(stdout)
+		res.table(w)
 	}
-	if res.Lost > 0 || res.Duplicated > 0 {
+	if failed {
 		return 1
 	}
 	return 0
