@@ -233,3 +233,23 @@ func TestGracefulShutdownTellsClientsAndRemovesPresence(t *testing.T) {
 		t.Fatal("still accepting clients after shutdown")
 	}
 }
+
+// A client whose socket stays full past the write timeout is disconnected
+// (and its presence released), not kept as a session that swallows messages.
+func TestStuckClientIsCutAtTheWriteTimeout(t *testing.T) {
+	tr := startTier(t, func(c *msgserver.Config) { c.SessionQueueBytes = 64 << 20; c.WriteTimeout = 300 * time.Millisecond })
+	stuck := testenv.Dial(t, tr.a.Addr)
+	stuck.Login("stuck")
+	if tcp, ok := stuck.Conn().(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(4096)
+	}
+	sender := login(t, tr.a, "sender")
+	big := strings.Repeat("w", 4000)
+	for i := 0; i < 3000; i++ { // ~12 MB: far more than the socket buffers hold
+		sender.Send(map[string]string{"cmd": "chat", "recv": "stuck", "content": big})
+	}
+	testenv.Eventually(t, 10*time.Second, "the stuck client's presence to be released", func() bool {
+		v, _ := tr.redis.Command("EXISTS", "chatrelay:user:stuck")
+		return v == ":0"
+	})
+}

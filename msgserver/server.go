@@ -167,15 +167,13 @@ func (s *Server) endSession(sess *session) {
 		delete(s.sessions, name)
 	}
 	n := len(s.sessions)
-	draining := s.draining
 	s.mu.Unlock()
 	if !mine {
 		return
 	}
 	s.m.setSessions(n)
-	if draining {
-		return // Shutdown releases everyone in one pipeline
-	}
+	// Also while draining: a session that ends before Shutdown's snapshot
+	// is not in it. A release that does not run in time expires by its TTL.
 	s.releases.add(name, location{s.cfg.ID, sess.id})
 }
 
@@ -217,6 +215,12 @@ func (s *Server) login(sess *session, r request) *clientError {
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
 	sess.name = r.Name
+	// The reply and the offline messages are queued before the session is
+	// published in the local map: no live event can overtake them.
+	sess.sendJSON(reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
+	for _, l := range c.inbox {
+		sess.send(append([]byte(l), '\n'))
+	}
 	s.mu.Lock()
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
@@ -233,15 +237,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 		s.up.control(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
 	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
-	// The reply first: clients expect it before any event.
-	sess.sendJSON(reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
-
 	if c.inboxErr != nil && !storedMeanwhile {
 		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.inboxErr)
 		return nil
-	}
-	for _, l := range c.inbox {
-		sess.send(append([]byte(l), '\n'))
 	}
 	if storedMeanwhile {
 		watch.inflight.Wait()

@@ -49,7 +49,8 @@ func newSession(srv *Server, conn net.Conn) *session {
 // send queues one line for the client. A client too slow to take it is cut.
 func (s *session) send(line []byte) {
 	if err := s.q.Write(line); errors.Is(err, sendq.ErrFull) {
-		s.srv.log.Warn("client too slow, disconnecting", "session", s.id, "user", s.name, "remote", s.remote, "queued_bytes", s.q.Len())
+		// Not s.name: this runs on the sender's goroutine, not the owner's.
+		s.srv.log.Warn("client too slow, disconnecting", "session", s.id, "remote", s.remote, "queued_bytes", s.q.Len())
 		s.srv.m.disconnect(CodeSlowConsumer)
 		s.abort()
 	}
@@ -130,6 +131,9 @@ func (s *session) readLoop() {
 		if now := time.Now(); now.Sub(deadlineSet) > time.Second {
 			deadlineSet = now
 			_ = s.conn.SetReadDeadline(now.Add(cfg.IdleTimeout))
+			if s.isClosed() {
+				return // closeWith's wake-up deadline was just overwritten
+			}
 		}
 		frag, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {

@@ -34,6 +34,7 @@ var errBacklogFull = errors.New("too many messages await their ack")
 // pending is a forwarded message kept until its end-to-end ack, for resending.
 type pending struct {
 	id        wire.ID
+	dest      string // the server this copy was sent to: acks from others are stale
 	frame     []byte
 	due       time.Time // resend if not acked by then
 	firstNack time.Time
@@ -93,7 +94,7 @@ func (u *uplink) send(f *wire.Forward, done func(outcome)) error {
 	if len(u.pend) >= u.cfg.MaxUnacked {
 		return errBacklogFull
 	}
-	p := &pending{id: f.ID, frame: frame, done: done, due: time.Now().Add(u.cfg.AckTimeout)}
+	p := &pending{id: f.ID, dest: f.Dest, frame: frame, done: done, due: time.Now().Add(u.cfg.AckTimeout)}
 	u.pend[f.ID] = p
 	p.elem = u.inflight.PushBack(p)
 	u.m.setUnacked(len(u.pend))
@@ -121,10 +122,10 @@ func (u *uplink) control(fn func([]byte) []byte) {
 	}
 }
 
-func (u *uplink) ack(id wire.ID, code byte) {
+func (u *uplink) ack(id wire.ID, from string, code byte) {
 	u.mu.Lock()
 	p := u.pend[id]
-	if p == nil { // a duplicate ack for a resent message
+	if p == nil || p.dest != from { // a duplicate ack, or one for a copy sent elsewhere before a re-route
 		u.mu.Unlock()
 		return
 	}
@@ -149,11 +150,11 @@ func (u *uplink) removeLocked(p *pending) {
 
 // nack parks a message the relay could not route and retries it with
 // backoff; the destination server may be reconnecting after a failover.
-func (u *uplink) nack(id wire.ID) {
+func (u *uplink) nack(id wire.ID, dest string) {
 	now := time.Now()
 	u.mu.Lock()
 	p := u.pend[id]
-	if p == nil || p.parked {
+	if p == nil || p.parked || p.dest != dest {
 		u.mu.Unlock()
 		return
 	}
@@ -481,14 +482,14 @@ func (u *uplink) readLoop(conn net.Conn, q *sendq.Queue) error {
 			if err != nil {
 				return fmt.Errorf("bad ack frame: %w", err)
 			}
-			u.ack(a.ID, a.Code)
+			u.ack(a.ID, a.Origin, a.Code)
 		case wire.TypeNack:
 			a, err := wire.ParseAck(body)
 			if err != nil {
 				return fmt.Errorf("bad nack frame: %w", err)
 			}
 			u.m.nacked()
-			u.nack(a.ID)
+			u.nack(a.ID, a.Dest)
 		case wire.TypeKick:
 			k, err := wire.ParseKick(body)
 			if err != nil {

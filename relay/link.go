@@ -252,8 +252,12 @@ func (l *link) pingLoop() {
 		select {
 		case <-t.C:
 			now := time.Now().UnixNano()
-			if err := l.q.Append(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePing, now) }); err != nil {
-				return
+			err := l.q.Append(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePing, now) })
+			if errors.Is(err, sendq.ErrFull) {
+				continue // the writer is behind; the next tick pings again
+			}
+			if err != nil {
+				return // closed
 			}
 		case <-l.s.ctx.Done():
 			return

@@ -160,7 +160,6 @@ func (s *Server) Serve(ln net.Listener) error {
 			conn.Close()
 			return nil
 		}
-		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer s.untrack(conn)
@@ -169,6 +168,8 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// track registers an accepted connection and counts its goroutine, under
+// the lock Close takes, so Close waits for every connection it did not refuse.
 func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -176,6 +177,7 @@ func (s *Server) track(c net.Conn) bool {
 		return false
 	}
 	s.conns[c] = struct{}{}
+	s.wg.Add(1)
 	return true
 }
 
@@ -236,12 +238,12 @@ func (s *Server) register(l *link) {
 		s.seen[l.server] = st
 	}
 	st.up(l)
+	s.m.linkUp(l.server, len(s.routes)) // under the lock: a late linkDown cannot overwrite it
 	s.mu.Unlock()
 	if old != nil {
 		s.log.Info("link replaced by a newer one", "server", l.server, "old_remote", old.remote)
 		old.close()
 	}
-	s.m.linkUp(l.server, s.linkCount())
 }
 
 // unregister removes l if it is still the route for its server.
@@ -256,11 +258,9 @@ func (s *Server) unregister(l *link) {
 		if st := s.seen[l.server]; st != nil {
 			st.down(l)
 		}
+		s.m.linkDown(l.server, len(s.routes))
 	}
 	s.mu.Unlock()
-	if current {
-		s.m.linkDown(l.server, s.linkCount())
-	}
 }
 
 func (s *Server) route(dest []byte) *link {
@@ -268,10 +268,4 @@ func (s *Server) route(dest []byte) *link {
 	l := s.routes[string(dest)] // no allocation: the compiler special-cases this lookup
 	s.mu.RUnlock()
 	return l
-}
-
-func (s *Server) linkCount() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.routes)
 }

@@ -63,9 +63,13 @@ func (s *Server) Links() []health.Link {
 func (s *Server) WatchVIP(vip net.IP, interval time.Duration) {
 	w := &VIPWatcher{VIP: vip, Interval: interval, Server: s}
 	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		return
+	}
 	s.vip = w
-	s.mu.Unlock()
 	s.wg.Add(1)
+	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
 		w.Run(s.ctx)
@@ -91,6 +95,14 @@ func (s *Server) Report() health.Report {
 	for _, l := range links {
 		if l.Up {
 			rep.LinksUp++
+		}
+	}
+	if w != nil && w.Held() {
+		// A relay that has just taken the VIP has had no links only since
+		// then: the servers are still redialling. Counting from before would
+		// fail the check of every fresh master at once.
+		if acquired := w.AcquiredAt(); since.Before(acquired) && !since.IsZero() {
+			since = acquired
 		}
 	}
 	if !since.IsZero() {

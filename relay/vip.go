@@ -19,7 +19,17 @@ type VIPWatcher struct {
 	Interval time.Duration
 	Server   *Server
 
-	held atomic.Bool
+	held     atomic.Bool
+	acquired atomic.Int64 // unix nanos of the last time the VIP was acquired
+}
+
+// AcquiredAt is when the VIP was last acquired (zero if never).
+func (w *VIPWatcher) AcquiredAt() time.Time {
+	n := w.acquired.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
 }
 
 // HasAddr reports whether ip is configured on any interface of this host.
@@ -59,6 +69,9 @@ func (w *VIPWatcher) Run(ctx context.Context) {
 			failing = true
 		default:
 			failing = false
+			if held && !w.held.Load() {
+				w.acquired.Store(time.Now().UnixNano()) // before Held turns true
+			}
 			if was := w.held.Swap(held); was != held {
 				s.m.SetVIPHeld(held)
 				if held {

@@ -160,6 +160,11 @@ func (q *Queue) flushLoop() {
 			q.buf = nil
 		}
 		q.mu.Unlock()
+		if err != nil {
+			// The peer is gone or stuck: close the connection so its reader
+			// ends too, instead of queueing into a dead writer.
+			q.conn.Close()
+		}
 	}
 }
 

@@ -93,6 +93,14 @@ func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 	for h, a := range spec.ip {
 		hosts[h] = a
 	}
+	// The folder for configs, pid and track files goes last: its removal is
+	// deferred before the lab's, so it runs after everything is stopped.
+	dir, err := os.MkdirTemp("", "chatrelay-drill-")
+	if err != nil {
+		rep.Err = err.Error()
+		return rep
+	}
+	defer os.RemoveAll(dir)
 	lab, err := NewLab(hosts, spec.mask)
 	if err != nil {
 		rep.Err = err.Error()
@@ -106,7 +114,7 @@ func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("namespaces left behind: %v", left))
 		}
 	}()
-	d := &drill{ctx: ctx, cfg: cfg, lab: lab, spec: spec, rep: rep}
+	d := &drill{ctx: ctx, cfg: cfg, lab: lab, spec: spec, rep: rep, dir: dir}
 	if err := d.run(scenario); err != nil {
 		rep.Err = err.Error()
 		cfg.logf("%s failed: %v", scenario, err)
@@ -129,14 +137,8 @@ type drill struct {
 }
 
 func (d *drill) run(scenario string) error {
-	dir, err := os.MkdirTemp("", "chatrelay-drill-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	d.dir = dir
 	d.keepalived, d.relays, d.servers = map[string]*Proc{}, map[string]*Proc{}, map[string]*Proc{}
-	if err := os.WriteFile(filepath.Join(dir, "link.secret"), []byte(fmt.Sprintf("drill-secret-%d-%d", os.Getpid(), time.Now().UnixNano())), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(d.dir, "link.secret"), []byte(fmt.Sprintf("drill-secret-%d-%d", os.Getpid(), time.Now().UnixNano())), 0o600); err != nil {
 		return err
 	}
 

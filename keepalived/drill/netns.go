@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strings"
@@ -40,7 +41,8 @@ const NamespacePrefix = "crdrill"
 // NewLab builds the namespaces, the bridge and the links. On error it
 // removes whatever it made.
 func NewLab(hosts map[string]string, mask int) (*Lab, error) {
-	l := &Lab{Prefix: fmt.Sprintf("%s%d", NamespacePrefix, os.Getpid()%100000), Hosts: hosts, Mask: mask}
+	// Unique per run: the pid and a random suffix.
+	l := &Lab{Prefix: fmt.Sprintf("%s%d-%04x", NamespacePrefix, os.Getpid(), rand.N(1<<16)), Hosts: hosts, Mask: mask}
 	if err := l.build(); err != nil {
 		l.Close()
 		return nil, err
@@ -181,6 +183,9 @@ func (l *Lab) Close() error {
 	l.procs = nil
 	l.mu.Unlock()
 	for _, p := range procs {
+		if p.Exited() {
+			continue // its group id may belong to someone else by now
+		}
 		_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
 		p.Wait(5 * time.Second)
 	}
