@@ -403,7 +403,11 @@ func (u *uplink) handshake(conn net.Conn) (string, error) {
 // serve runs one established link until it fails or ctx ends.
 func (u *uplink) serve(ctx context.Context, conn net.Conn, relayID string) error {
 	remote := conn.RemoteAddr().String()
-	q := sendq.New(u.cfg.MaxUnacked*64+(64<<20), func(n, items int, _ time.Duration) {
+	// Room for the whole backlog at its largest: attach queues every
+	// unacked message at once, and a smaller limit would drop the link it
+	// is trying to recover, again and again.
+	maxFrame := wire.HeaderLen + wire.IDLen + 2*(1+wire.MaxIDLen) + 2*(1+u.cfg.MaxNameLen) + 8 + u.cfg.MaxContent
+	q := sendq.New(u.cfg.MaxUnacked*maxFrame+(64<<20), func(n, items int, _ time.Duration) {
 		u.stats.bytesOut.Add(uint64(n))
 		u.stats.framesOut.Add(uint64(items))
 	})
