@@ -69,3 +69,24 @@ func (r *releaser) run(ctx context.Context) {
 		cancel()
 	}
 }
+
+// flush releases everything queued now, on the caller's goroutine (at
+// shutdown, before the releaser stops).
+func (r *releaser) flush(ctx context.Context) {
+	batch := map[string]location{}
+	for {
+		select {
+		case p := <-r.queue:
+			batch[p.user] = p.loc
+			continue
+		default:
+		}
+		break
+	}
+	if len(batch) == 0 {
+		return
+	}
+	if err := r.pres.releaseAll(ctx, batch); err != nil {
+		r.log.Warn("presence records not released at shutdown; they expire by their TTL", "sessions", len(batch), "err", err)
+	}
+}

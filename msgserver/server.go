@@ -215,13 +215,15 @@ func (s *Server) login(sess *session, r request) *clientError {
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
 	sess.name = r.Name
-	// The reply and the offline messages are queued before the session is
-	// published in the local map: no live event can overtake them.
+	// The reply and the offline messages are queued in the same critical
+	// section that publishes the session: deliveries find sessions under
+	// this lock, so no live event can overtake them, and whoever sees the
+	// reply (Shutdown, say) finds the session in the map.
+	s.mu.Lock()
 	sess.sendJSON(reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
 	for _, l := range c.inbox {
 		sess.send(append([]byte(l), '\n'))
 	}
-	s.mu.Lock()
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
 	n := len(s.sessions)
@@ -444,8 +446,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, sess := range conns {
 		sess.closeWith(CodeShuttingDown, "server shutting down; reconnect to another server")
 	}
+	// Let the sessions end (bounded), so that every release they queued is
+	// done here, before Close stops the releaser.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		left := len(s.conns)
+		s.mu.Unlock()
+		if left == 0 {
+			break
+		}
+	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RedisTimeout+time.Second)
 	defer cancel()
+	s.releases.flush(rctx)
 	var errs []error
 	if err := s.pres.releaseAll(rctx, users); err != nil {
 		errs = append(errs, err)
