@@ -41,8 +41,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 		remote: conn.RemoteAddr().String(),
 		closed: make(chan struct{}),
 	}
-	s.q = sendq.New(srv.cfg.SessionQueueBytes, nil)
-	s.q.Start(conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
+	s.q = sendq.NewWriter(srv.cfg.SessionQueueBytes, conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
 	return s
 }
 

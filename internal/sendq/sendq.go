@@ -96,6 +96,15 @@ func (q *Queue) Append(fn func([]byte) []byte) error {
 	return nil
 }
 
+// NewWriter returns a queue that writes to conn by itself (see Start),
+// without the channels a Run loop needs: the form for many idle
+// connections, where every byte per connection counts.
+func NewWriter(maxBytes int, conn net.Conn, writeTimeout time.Duration) *Queue {
+	q := &Queue{max: maxBytes}
+	q.Start(conn, writeTimeout)
+	return q
+}
+
 // Start makes the queue write to conn by itself, instead of a Run loop:
 // a goroutine is started when items arrive and ends when the queue is
 // empty, so an idle connection costs no goroutine. Done is closed once the
@@ -186,7 +195,9 @@ func (q *Queue) Close() {
 	q.mu.Lock()
 	if !q.closed {
 		q.closed = true
-		close(q.done)
+		if q.done != nil {
+			close(q.done)
+		}
 	}
 	idle := q.conn != nil && !q.writing
 	q.mu.Unlock()
