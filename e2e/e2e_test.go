@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,9 +200,8 @@ func TestDemoRunsTheArticleScenario(t *testing.T) {
 	for i := range ports {
 		ports[i] = testenv.FreePort(t)
 	}
-	admin := testenv.FreePort(t)
 	p := testenv.Start(t, "demo", bin, "--relay-port", fmt.Sprint(ports[0]), "--port1", fmt.Sprint(ports[1]),
-		"--port2", fmt.Sprint(ports[2]), "--admin-port", fmt.Sprint(admin), "--log-level", "warn")
+		"--port2", fmt.Sprint(ports[2]), "--admin-port", "0", "--log-level", "warn")
 	p.WaitOutput("telnet 127.0.0.1", 20*time.Second)
 	u1 := testenv.Dial(t, fmt.Sprintf("127.0.0.1:%d", ports[1]))
 	u2 := testenv.Dial(t, fmt.Sprintf("127.0.0.1:%d", ports[2]))
@@ -211,6 +211,16 @@ func TestDemoRunsTheArticleScenario(t *testing.T) {
 	u2.Expect(map[string]any{"reply": "login", "ok": true})
 	u1.SendLine(`{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you"}`)
 	u2.Expect(map[string]any{"event": "chat", "from": "zhima201", "content": "how are you"})
+	// The health URLs it printed answer.
+	urls := regexp.MustCompile(`curl (http://\S+/healthz)`).FindAllStringSubmatch(p.Output(), -1)
+	if len(urls) != 3 {
+		t.Fatalf("demo printed %d health URLs, want 3:\n%s", len(urls), p.Output())
+	}
+	for _, u := range urls {
+		if code, _ := get(t, u[1]); code != 200 {
+			t.Fatalf("%s answered %d", u[1], code)
+		}
+	}
 	p.Signal(syscall.SIGINT)
 	if code := p.Wait(10 * time.Second); code != 0 {
 		t.Fatalf("demo exit code %d after Ctrl-C", code)

@@ -35,7 +35,7 @@ func run(args []string) int {
 		relayPort = fs.Int("relay-port", 7000, "relay link port")
 		port1     = fs.Int("port1", 7001, "client port of message server msg-1")
 		port2     = fs.Int("port2", 7002, "client port of message server msg-2")
-		adminPort = fs.Int("admin-port", 9100, "relay admin port; msg-1 and msg-2 use the next two")
+		adminPort = fs.Int("admin-port", 9100, "relay admin port; msg-1 and msg-2 use the next two; 0 picks free ports")
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 	)
 	if err := cli.Parse(fs, args); err != nil {
@@ -93,7 +93,15 @@ func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort 
 			log.Error("relay stopped", "err", err)
 		}
 	}()
-	if _, _, err := cli.ServeAdmin(fmt.Sprintf("127.0.0.1:%d", adminPort), health.AdminHandler(rl.Report, relayReg, false), log); err != nil {
+	// adminAddr is the i-th admin address: consecutive ports, or free ones.
+	adminAddr := func(i int) string {
+		if adminPort == 0 {
+			return "127.0.0.1:0"
+		}
+		return fmt.Sprintf("127.0.0.1:%d", adminPort+i)
+	}
+	var admins [3]net.Addr
+	if _, admins[0], err = cli.ServeAdmin(adminAddr(0), health.AdminHandler(rl.Report, relayReg, false), log); err != nil {
 		return err
 	}
 
@@ -122,16 +130,16 @@ func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort 
 				log.Error("message server stopped", "server", id, "err", err)
 			}
 		}()
-		if _, _, err := cli.ServeAdmin(fmt.Sprintf("127.0.0.1:%d", adminPort+1+i), health.AdminHandler(srv.Report, reg, false), log); err != nil {
+		if _, admins[1+i], err = cli.ServeAdmin(adminAddr(1+i), health.AdminHandler(srv.Report, reg, false), log); err != nil {
 			return err
 		}
 	}
 
 	fmt.Printf(`
 chat relay demo is running (Redis: %s)
-  relay      127.0.0.1:%d   health: curl http://127.0.0.1:%d/healthz
-  msg-1      127.0.0.1:%d   health: curl http://127.0.0.1:%d/healthz
-  msg-2      127.0.0.1:%d   health: curl http://127.0.0.1:%d/healthz
+  relay      127.0.0.1:%d   health: curl http://%s/healthz
+  msg-1      127.0.0.1:%d   health: curl http://%s/healthz
+  msg-2      127.0.0.1:%d   health: curl http://%s/healthz
 
 In one terminal:   telnet 127.0.0.1 %d
   {"cmd":"login","name":"zhima201"}
@@ -141,7 +149,7 @@ Then, in the first:
   {"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you"}
 
 Ctrl-C stops everything.
-`, redisDesc, relayPort, adminPort, port1, adminPort+1, port2, adminPort+2, port1, port2)
+`, redisDesc, relayPort, admins[0], port1, admins[1], port2, admins[2], port1, port2)
 
 	<-ctx.Done()
 	log.Info("stopping")
