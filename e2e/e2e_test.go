@@ -38,22 +38,29 @@ func newSystem(t *testing.T) *system {
 	if err := os.WriteFile(s.secretFile, []byte("e2e-secret-0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.relayAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	return s
 }
 
+// listenAddr is where the relay should listen: any free port the first
+// time, the same address again after a restart (message servers dial it).
+func (s *system) listenAddr() string {
+	if s.relayAddr == "" {
+		return "127.0.0.1:0"
+	}
+	return s.relayAddr
+}
+
 func (s *system) startRelay() {
-	s.relay = testenv.Start(s.t, "relay", s.relayBin, "--id", "relay-e2e", "--listen", s.relayAddr,
+	s.relay = testenv.Start(s.t, "relay", s.relayBin, "--id", "relay-e2e", "--listen", s.listenAddr(),
 		"--admin", "", "--link-secret-file", s.secretFile)
-	testenv.WaitTCP(s.t, s.relayAddr, 10*time.Second)
+	s.relayAddr = s.relay.WaitAddr("relay listening", 10*time.Second)
 }
 
 func (s *system) startServer(id string, extra ...string) (string, *testenv.Proc) {
-	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(s.t))
-	args := append([]string{"--id", id, "--listen", addr, "--relay", s.relayAddr, "--redis", s.redis.URL(),
+	args := append([]string{"--id", id, "--listen", "127.0.0.1:0", "--relay", s.relayAddr, "--redis", s.redis.URL(),
 		"--link-secret-file", s.secretFile, "--admin", ""}, extra...)
 	p := testenv.Start(s.t, id, s.serverBin, args...)
-	testenv.WaitTCP(s.t, addr, 10*time.Second)
+	addr := p.WaitAddr("accepting clients", 10*time.Second)
 	p.WaitOutput("relay link up", 10*time.Second)
 	return addr, p
 }

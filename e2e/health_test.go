@@ -33,21 +33,21 @@ type observedServer struct {
 
 func newObserved(t *testing.T, relayArgs ...string) *observed {
 	o := &observed{system: newSystem(t), servers: map[string]*observedServer{}}
-	o.relayAdmin = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	o.startRelay(relayArgs...)
 	return o
 }
 
 func (o *observed) startRelay(extra ...string) {
-	args := append([]string{"--id", "relay-e2e", "--listen", o.relayAddr, "--admin", o.relayAdmin,
+	args := append([]string{"--id", "relay-e2e", "--listen", o.listenAddr(), "--admin", "127.0.0.1:0",
 		"--link-secret-file", o.secretFile}, extra...)
 	o.relay = testenv.Start(o.t, "relay", o.relayBin, args...)
-	testenv.WaitTCP(o.t, o.relayAdmin, 10*time.Second)
+	o.relayAddr = o.relay.WaitAddr("relay listening", 10*time.Second)
+	o.relayAdmin = o.relay.WaitAddr("admin listening", 10*time.Second)
 }
 
 func (o *observed) addServer(id string) *observedServer {
-	admin := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(o.t))
-	addr, p := o.startServer(id, "--admin", admin)
+	addr, p := o.startServer(id, "--admin", "127.0.0.1:0")
+	admin := p.WaitAddr("admin listening", 10*time.Second)
 	s := &observedServer{addr: addr, admin: admin, proc: p}
 	o.servers[id] = s
 	return s

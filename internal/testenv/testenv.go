@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -351,4 +352,26 @@ func WithTimeout(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+var addrAttr = regexp.MustCompile(`addr=(\S+)`)
+
+// WaitAddr waits for the log line containing msg (e.g. "relay listening")
+// and returns its addr attribute: servers started on port 0 say where they
+// listen, and tests need no free-port guessing.
+func (p *Proc) WaitAddr(msg string, timeout time.Duration) string {
+	p.t.Helper()
+	var addr string
+	Eventually(p.t, timeout, fmt.Sprintf("%s to log %q with its address", p.Name, msg), func() bool {
+		for _, line := range strings.Split(p.Output(), "\n") {
+			if strings.Contains(line, msg) {
+				if m := addrAttr.FindStringSubmatch(line); m != nil {
+					addr = m[1]
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return addr
 }
