@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -101,7 +102,19 @@ func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort 
 		return fmt.Sprintf("127.0.0.1:%d", adminPort+i)
 	}
 	var admins [3]net.Addr
-	if _, admins[0], err = cli.ServeAdmin(adminAddr(0), health.AdminHandler(rl.Report, relayReg, false), log); err != nil {
+	// serveAdmin serves on the i-th admin address, or on a free port when
+	// that one is taken (a node exporter often holds 9100): the demo prints
+	// where each one ended up.
+	serveAdmin := func(i int, h http.Handler) error {
+		_, a, err := cli.ServeAdmin(adminAddr(i), h, log)
+		if err != nil && adminPort != 0 {
+			log.Warn("admin port taken, using a free one", "wanted", adminAddr(i), "err", err)
+			_, a, err = cli.ServeAdmin("127.0.0.1:0", h, log)
+		}
+		admins[i] = a
+		return err
+	}
+	if err := serveAdmin(0, health.AdminHandler(rl.Report, relayReg, false)); err != nil {
 		return err
 	}
 
@@ -130,7 +143,7 @@ func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort 
 				log.Error("message server stopped", "server", id, "err", err)
 			}
 		}()
-		if _, admins[1+i], err = cli.ServeAdmin(adminAddr(1+i), health.AdminHandler(srv.Report, reg, false), log); err != nil {
+		if err := serveAdmin(1+i, health.AdminHandler(srv.Report, reg, false)); err != nil {
 			return err
 		}
 	}
