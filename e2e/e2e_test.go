@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -75,40 +73,12 @@ func TestRelayKilledAndRestartedMidStreamEveryMessageOnce(t *testing.T) {
 	u2 := testenv.Dial(t, addr2)
 	u2.Login("zhima202")
 
-	const n = 600
-	var sent atomic.Int64
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; i < n; i++ {
-			u1.SendLine(fmt.Sprintf(`{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"%d"}`, i))
-			sent.Add(1)
-			time.Sleep(time.Millisecond) // a steady stream
-		}
-	}()
-	testenv.Eventually(t, 10*time.Second, "a third of the stream sent", func() bool { return sent.Load() >= n/3 })
+	stream := testenv.StartStream(t, u1, "zhima202", 600)
+	stream.WaitSent(t, stream.N/3)
 	s.relay.Kill() // SIGKILL
 	s.startRelay()
-	wg.Wait()
-
-	seen := map[string]int{}
-	for len(seen) < n {
-		m, err := u2.Read(20 * time.Second)
-		if err != nil {
-			t.Fatalf("received %d of %d distinct messages: %v", len(seen), n, err)
-		}
-		seen[m.S("content")]++
-	}
-	u2.SendLine(`{"cmd":"ping"}`)
-	for m := u2.Next(); m.S("reply") != "ping"; m = u2.Next() {
-		seen[m.S("content")]++
-	}
-	for i := 0; i < n; i++ {
-		if c := seen[fmt.Sprint(i)]; c != 1 {
-			t.Errorf("message %d shown %d times", i, c)
-		}
-	}
+	stream.Wait()
+	stream.ExpectEachOnce(t, u2, 20*time.Second)
 }
 
 func TestSIGTERMShutsDownGracefully(t *testing.T) {

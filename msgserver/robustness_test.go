@@ -5,7 +5,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,52 +153,18 @@ func TestRelayRestartMidStreamLosesNothingAndDuplicatesNothing(t *testing.T) {
 	sender := login(t, tr.a, "sara")
 	recv := login(t, tr.b, "tom")
 	const n = 400
-	var sent atomic.Int64
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; i < n; i++ {
-			sender.Send(map[string]string{"cmd": "chat", "recv": "tom", "content": fmt.Sprint(i)})
-			sent.Add(1)
-			time.Sleep(time.Millisecond) // pace the stream so restarts land mid-stream
-		}
-	}()
+	stream := testenv.StartStream(t, sender, "tom", n)
 	addr := tr.relay.Addr
-	for _, at := range []int64{n / 4, n / 2} {
-		testenv.Eventually(t, 10*time.Second, fmt.Sprintf("%d messages sent", at), func() bool { return sent.Load() >= at })
+	for _, at := range []int{n / 4, n / 2} {
+		stream.WaitSent(t, at)
 		tr.relay.Stop()
 		tr.relay = testenv.StartRelay(t, addr, relay.Config{})
 	}
-	if sent.Load() == n {
+	if stream.Sent() == n {
 		t.Fatal("the stream ended before the relay restarts; the test proves nothing")
 	}
-	wg.Wait()
-
-	seen := map[string]int{}
-	for len(seen) < n {
-		m, err := recv.Read(15 * time.Second)
-		if err != nil {
-			t.Fatalf("got %d of %d distinct messages: %v", len(seen), n, err)
-		}
-		if m.S("event") == "chat" {
-			seen[m.S("content")]++
-		}
-	}
-	// Anything still in flight would arrive now; nothing should.
-	recv.SendLine(`{"cmd":"ping"}`)
-	for {
-		m := recv.Next()
-		if m.S("reply") == "ping" {
-			break
-		}
-		seen[m.S("content")]++
-	}
-	for i := 0; i < n; i++ {
-		if c := seen[fmt.Sprint(i)]; c != 1 {
-			t.Errorf("message %d arrived %d times", i, c)
-		}
-	}
+	stream.Wait()
+	stream.ExpectEachOnce(t, recv, 15*time.Second)
 	relayed := 0
 	for relayed < n {
 		m := sender.Next()

@@ -22,23 +22,6 @@ func startRelay(t *testing.T) (*testenv.InRelay, *prometheus.Registry) {
 	return testenv.StartRelay(t, "", relay.Config{Metrics: relay.NewMetrics(reg)}), reg
 }
 
-func peer(t *testing.T, r *testenv.InRelay, id string) *testenv.Peer {
-	t.Helper()
-	p, typ := testenv.DialPeer(t, r.Addr, id, testenv.Secret)
-	if typ != wire.TypeWelcome {
-		t.Fatalf("%s: handshake answered with frame type %d", id, typ)
-	}
-	testenv.Eventually(t, 2*time.Second, id+" registered", func() bool {
-		for _, l := range r.Links() {
-			if l.Server == id && l.Up {
-				return true
-			}
-		}
-		return false
-	})
-	return p
-}
-
 func metric(t *testing.T, reg *prometheus.Registry, name string) *dto.Metric {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -56,8 +39,8 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) *dto.Metric {
 
 func TestForwardAckAndNoRoute(t *testing.T) {
 	r, reg := startRelay(t)
-	a := peer(t, r, "msg-a")
-	b := peer(t, r, "msg-b")
+	a := testenv.ConnectPeer(t, r, "msg-a")
+	b := testenv.ConnectPeer(t, r, "msg-b")
 
 	f := &wire.Forward{ID: wire.ID{7}, Origin: "msg-a", Dest: "msg-b", Payload: []byte("opaque payload")}
 	a.Write(wire.AppendForward(nil, f))
@@ -121,8 +104,8 @@ func TestGarbageAndWrongSecretAreRefusedOthersUnaffected(t *testing.T) {
 			t.Fatalf("refused peer listed as a link: %+v", l)
 		}
 	}
-	a := peer(t, r, "msg-a")
-	b := peer(t, r, "msg-b")
+	a := testenv.ConnectPeer(t, r, "msg-a")
+	b := testenv.ConnectPeer(t, r, "msg-b")
 	a.Write(wire.AppendForward(nil, &wire.Forward{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b"}))
 	if typ, _ := b.Next(); typ != wire.TypeForward {
 		t.Fatalf("after the junk, msg-b got frame type %d", typ)
@@ -131,8 +114,8 @@ func TestGarbageAndWrongSecretAreRefusedOthersUnaffected(t *testing.T) {
 
 func TestForgedOriginDropsTheLink(t *testing.T) {
 	r, _ := startRelay(t)
-	a := peer(t, r, "msg-a")
-	b := peer(t, r, "msg-b")
+	a := testenv.ConnectPeer(t, r, "msg-a")
+	b := testenv.ConnectPeer(t, r, "msg-b")
 	a.Write(wire.AppendForward(nil, &wire.Forward{ID: wire.ID{1}, Origin: "msg-c", Dest: "msg-b"}))
 	if _, _, err := a.Read(5 * time.Second); err == nil {
 		t.Fatal("link with a forged origin stayed open")
@@ -159,12 +142,12 @@ func TestSilentLinkIsDroppedWithinDeadAfter(t *testing.T) {
 
 func TestNewerLinkReplacesOlder(t *testing.T) {
 	r, _ := startRelay(t)
-	old := peer(t, r, "msg-a")
-	newer := peer(t, r, "msg-a")
+	old := testenv.ConnectPeer(t, r, "msg-a")
+	newer := testenv.ConnectPeer(t, r, "msg-a")
 	if _, _, err := old.Read(5 * time.Second); err == nil {
 		t.Fatal("older link of the same server stayed open")
 	}
-	b := peer(t, r, "msg-b")
+	b := testenv.ConnectPeer(t, r, "msg-b")
 	b.Write(wire.AppendForward(nil, &wire.Forward{ID: wire.ID{3}, Origin: "msg-b", Dest: "msg-a"}))
 	if typ, _ := newer.Next(); typ != wire.TypeForward {
 		t.Fatal("newer link does not get traffic")
@@ -173,8 +156,8 @@ func TestNewerLinkReplacesOlder(t *testing.T) {
 
 func TestWritesAreCoalesced(t *testing.T) {
 	r, reg := startRelay(t)
-	a := peer(t, r, "msg-a")
-	b := peer(t, r, "msg-b")
+	a := testenv.ConnectPeer(t, r, "msg-a")
+	b := testenv.ConnectPeer(t, r, "msg-b")
 	const n = 2000
 	var burst []byte
 	for i := 0; i < n; i++ {
@@ -194,7 +177,7 @@ func TestWritesAreCoalesced(t *testing.T) {
 
 func TestDropLinksOnAddress(t *testing.T) {
 	r, _ := startRelay(t)
-	a := peer(t, r, "msg-a")
+	a := testenv.ConnectPeer(t, r, "msg-a")
 	if n := r.DropLinks(net.ParseIP("10.255.255.1")); n != 0 {
 		t.Fatalf("dropped %d links on an address nobody dialled", n)
 	}

@@ -26,8 +26,8 @@ func BenchmarkRelayForward(b *testing.B) {
 
 func benchmarkForward(b *testing.B, batch int) {
 	r := testenv.StartRelay(b, "", relay.Config{Metrics: relay.NewMetrics(prometheus.NewRegistry())})
-	pa := dialRegistered(b, r, "bench-a")
-	pb := dialRegistered(b, r, "bench-b")
+	pa := testenv.ConnectPeer(b, r, "bench-a")
+	pb := testenv.ConnectPeer(b, r, "bench-b")
 
 	f := &wire.Forward{Origin: "bench-a", Dest: "bench-b", Payload: make([]byte, 100)}
 	var frames []byte
@@ -59,24 +59,6 @@ func benchmarkForward(b *testing.B, batch int) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
-}
-
-// dialRegistered connects a peer and waits until the relay routes to it.
-func dialRegistered(b *testing.B, r *testenv.InRelay, id string) *testenv.Peer {
-	b.Helper()
-	p, typ := testenv.DialPeer(b, r.Addr, id, testenv.Secret)
-	if typ != wire.TypeWelcome {
-		b.Fatalf("%s: handshake answered with frame type %d", id, typ)
-	}
-	testenv.Eventually(b, 2*time.Second, id+" registered", func() bool {
-		for _, l := range r.Links() {
-			if l.Server == id && l.Up {
-				return true
-			}
-		}
-		return false
-	})
-	return p
 }
 
 // readForwards reads n Forward frames at p, answering the relay's pings so

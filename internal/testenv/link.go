@@ -79,3 +79,22 @@ func (p *Peer) Read(timeout time.Duration) (byte, []byte, error) {
 		}
 	}
 }
+
+// ConnectPeer dials r as server id with the test secret and waits until the
+// relay routes to it.
+func ConnectPeer(t testing.TB, r *InRelay, id string) *Peer {
+	t.Helper()
+	p, typ := DialPeer(t, r.Addr, id, Secret)
+	if typ != wire.TypeWelcome {
+		t.Fatalf("%s: handshake answered with frame type %d", id, typ)
+	}
+	Eventually(t, 2*time.Second, id+" registered", func() bool {
+		for _, l := range r.Links() {
+			if l.Server == id && l.Up {
+				return true
+			}
+		}
+		return false
+	})
+	return p
+}
