@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/relay/wire"
 )
 
@@ -58,8 +59,8 @@ func (s *Server) chat(sess *session, r request) *clientError {
 func (d *delivery) route(cached bool) *clientError {
 	s := d.srv
 	if dst := s.local(d.ev.To); dst != nil {
-		dst.send(appendJSONLine(nil, d.ev))
-		d.finish(StatusDelivered)
+		dst.sendEvent(nil, &d.ev)
+		d.finish(nil, StatusDelivered)
 		return nil
 	}
 	loc, ok := location{}, false
@@ -93,12 +94,13 @@ func (d *delivery) route(cached bool) *clientError {
 }
 
 // forwarded handles the outcome of a relayed message. It runs on the
-// uplink's reader goroutine, so anything that calls Redis goes elsewhere.
-func (d *delivery) forwarded(o outcome) {
+// uplink's reader goroutine, so anything that calls Redis goes elsewhere;
+// the reply to the sender joins the reader's batch.
+func (d *delivery) forwarded(o outcome, b *sendq.Batch) {
 	s := d.srv
 	switch o {
 	case outTaken:
-		d.finish(StatusRelayed)
+		d.finish(b, StatusRelayed)
 	case outNotHere, outGaveUp:
 		s.routes.forget(d.ev.To)
 		s.wg.Add(1)
@@ -129,18 +131,19 @@ func (d *delivery) storeOffline() *clientError {
 		d.srv.log.Warn("offline store failed", "user", ev.From, "recipient", ev.To, "err", err)
 		return errorf(CodeUnavailable, "message not stored: offline store unavailable, try again shortly")
 	}
-	d.finish(StatusOffline)
+	d.finish(nil, StatusOffline)
 	return nil
 }
 
-func (d *delivery) finish(status string) {
+func (d *delivery) finish(b *sendq.Batch, status string) {
 	d.srv.m.delivered(status, d.accepted)
-	d.sender.sendJSON(reply{Reply: "chat", OK: true, ID: d.ev.ID, Status: status, Ref: d.ref})
+	d.sender.sendReply(b, reply{Reply: "chat", OK: true, ID: d.ev.ID, Status: status, Ref: d.ref})
 }
 
 // onForward takes a message from another server for a local user. It runs
-// on the uplink's reader goroutine and returns the ack status.
-func (s *Server) onForward(f wire.Forward) byte {
+// on the uplink's reader goroutine, queues the event in the reader's batch
+// and returns the ack status.
+func (s *Server) onForward(f wire.Forward, b *sendq.Batch) byte {
 	if s.dedup.seen(f.ID) {
 		s.m.duplicate()
 		return wire.AckDelivered
@@ -155,7 +158,7 @@ func (s *Server) onForward(f wire.Forward) byte {
 	if dst == nil {
 		return wire.AckNotHere
 	}
-	dst.send(appendJSONLine(nil, chatEvent{Event: "chat", ID: f.ID.String(), From: p.From, To: p.To, Content: p.Content, TS: p.TS}))
+	dst.sendEvent(b, &chatEvent{Event: "chat", ID: f.ID.String(), From: p.From, To: p.To, Content: p.Content, TS: p.TS})
 	s.dedup.add(f.ID)
 	return wire.AckDelivered
 }

@@ -3,6 +3,7 @@ package msgserver
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
@@ -206,4 +207,90 @@ func appendJSONLine(b []byte, v any) []byte {
 	}
 	b = append(b, out...)
 	return append(b, '\n')
+}
+
+// The two lines sent per message, a reply and a chat event, are encoded by
+// hand: encoding/json's reflection was a tenth of a message server's CPU.
+// The output is byte for byte what encoding/json writes (a test and a fuzz
+// target compare them).
+
+// appendLine appends r as one JSON line.
+func (r *reply) appendLine(b []byte) []byte {
+	b = append(b, `{"reply":`...)
+	b = appendJSONString(b, r.Reply)
+	if r.OK {
+		b = append(b, `,"ok":true`...)
+	} else {
+		b = append(b, `,"ok":false`...)
+	}
+	b = appendField(b, `,"code":`, r.Code)
+	b = appendField(b, `,"error":`, r.Error)
+	b = appendField(b, `,"name":`, r.Name)
+	b = appendField(b, `,"session":`, r.Session)
+	b = appendField(b, `,"server":`, r.Server)
+	b = appendField(b, `,"id":`, r.ID)
+	b = appendField(b, `,"status":`, r.Status)
+	b = appendField(b, `,"ref":`, r.Ref)
+	return append(b, "}\n"...)
+}
+
+// appendLine appends e as one JSON line.
+func (e *chatEvent) appendLine(b []byte) []byte {
+	b = append(b, `{"event":`...)
+	b = appendJSONString(b, e.Event)
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, e.ID)
+	b = append(b, `,"from":`...)
+	b = appendJSONString(b, e.From)
+	b = append(b, `,"to":`...)
+	b = appendJSONString(b, e.To)
+	b = append(b, `,"content":`...)
+	b = appendJSONString(b, e.Content)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, e.TS, 10)
+	if e.Offline {
+		b = append(b, `,"offline":true`...)
+	}
+	return append(b, "}\n"...)
+}
+
+// appendField appends key and value unless value is empty (omitempty).
+func appendField(b []byte, key, value string) []byte {
+	if value == "" {
+		return b
+	}
+	return appendJSONString(append(b, key...), value)
+}
+
+// appendJSONString appends s as a JSON string. Strings with nothing to
+// escape (the usual case: names, ids, ordinary text in any script) are
+// copied; anything else goes through encoding/json, so escaping is exactly
+// its own (HTML characters, U+2028/2029, invalid UTF-8 included).
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return appendJSONStringSlow(b, s)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if (r == utf8.RuneError && size == 1) || r == '\u2028' || r == '\u2029' {
+			return appendJSONStringSlow(b, s)
+		}
+		i += size
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+func appendJSONStringSlow(b []byte, s string) []byte {
+	out, err := json.Marshal(s)
+	if err != nil { // cannot happen for a string
+		return append(b, `""`...)
+	}
+	return append(b, out...)
 }

@@ -34,17 +34,40 @@ func BenchmarkDecodeRequest100(b *testing.B) {
 	}
 }
 
-func BenchmarkAppendJSONLineChatEvent(b *testing.B) {
-	ev := chatEvent{Event: "chat", ID: "0123456789abcdef0123456789abcdef", From: "zhima201", To: "zhima202",
-		Content: "how are you", TS: 1732000000000}
+var benchEvent = chatEvent{Event: "chat", ID: "0123456789abcdef0123456789abcdef", From: "zhima201", To: "zhima202",
+	Content: "how are you", TS: 1732000000000}
+
+// BenchmarkEncodeChatEvent is the recipient's line, as the server writes it.
+func BenchmarkEncodeChatEvent(b *testing.B) {
 	buf := make([]byte, 0, 512)
 	b.ReportAllocs()
-	b.SetBytes(int64(len(appendJSONLine(nil, ev))))
+	b.SetBytes(int64(len(benchEvent.appendLine(nil))))
 	for b.Loop() {
-		buf = appendJSONLine(buf[:0], ev)
+		buf = benchEvent.appendLine(buf[:0])
 	}
 	if buf[len(buf)-1] != '\n' {
 		b.Fatalf("line %q does not end in a newline", buf)
+	}
+}
+
+// BenchmarkEncodeChatEventStdlib is the same line through encoding/json,
+// the encoder it replaced, for comparison.
+func BenchmarkEncodeChatEventStdlib(b *testing.B) {
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(appendJSONLine(nil, benchEvent))))
+	for b.Loop() {
+		buf = appendJSONLine(buf[:0], benchEvent)
+	}
+}
+
+// BenchmarkEncodeChatReply is the sender's "relayed" reply.
+func BenchmarkEncodeChatReply(b *testing.B) {
+	r := reply{Reply: "chat", OK: true, ID: "0123456789abcdef0123456789abcdef", Status: StatusRelayed}
+	buf := make([]byte, 0, 256)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = r.appendLine(buf[:0])
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/netx"
+	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/relay/wire"
 )
 
@@ -219,15 +220,19 @@ func (s *Server) login(sess *session, r request) *clientError {
 	// section that publishes the session: deliveries find sessions under
 	// this lock, so no live event can overtake them, and whoever sees the
 	// reply (Shutdown, say) finds the session in the map.
+	// They are written after the lock is released (batch), so logins do
+	// not take turns at a write syscall.
+	var batch sendq.Batch
 	s.mu.Lock()
-	sess.sendJSON(reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
+	sess.sendReply(&batch, reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
 	for _, l := range c.inbox {
-		sess.send(append([]byte(l), '\n'))
+		sess.queue(&batch, func(b []byte) []byte { return append(append(b, l...), '\n') })
 	}
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
 	n := len(s.sessions)
 	s.mu.Unlock()
+	batch.Flush()
 	storedMeanwhile := s.pres.unwatchInbox(r.Name, watch)
 	s.m.setSessions(n)
 	s.routes.forget(r.Name)
@@ -278,7 +283,7 @@ func (s *Server) logout(sess *session) *clientError {
 	if err := s.pres.release(ctx, name, location{s.cfg.ID, sess.id}); err != nil {
 		s.log.Warn("release presence failed", "user", name, "err", err)
 	}
-	sess.sendJSON(reply{Reply: "logout", OK: true, Name: name})
+	sess.sendReply(nil, reply{Reply: "logout", OK: true, Name: name})
 	return nil
 }
 

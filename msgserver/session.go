@@ -45,9 +45,11 @@ func newSession(srv *Server, conn net.Conn) *session {
 	return s
 }
 
-// send queues one line for the client. A client too slow to take it is cut.
-func (s *session) send(line []byte) {
-	if err := s.q.Write(line); errors.Is(err, sendq.ErrFull) {
+// queue lets fn append one line for the client. With a batch, the write
+// waits for b.Flush (the uplink reader flushes once per read); without, it
+// is made at once. A client too slow to take it is cut.
+func (s *session) queue(b *sendq.Batch, fn func([]byte) []byte) {
+	if err := s.q.AppendTo(b, fn); errors.Is(err, sendq.ErrFull) {
 		// Not s.name: this runs on the sender's goroutine, not the owner's.
 		s.srv.log.Warn("client too slow, disconnecting", "session", s.id, "remote", s.remote, "queued_bytes", s.q.Len())
 		s.srv.m.disconnect(CodeSlowConsumer)
@@ -55,7 +57,14 @@ func (s *session) send(line []byte) {
 	}
 }
 
-func (s *session) sendJSON(v any) { s.send(appendJSONLine(nil, v)) }
+// send queues one line (ending in a newline) for the client.
+func (s *session) send(line []byte) {
+	s.queue(nil, func(b []byte) []byte { return append(b, line...) })
+}
+
+func (s *session) sendReply(b *sendq.Batch, r reply) { s.queue(b, r.appendLine) }
+
+func (s *session) sendEvent(b *sendq.Batch, e *chatEvent) { s.queue(b, e.appendLine) }
 
 // closeWith tells the client why, flushes what is queued, and closes.
 func (s *session) closeWith(code, reason string) {
@@ -207,7 +216,7 @@ func (s *session) handle(line []byte) *clientError {
 	}
 	switch r.Cmd {
 	case "ping":
-		s.sendJSON(reply{Reply: "ping", OK: true})
+		s.sendReply(nil, reply{Reply: "ping", OK: true})
 	case "login":
 		cerr = s.srv.login(s, r)
 	case "chat":
@@ -224,5 +233,5 @@ func (s *session) handle(line []byte) *clientError {
 // fail sends an error reply.
 func (s *session) fail(cmd, ref string, e *clientError) {
 	s.srv.m.clientError(e.code)
-	s.sendJSON(reply{Reply: cmd, OK: false, Code: e.code, Error: e.msg, Ref: ref})
+	s.sendReply(nil, reply{Reply: cmd, OK: false, Code: e.code, Error: e.msg, Ref: ref})
 }

@@ -39,7 +39,7 @@ type pending struct {
 	due       time.Time // resend if not acked by then
 	firstNack time.Time
 	nacks     int
-	done      func(outcome)
+	done      func(outcome, *sendq.Batch) // b: the uplink reader's batch, or nil
 	elem      *list.Element
 	parked    bool // nacked: waiting in uplink.parked for its retry time
 }
@@ -51,7 +51,7 @@ type uplink struct {
 	cfg       *Config
 	log       *slog.Logger
 	m         *Metrics
-	onForward func(wire.Forward) byte // returns the ack status
+	onForward func(wire.Forward, *sendq.Batch) byte // returns the ack status
 	onKick    func(wire.Kick)
 
 	mu       sync.Mutex
@@ -72,7 +72,7 @@ type linkStats struct {
 	rtt                 atomic.Int64
 }
 
-func newUplink(cfg *Config, log *slog.Logger, m *Metrics, onForward func(wire.Forward) byte, onKick func(wire.Kick)) *uplink {
+func newUplink(cfg *Config, log *slog.Logger, m *Metrics, onForward func(wire.Forward, *sendq.Batch) byte, onKick func(wire.Kick)) *uplink {
 	u := &uplink{
 		cfg:       cfg,
 		log:       log,
@@ -87,11 +87,12 @@ func newUplink(cfg *Config, log *slog.Logger, m *Metrics, onForward func(wire.Fo
 }
 
 // send queues a Forward and keeps it until done is called with its outcome.
-func (u *uplink) send(f *wire.Forward, done func(outcome)) error {
+func (u *uplink) send(f *wire.Forward, done func(outcome, *sendq.Batch)) error {
 	frame := wire.AppendForward(nil, f)
+	var batch sendq.Batch
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	if len(u.pend) >= u.cfg.MaxUnacked {
+		u.mu.Unlock()
 		return errBacklogFull
 	}
 	p := &pending{id: f.ID, dest: f.Dest, frame: frame, done: done, due: time.Now().Add(u.cfg.AckTimeout)}
@@ -99,14 +100,17 @@ func (u *uplink) send(f *wire.Forward, done func(outcome)) error {
 	p.elem = u.inflight.PushBack(p)
 	u.m.setUnacked(len(u.pend))
 	if u.q != nil {
-		u.writeLocked(frame)
+		u.writeLocked(&batch, frame)
 	}
+	u.mu.Unlock()
+	batch.Flush() // the write, if it is ours, happens outside the lock
 	return nil
 }
 
-// writeLocked queues a frame on the current link; u.mu is held.
-func (u *uplink) writeLocked(frame []byte) {
-	if err := u.q.Write(frame); errors.Is(err, sendq.ErrFull) {
+// writeLocked queues a frame on the current link; u.mu is held. With a
+// batch, the write waits for b.Flush.
+func (u *uplink) writeLocked(b *sendq.Batch, frame []byte) {
+	if err := u.q.AppendTo(b, func(buf []byte) []byte { return append(buf, frame...) }); errors.Is(err, sendq.ErrFull) {
 		u.log.Warn("relay link queue full, dropping link", "queued_bytes", u.q.Len())
 		u.q.Close()
 	}
@@ -122,7 +126,7 @@ func (u *uplink) control(fn func([]byte) []byte) {
 	}
 }
 
-func (u *uplink) ack(id wire.ID, from string, code byte) {
+func (u *uplink) ack(b *sendq.Batch, id wire.ID, from string, code byte) {
 	u.mu.Lock()
 	p := u.pend[id]
 	if p == nil || p.dest != from { // a duplicate ack, or one for a copy sent elsewhere before a re-route
@@ -132,9 +136,9 @@ func (u *uplink) ack(id wire.ID, from string, code byte) {
 	u.removeLocked(p)
 	u.mu.Unlock()
 	if code == wire.AckNotHere {
-		p.done(outNotHere)
+		p.done(outNotHere, b)
 	} else {
-		p.done(outTaken)
+		p.done(outTaken, b)
 	}
 }
 
@@ -164,7 +168,7 @@ func (u *uplink) nack(id wire.ID, dest string) {
 	if now.Sub(p.firstNack) > u.cfg.NoRouteGiveUp {
 		u.removeLocked(p)
 		u.mu.Unlock()
-		p.done(outGaveUp)
+		p.done(outGaveUp, nil)
 		return
 	}
 	u.inflight.Remove(p.elem)
@@ -178,6 +182,8 @@ func (u *uplink) nack(id wire.ID, dest string) {
 // retransmit resends messages whose ack is overdue and parked messages
 // whose retry time has come. It runs on a ticker.
 func (u *uplink) retransmit(now time.Time) {
+	var batch sendq.Batch
+	defer batch.Flush() // after the unlock: one write for all of them
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.q == nil {
@@ -205,7 +211,7 @@ func (u *uplink) retransmit(now time.Time) {
 		}
 		p.due = now.Add(u.cfg.AckTimeout)
 		p.elem = u.inflight.PushBack(p)
-		u.writeLocked(p.frame)
+		u.writeLocked(&batch, p.frame)
 	}
 	if len(again) > 0 {
 		u.m.resent(len(again))
@@ -216,6 +222,8 @@ func (u *uplink) retransmit(now time.Time) {
 // in the order they were first sent.
 func (u *uplink) attach(q *sendq.Queue, relayID, remote string) int {
 	now := time.Now()
+	var batch sendq.Batch
+	defer batch.Flush() // after the unlock: the backlog goes out in big writes
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.q = q
@@ -228,7 +236,7 @@ func (u *uplink) attach(q *sendq.Queue, relayID, remote string) int {
 	for e := u.inflight.Front(); e != nil; e = e.Next() {
 		p := e.Value.(*pending)
 		p.due = now.Add(u.cfg.AckTimeout)
-		u.writeLocked(p.frame)
+		u.writeLocked(&batch, p.frame)
 	}
 	return u.inflight.Len()
 }
@@ -263,7 +271,7 @@ func (u *uplink) abandon() {
 	u.m.setUnacked(0)
 	u.mu.Unlock()
 	for _, p := range all {
-		p.done(outClosed)
+		p.done(outClosed, nil)
 	}
 }
 
@@ -412,27 +420,26 @@ func (u *uplink) serve(ctx context.Context, conn net.Conn, relayID string) error
 		u.stats.framesOut.Add(uint64(items))
 	})
 	u.stats.lastRecv.Store(time.Now().UnixNano())
+	q.Start(conn, u.cfg.WriteTimeout) // written inline by whoever queues to it
 	resent := u.attach(q, relayID, remote)
 	u.m.linkUp()
 	u.log.Info("relay link up", "relay", relayID, "remote", remote, "resent", resent)
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	defer conn.Close()
-	defer q.Close()
-	defer u.detach(q)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := q.Run(conn, u.cfg.WriteTimeout); err != nil {
+	pings := make(chan struct{})
+	defer func() {
+		u.detach(q)
+		q.Close()
+		conn.Close()
+		<-pings
+		<-q.Done()
+		if err := q.Err(); err != nil {
 			u.log.Debug("relay link write ended", "err", err)
 		}
-		conn.Close()
 	}()
 	go func() {
-		defer wg.Done()
+		defer close(pings)
 		t := time.NewTicker(u.cfg.PingInterval)
 		defer t.Stop()
 		for {
@@ -453,7 +460,14 @@ func (u *uplink) serve(ctx context.Context, conn net.Conn, relayID string) error
 func (u *uplink) readLoop(conn net.Conn, q *sendq.Queue) error {
 	fr := wire.NewReader(conn, 2*u.cfg.MaxLine+4096)
 	var deadlineSet time.Time
+	// Events, replies and acks produced by one read are written once per
+	// connection, when nothing more is buffered.
+	var batch sendq.Batch
+	defer batch.Flush()
 	for {
+		if !fr.Ready() {
+			batch.Flush()
+		}
 		if now := time.Now(); now.Sub(deadlineSet) > u.cfg.DeadAfter/4 {
 			deadlineSet = now
 			_ = conn.SetReadDeadline(now.Add(u.cfg.DeadAfter))
@@ -478,15 +492,15 @@ func (u *uplink) readLoop(conn net.Conn, q *sendq.Queue) error {
 			if err != nil {
 				return fmt.Errorf("bad forward frame: %w", err)
 			}
-			code := u.onForward(f)
+			code := u.onForward(f, &batch)
 			a := wire.Ack{ID: f.ID, Origin: u.cfg.ID, Dest: f.Origin, Code: code}
-			_ = q.Append(func(b []byte) []byte { return wire.AppendAck(b, wire.TypeAck, a) })
+			_ = q.AppendTo(&batch, func(b []byte) []byte { return wire.AppendAck(b, wire.TypeAck, a) })
 		case wire.TypeAck:
 			a, err := wire.ParseAck(body)
 			if err != nil {
 				return fmt.Errorf("bad ack frame: %w", err)
 			}
-			u.ack(a.ID, a.Origin, a.Code)
+			u.ack(&batch, a.ID, a.Origin, a.Code)
 		case wire.TypeNack:
 			a, err := wire.ParseAck(body)
 			if err != nil {
@@ -505,7 +519,7 @@ func (u *uplink) readLoop(conn net.Conn, q *sendq.Queue) error {
 			if err != nil {
 				return fmt.Errorf("bad ping: %w", err)
 			}
-			_ = q.Append(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePong, nanos) })
+			_ = q.AppendTo(&batch, func(b []byte) []byte { return wire.AppendPing(b, wire.TypePong, nanos) })
 		case wire.TypePong:
 			nanos, err := wire.ParsePing(body)
 			if err != nil {

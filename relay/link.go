@@ -69,26 +69,23 @@ func (s *Server) serveConn(conn net.Conn) {
 		l.stats.framesOut.Add(uint64(items))
 		s.m.flushed(n, items, waited)
 	})
+	l.q.Start(conn, s.cfg.WriteTimeout) // written inline by the readers that route to it
 	s.register(l)
 	s.log.Info("link up", "server", server, "remote", remote)
 
-	var wg sync.WaitGroup
-	wg.Add(2)
+	pings := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		if err := l.q.Run(conn, s.cfg.WriteTimeout); err != nil {
-			s.log.Debug("link write ended", "server", server, "err", err)
-		}
-		l.close()
-	}()
-	go func() {
-		defer wg.Done()
+		defer close(pings)
 		l.pingLoop()
 	}()
 	err = l.readLoop(fr)
 	s.unregister(l)
 	l.close()
-	wg.Wait()
+	<-pings
+	<-l.q.Done()
+	if werr := l.q.Err(); werr != nil {
+		s.log.Debug("link write ended", "server", server, "err", werr)
+	}
 	reason := "closed"
 	if err != nil {
 		reason = err.Error()
@@ -147,7 +144,14 @@ func (l *link) readLoop(fr *wire.Reader) error {
 	self := []byte(l.server)
 	deadAfter := s.cfg.DeadAfter
 	var deadlineSet time.Time
+	// Frames routed while handling one read are written once per
+	// destination link, when nothing more is buffered.
+	var batch sendq.Batch
+	defer batch.Flush()
 	for {
+		if !fr.Ready() {
+			batch.Flush()
+		}
 		// Moving the deadline costs a timer update; do it a few times per
 		// dead-after period, not per frame.
 		if now := time.Now(); now.Sub(deadlineSet) > deadAfter/4 {
@@ -179,13 +183,13 @@ func (l *link) readLoop(fr *wire.Reader) error {
 			if !bytes.Equal(origin, self) {
 				return fmt.Errorf("frame claims origin %q on the link of %q", origin, l.server)
 			}
-			l.forward(typ, body, raw, dest)
+			l.forward(&batch, typ, body, raw, dest)
 		case wire.TypePing:
 			nanos, err := wire.ParsePing(body)
 			if err != nil {
 				return fmt.Errorf("bad ping: %w", err)
 			}
-			l.send(func(b []byte) []byte { return wire.AppendPing(b, wire.TypePong, nanos) })
+			l.send(&batch, func(b []byte) []byte { return wire.AppendPing(b, wire.TypePong, nanos) })
 		case wire.TypePong:
 			nanos, err := wire.ParsePing(body)
 			if err != nil {
@@ -203,11 +207,11 @@ func (l *link) readLoop(fr *wire.Reader) error {
 // forward passes a routable frame to the destination's link unchanged. A
 // Forward that cannot be passed on is answered with a Nack so the origin
 // retries; a lost Ack or Kick is recovered by the origin's own timers.
-func (l *link) forward(typ byte, body, raw, dest []byte) {
+func (l *link) forward(batch *sendq.Batch, typ byte, body, raw, dest []byte) {
 	s := l.s
 	dst := s.route(dest)
 	if dst != nil {
-		err := dst.q.Write(raw)
+		err := dst.q.AppendTo(batch, func(b []byte) []byte { return append(b, raw...) })
 		if err == nil {
 			if typ == wire.TypeForward {
 				s.m.forwarded()
@@ -229,14 +233,14 @@ func (l *link) forward(typ byte, body, raw, dest []byte) {
 	if err != nil {
 		return
 	}
-	l.send(func(b []byte) []byte {
+	l.send(batch, func(b []byte) []byte {
 		return wire.AppendAck(b, wire.TypeNack, wire.Ack{ID: f.ID, Origin: f.Origin, Dest: f.Dest, Code: wire.NackNoRoute})
 	})
 }
 
 // send queues a frame the relay itself originates on this link.
-func (l *link) send(fn func([]byte) []byte) {
-	if err := l.q.Append(fn); errors.Is(err, sendq.ErrFull) {
+func (l *link) send(batch *sendq.Batch, fn func([]byte) []byte) {
+	if err := l.q.AppendTo(batch, fn); errors.Is(err, sendq.ErrFull) {
 		l.s.log.Warn("cutting slow link", "server", l.server)
 		l.s.m.slowLink()
 		l.close()

@@ -1,20 +1,32 @@
 // Package sendq is the outbound side of every connection in the project: a
-// bounded byte queue that producers append encoded frames or lines to, and one
-// writer goroutine that drains it with a single write per batch.
+// bounded byte queue that producers append encoded frames or lines to, drained
+// with a single write per batch.
 //
 // Producers never block on the network: Append copies into the pending buffer
 // and returns. When the pending bytes exceed the limit the queue reports
 // ErrFull and the owner cuts the connection (a slow consumer is cut, not
-// waited for). The writer swaps the pending buffer for an empty one and
-// writes everything queued so far in one syscall, so under load many frames
-// share a write and at low rates nothing waits for a timer.
+// waited for). A write takes everything queued so far, so under load many
+// frames share one syscall and at low rates nothing waits for a timer.
+//
+// A started queue (Start, NewWriter) writes without a goroutine of its own
+// when it can: the producer that finds it idle makes one non-blocking write
+// itself; only what the socket does not take at once, or what arrives while
+// that write runs, goes to a writer goroutine that lives until the queue is
+// empty. A reader that queues to many connections while handling one read
+// buffer passes a Batch (AppendTo) and flushes it before it reads again, so
+// each connection gets one write for everything that buffer produced (the
+// way nats-server flushes the clients a read touched). Both matter: on
+// loopback a write syscall also runs the receiver's side of TCP and wakes
+// it, and it was the largest cost of a relayed message in the profile.
 package sendq
 
 import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -41,8 +53,10 @@ type Queue struct {
 	// Self-writing mode (Start): a goroutine exists only while there is
 	// something to write.
 	conn         net.Conn
+	raw          syscall.RawConn // for non-blocking inline writes; nil if conn has none
 	writeTimeout time.Duration
-	writing      bool
+	writing      bool // an inline write or the writer goroutine owns the connection
+	marked       bool // in a Batch that has not flushed yet
 	spare        []byte
 	werr         error
 	drained      chan struct{}
@@ -64,8 +78,17 @@ func New(maxBytes int, flushed func(bytes, items int, waited time.Duration)) *Qu
 }
 
 // Append lets fn append one item to the pending buffer. It never blocks on
-// the network.
+// the network. A started queue with no write under way is written at once,
+// from the calling goroutine, with one non-blocking write.
 func (q *Queue) Append(fn func([]byte) []byte) error {
+	return q.AppendTo(nil, fn)
+}
+
+// AppendTo is Append for a producer that is handling a batch of input: the
+// write is left to b.Flush, which the producer calls before it blocks, so
+// everything the batch queued here goes out in one write. A nil b, or a
+// queue drained by Run, behaves as Append.
+func (q *Queue) AppendTo(b *Batch, fn func([]byte) []byte) error {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -80,20 +103,135 @@ func (q *Queue) Append(fn func([]byte) []byte) error {
 	}
 	q.buf = fn(q.buf)
 	q.items++
-	start := q.conn != nil && !q.writing
-	if start {
-		q.writing = true
-	}
-	q.mu.Unlock()
-	if start {
-		go q.flushLoop()
-		return nil
-	}
-	select {
-	case q.notify <- struct{}{}:
+	switch {
+	case q.conn == nil: // drained by Run
+		q.mu.Unlock()
+		select {
+		case q.notify <- struct{}{}:
+		default:
+		}
+	case q.writing: // the write under way takes it next
+		q.mu.Unlock()
+	case b != nil:
+		add := !q.marked
+		q.marked = true
+		q.mu.Unlock()
+		if add {
+			b.qs = append(b.qs, q)
+		}
 	default:
+		q.writeLocked()
 	}
 	return nil
+}
+
+// Batch is the set of started queues one producer appended to with
+// AppendTo since its last Flush. It belongs to that producer's goroutine.
+type Batch struct{ qs []*Queue }
+
+// Flush writes every queue of the batch that has no write under way.
+func (b *Batch) Flush() {
+	for i, q := range b.qs {
+		q.mu.Lock()
+		q.marked = false
+		if q.writing || len(q.buf) == 0 {
+			q.mu.Unlock()
+		} else {
+			q.writeLocked()
+		}
+		b.qs[i] = nil
+	}
+	b.qs = b.qs[:0]
+}
+
+// writeLocked writes what is pending, from the calling goroutine, with one
+// non-blocking write; what the socket does not take goes to a writer
+// goroutine. q.mu is held, nothing is being written and the buffer is not
+// empty; q.mu is released.
+func (q *Queue) writeLocked() {
+	q.writing = true
+	if q.raw == nil {
+		q.mu.Unlock()
+		go q.flushLoop()
+		return
+	}
+	out, items, oldest := q.buf, q.items, q.oldest
+	q.buf, q.items = q.spare[:0], 0
+	q.spare = nil
+	q.mu.Unlock()
+
+	n, err := writeNow(q.raw, out)
+	if n == len(out) && q.flushed != nil {
+		q.flushed(n, items, time.Since(oldest))
+	}
+
+	q.mu.Lock()
+	if err != nil {
+		q.failLocked(err, len(out))
+		return
+	}
+	if n < len(out) {
+		// The socket is full, or the write deadline of an earlier blocking
+		// write has passed: the rest goes first, through the writer.
+		rest := append(out[:0:0], out[n:]...)
+		q.buf = append(rest, q.buf...)
+		q.items += items
+		q.oldest = oldest
+	} else if cap(out) <= 4<<10 && q.spare == nil {
+		q.spare = out
+	}
+	if len(q.buf) > 0 {
+		q.mu.Unlock()
+		go q.flushLoop() // still writing: the goroutine owns it now
+		return
+	}
+	q.writing = false
+	closed := q.closed
+	q.mu.Unlock()
+	if closed {
+		q.drainedOnce.Do(func() { close(q.drained) })
+	}
+}
+
+// writeNow makes one non-blocking write. A full socket is not an error: it
+// returns how much was taken. An expired deadline (left by the writer
+// goroutine) reports 0 bytes, so the writer, which sets a fresh one, takes
+// over.
+func writeNow(rc syscall.RawConn, p []byte) (n int, err error) {
+	cerr := rc.Write(func(fd uintptr) bool {
+		for {
+			n, err = syscall.Write(int(fd), p)
+			if err != syscall.EINTR {
+				return true // never wait for writability here
+			}
+		}
+	})
+	if n < 0 {
+		n = 0
+	}
+	if err == syscall.EAGAIN {
+		err = nil
+	}
+	if cerr != nil && err == nil {
+		if errors.Is(cerr, os.ErrDeadlineExceeded) {
+			return 0, nil
+		}
+		err = cerr
+	}
+	return n, err
+}
+
+// failLocked ends the queue after a failed write; q.mu is held and released.
+func (q *Queue) failLocked(err error, n int) {
+	q.werr = fmt.Errorf("write %d bytes: %w", n, err)
+	q.closed = true
+	q.buf = nil
+	q.writing = false
+	q.mu.Unlock()
+	// The peer is gone or stuck: close the connection so its reader ends
+	// too, instead of queueing into a dead writer.
+	q.conn.Close()
+	q.drainedOnce.Do(func() { close(q.drained) })
 }
 
 // NewWriter returns a queue that writes to conn by itself (see Start),
@@ -110,8 +248,12 @@ func NewWriter(maxBytes int, conn net.Conn, writeTimeout time.Duration) *Queue {
 // empty, so an idle connection costs no goroutine. Done is closed once the
 // queue is closed and everything is written, or a write failed.
 func (q *Queue) Start(conn net.Conn, writeTimeout time.Duration) {
+	var raw syscall.RawConn
+	if sc, ok := conn.(syscall.Conn); ok {
+		raw, _ = sc.SyscallConn()
+	}
 	q.mu.Lock()
-	q.conn, q.writeTimeout = conn, writeTimeout
+	q.conn, q.raw, q.writeTimeout = conn, raw, writeTimeout
 	q.drained = make(chan struct{})
 	start := len(q.buf) > 0
 	q.writing = start
@@ -198,6 +340,10 @@ func (q *Queue) Close() {
 		if q.done != nil {
 			close(q.done)
 		}
+	}
+	if q.conn != nil && !q.writing && len(q.buf) > 0 {
+		q.writeLocked() // items left for a Batch that has not flushed yet
+		return
 	}
 	idle := q.conn != nil && !q.writing
 	q.mu.Unlock()

@@ -159,6 +159,18 @@ func (fr *Reader) Next() (typ byte, body, raw []byte, err error) {
 // waiting; zero means the next Next may block.
 func (fr *Reader) Buffered() int { return fr.r.Buffered() }
 
+// Ready reports whether Next can return without reading from the
+// connection: a whole frame is buffered (or a header Next will refuse). A
+// reader that batches its writes flushes them when Ready is false.
+func (fr *Reader) Ready() bool {
+	if fr.r.Buffered() < 4 {
+		return false
+	}
+	h, _ := fr.r.Peek(4)
+	n := int(binary.BigEndian.Uint32(h))
+	return n == 0 || n > fr.max || fr.r.Buffered() >= 4+n
+}
+
 // begin appends a frame header with a placeholder length; finish fills it.
 func begin(b []byte, typ byte) ([]byte, int) {
 	start := len(b)

@@ -1,0 +1,279 @@
+package sendq
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection, closed when the
+// test ends. Inline writes need a real socket: net.Pipe has no fd.
+func tcpPair(t *testing.T) (local, peer *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		s.Close()
+	})
+	return s.(*net.TCPConn), c.(*net.TCPConn)
+}
+
+// flushCounter counts the queue's writes and the items they carried.
+type flushCounter struct{ writes, items atomic.Int64 }
+
+func (f *flushCounter) flushed(_, items int, _ time.Duration) {
+	f.writes.Add(1)
+	f.items.Add(int64(items))
+}
+
+// waitDone waits for a started queue's Done.
+func waitDone(t *testing.T, q *Queue) {
+	t.Helper()
+	select {
+	case <-q.Done():
+	case <-time.After(waitTimeout):
+		t.Fatalf("Done not closed within %v", waitTimeout)
+	}
+}
+
+// An idle started queue is written by the producer itself, before Append
+// returns: no goroutine, no wake-up.
+func TestAppendWritesInline(t *testing.T) {
+	w, r := tcpPair(t)
+	var fc flushCounter
+	q := New(1<<20, fc.flushed)
+	q.Start(w, time.Second)
+	for i := range 3 {
+		if err := q.Write([]byte("ping\n")); err != nil {
+			t.Fatal(err)
+		}
+		if got := fc.writes.Load(); got != int64(i+1) {
+			t.Fatalf("after Append %d: %d writes made before it returned, want %d", i+1, got, i+1)
+		}
+		if n := q.Len(); n != 0 {
+			t.Fatalf("after Append %d: %d bytes still queued", i+1, n)
+		}
+	}
+	if got := readN(t, r, 15); string(got) != "ping\nping\nping\n" {
+		t.Fatalf("peer got %q", got)
+	}
+}
+
+// What one reader queues to several connections while handling a read goes
+// out as one write per connection, at Flush, in order.
+func TestBatchOneWritePerQueue(t *testing.T) {
+	type conn struct {
+		q  *Queue
+		r  net.Conn
+		fc *flushCounter
+	}
+	var conns []conn
+	for range 3 {
+		w, r := tcpPair(t)
+		fc := &flushCounter{}
+		q := New(1<<20, fc.flushed)
+		q.Start(w, time.Second)
+		conns = append(conns, conn{q, r, fc})
+	}
+	var b Batch
+	all, each := items(20)
+	for _, it := range each {
+		for _, c := range conns {
+			if err := c.q.AppendTo(&b, func(buf []byte) []byte { return append(buf, it...) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i, c := range conns {
+		if n := c.q.Len(); n != len(all) {
+			t.Fatalf("queue %d: %d bytes queued before Flush, want all %d", i, n, len(all))
+		}
+	}
+	b.Flush()
+	for i, c := range conns {
+		if got := readN(t, c.r, len(all)); !bytes.Equal(got, all) {
+			t.Fatalf("queue %d: peer got %q, want %q", i, got, all)
+		}
+		if w, n := c.fc.writes.Load(), c.fc.items.Load(); w != 1 || n != 20 {
+			t.Fatalf("queue %d: %d writes carrying %d items, want 1 write of 20", i, w, n)
+		}
+	}
+	if len(b.qs) != 0 {
+		t.Fatalf("batch holds %d queues after Flush", len(b.qs))
+	}
+}
+
+// Close writes what a batch queued but has not flushed.
+func TestCloseWritesUnflushedBatch(t *testing.T) {
+	w, r := tcpPair(t)
+	q := New(1<<20, nil)
+	q.Start(w, time.Second)
+	var b Batch
+	_ = q.AppendTo(&b, func(buf []byte) []byte { return append(buf, "last words\n"...) })
+	q.Close()
+	waitDone(t, q)
+	if got := readN(t, r, 11); string(got) != "last words\n" {
+		t.Fatalf("peer got %q", got)
+	}
+	b.Flush() // a late flush of a closed queue is harmless
+}
+
+// When the socket does not take everything at once, Append still returns
+// at once; a writer goroutine sends the rest, and items queued meanwhile
+// follow in order.
+func TestPartialInlineWriteHandsOff(t *testing.T) {
+	w, r := tcpPair(t)
+	if err := w.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetReadBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	q := New(64<<20, nil)
+	q.Start(w, 10*time.Second)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB: more than the socket buffers hold
+	if err := q.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	if q.Len() == 0 {
+		t.Fatal("8 MiB written inline to a peer that is not reading")
+	}
+	var want []byte
+	want = append(want, big...)
+	for i := range 100 {
+		item := fmt.Appendf(nil, "after %03d\n", i)
+		want = append(want, item...)
+		if err := q.Write(item); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([]byte, len(want))
+	_ = r.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.ReadFull(r, got); err != nil {
+		t.Fatalf("reading: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("bytes arrived out of order or changed")
+	}
+	q.Close()
+	waitDone(t, q)
+	if err := q.Err(); err != nil {
+		t.Fatalf("Err = %v", err)
+	}
+}
+
+// An expired write deadline (left by the writer goroutine's last write) does
+// not fail the queue: the writer takes over with a fresh deadline.
+func TestExpiredDeadlineFallsBackToWriter(t *testing.T) {
+	w, r := tcpPair(t)
+	q := New(1<<20, nil)
+	q.Start(w, time.Second)
+	if err := w.SetWriteDeadline(time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Write([]byte("still here\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, r, 11); string(got) != "still here\n" {
+		t.Fatalf("peer got %q", got)
+	}
+	if err := q.Err(); err != nil {
+		t.Fatalf("queue failed: %v", err)
+	}
+}
+
+// A peer that is gone fails the queue, closes the connection and ends it.
+func TestInlineWriteErrorEndsQueue(t *testing.T) {
+	w, r := tcpPair(t)
+	q := New(1<<20, nil)
+	q.Start(w, time.Second)
+	if err := r.SetLinger(0); err != nil { // close with RST: the next write fails
+		t.Fatal(err)
+	}
+	r.Close()
+	// Keep writing until the reset is seen; bounded in count.
+	for i := 0; i < 1000 && q.Err() == nil; i++ {
+		if err := q.Write([]byte("into a reset connection\n")); err != nil {
+			break
+		}
+		_ = w.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		_, _ = w.Read(make([]byte, 1)) // waits for the RST to arrive, at most 10 ms
+	}
+	waitDone(t, q)
+	if q.Err() == nil {
+		t.Fatal("no error after writing to a reset connection")
+	}
+	if err := q.Write([]byte("x")); err == nil {
+		t.Fatal("Write accepted after the queue failed")
+	}
+}
+
+// Many producers, some batching, some not, over real TCP: every item
+// arrives once, each producer's in its order.
+func TestMixedProducersTCP(t *testing.T) {
+	w, r := tcpPair(t)
+	q := New(8<<20, nil)
+	q.Start(w, 5*time.Second)
+	const producers, perProducer = 6, 300
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b Batch
+			for i := range perProducer {
+				line := fmt.Appendf(nil, "p%d-%04d\n", p, i)
+				var err error
+				if p%2 == 0 {
+					err = q.AppendTo(&b, func(buf []byte) []byte { return append(buf, line...) })
+					if i%7 == 0 {
+						b.Flush()
+					}
+				} else {
+					err = q.Write(line)
+				}
+				if err != nil {
+					t.Errorf("producer %d item %d: %v", p, i, err)
+					return
+				}
+			}
+			b.Flush()
+		}()
+	}
+	wg.Wait()
+	q.Close()
+	waitDone(t, q)
+	got := closeAndReadAll(t, w, r)
+	lines := bytes.Split(bytes.TrimSuffix(got, []byte("\n")), []byte("\n"))
+	if len(lines) != producers*perProducer {
+		t.Fatalf("got %d lines, want %d", len(lines), producers*perProducer)
+	}
+	next := make([]int, producers)
+	for _, l := range lines {
+		var p, i int
+		if _, err := fmt.Sscanf(string(l), "p%d-%04d", &p, &i); err != nil || p < 0 || p >= producers {
+			t.Fatalf("garbled line %q", l)
+		}
+		if i != next[p] {
+			t.Fatalf("producer %d: line %d arrived when %d was expected", p, i, next[p])
+		}
+		next[p]++
+	}
+}
