@@ -36,7 +36,11 @@ type Config struct {
 	MaxSessions       int           // connected clients (default 200000)
 	SessionQueueBytes int           // unwritten bytes per client before it is cut (default 1 MiB)
 	IdleTimeout       time.Duration // client silence before disconnect (default 2m)
-	WriteTimeout      time.Duration // per write to a client or the relay (default 10s)
+	// ParkIdleAfter is the client silence after which a session gives up
+	// its goroutine and read buffer and waits in the poller (default 5s;
+	// negative: never). See park.go.
+	ParkIdleAfter time.Duration
+	WriteTimeout  time.Duration // per write to a client or the relay (default 10s)
 
 	PresenceTTL   time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
 	RegistryTTL   time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
@@ -68,6 +72,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.MaxSessions, 200000)
 	setDefault(&c.SessionQueueBytes, 1<<20)
 	setDefault(&c.IdleTimeout, 2*time.Minute)
+	setDefault(&c.ParkIdleAfter, 5*time.Second)
 	setDefault(&c.WriteTimeout, 10*time.Second)
 	setDefault(&c.PresenceTTL, 30*time.Second)
 	setDefault(&c.RegistryTTL, 6*time.Second)

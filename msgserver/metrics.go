@@ -11,6 +11,7 @@ import (
 // records nothing.
 type Metrics struct {
 	sessions        prometheus.Gauge
+	parkedSessions  prometheus.Gauge
 	messages        *prometheus.CounterVec
 	local, relayed  prometheus.Counter
 	offline         prometheus.Counter
@@ -33,6 +34,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sessions: f.NewGauge(prometheus.GaugeOpts{
 			Name: "msgserver_sessions",
 			Help: "Logged-in client sessions on this server.",
+		}),
+		parkedSessions: f.NewGauge(prometheus.GaugeOpts{
+			Name: "msgserver_parked_sessions",
+			Help: "Client connections idle long enough to wait in the poller, with no goroutine or read buffer of their own.",
 		}),
 		messages: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "msgserver_messages_total",
@@ -84,6 +89,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.relayed = m.messages.WithLabelValues("relayed")
 	m.offline = m.messages.WithLabelValues("offline")
 	return m
+}
+
+func (m *Metrics) parked(delta int) {
+	if m != nil {
+		m.parkedSessions.Add(float64(delta))
+	}
 }
 
 func (m *Metrics) setSessions(n int) {

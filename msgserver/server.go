@@ -15,6 +15,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/netx"
+	"github.com/chatrelay/chatrelay/internal/poller"
 	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/relay/wire"
 )
@@ -28,7 +29,8 @@ type Server struct {
 	pres     *presence
 	logins   *loginBatcher
 	releases *releaser
-	up       *uplink // nil when no relay is configured
+	up       *uplink        // nil when no relay is configured
+	poller   *poller.Poller // parked idle sessions; nil when parking is off
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -83,6 +85,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("seed message ids: %w", err)
 	}
 	s.redisOK.Store(true)
+	if cfg.ParkIdleAfter > 0 {
+		p, err := poller.New()
+		if err != nil {
+			s.log.Warn("idle sessions keep their goroutines: no poller", "err", err)
+		} else {
+			s.poller = p
+		}
+	}
 	s.logins = newLoginBatcher(s.pres, cfg.RedisTimeout)
 	s.releases = newReleaser(s.pres, s.log, cfg.RedisTimeout)
 	s.wg.Add(2)
@@ -102,10 +112,14 @@ func New(cfg Config) (*Server, error) {
 			s.up.run(ctx)
 		}()
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.maintain(ctx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		releaseMemory(ctx, s.log)
 	}()
 	return s, nil
 }
@@ -151,10 +165,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.m.disconnect(code)
 			continue
 		}
-		go func() {
-			defer s.wg.Done()
-			sess.run()
-		}()
+		go sess.run() // the session's finish calls s.wg.Done
 	}
 }
 
@@ -167,12 +178,11 @@ func (s *Server) endSession(sess *session) {
 	if mine {
 		delete(s.sessions, name)
 	}
-	n := len(s.sessions)
+	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
 	s.mu.Unlock()
 	if !mine {
 		return
 	}
-	s.m.setSessions(n)
 	// Also while draining: a session that ends before Shutdown's snapshot
 	// is not in it. A release that does not run in time expires by its TTL.
 	s.releases.add(name, location{s.cfg.ID, sess.id})
@@ -230,11 +240,10 @@ func (s *Server) login(sess *session, r request) *clientError {
 	}
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
-	n := len(s.sessions)
+	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
 	s.mu.Unlock()
 	batch.Flush()
 	storedMeanwhile := s.pres.unwatchInbox(r.Name, watch)
-	s.m.setSessions(n)
 	s.routes.forget(r.Name)
 
 	if prev != nil && prev != sess {
@@ -274,9 +283,8 @@ func (s *Server) logout(sess *session) *clientError {
 	if s.sessions[name] == sess {
 		delete(s.sessions, name)
 	}
-	n := len(s.sessions)
+	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
 	s.mu.Unlock()
-	s.m.setSessions(n)
 	sess.name = ""
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	defer cancel()
@@ -296,9 +304,8 @@ func (s *Server) onKick(k wire.Kick) {
 		return
 	}
 	delete(s.sessions, k.User)
-	n := len(s.sessions)
+	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
 	s.mu.Unlock()
-	s.m.setSessions(n)
 	s.log.Debug("session taken over from another server", "user", k.User, "by", k.Origin)
 	sess.closeWith(CodeKicked, "logged in again on another server")
 }
@@ -407,6 +414,15 @@ func (s *Server) Links() []health.Link {
 // RedisOK reports whether the last Redis call from the background loops worked.
 func (s *Server) RedisOK() bool { return s.redisOK.Load() }
 
+// Parked returns how many connections wait in the poller, idle, with no
+// goroutine of their own.
+func (s *Server) Parked() int {
+	if s.poller == nil {
+		return 0
+	}
+	return s.poller.Waiting()
+}
+
 // Sessions returns the number of logged-in sessions.
 func (s *Server) Sessions() int {
 	s.mu.Lock()
@@ -489,6 +505,9 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	if s.poller != nil {
+		_ = s.poller.Close() // every session has finished: nothing waits in it
+	}
 	if s.up != nil {
 		s.up.abandon()
 	}

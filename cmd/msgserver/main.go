@@ -42,6 +42,7 @@ func run(args []string) int {
 		inboxTTL    = fs.Duration("inbox-ttl", 7*24*time.Hour, "how long offline messages are kept")
 		maxSessions = fs.Int("max-sessions", 200000, "most client connections at once")
 		idle        = fs.Duration("idle-timeout", 2*time.Minute, "disconnect a client silent for this long (clients send ping)")
+		park        = fs.Duration("park-idle-after", 5*time.Second, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
 		maxUnacked  = fs.Int("max-unacked", 100000, "forwarded messages kept for resending until acked")
 		noRoute     = fs.Duration("no-route-timeout", 15*time.Second, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
@@ -98,6 +99,7 @@ func run(args []string) int {
 		InboxTTL:      *inboxTTL,
 		MaxSessions:   *maxSessions,
 		IdleTimeout:   *idle,
+		ParkIdleAfter: *park,
 		MaxUnacked:    *maxUnacked,
 		NoRouteGiveUp: *noRoute,
 		Logger:        log,

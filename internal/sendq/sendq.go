@@ -57,10 +57,34 @@ type Queue struct {
 	writeTimeout time.Duration
 	writing      bool // an inline write or the writer goroutine owns the connection
 	marked       bool // in a Batch that has not flushed yet
-	spare        []byte
 	werr         error
-	drained      chan struct{}
-	drainedOnce  sync.Once
+	finished     bool          // closed and written out, or failed
+	drained      chan struct{} // made by Done, closed when finished
+}
+
+// Idle started queues hold no buffer: a write's buffer goes back to this
+// pool, and the next item takes one from it. With many idle connections
+// that is a buffer per busy connection, not one per connection.
+const poolBufSize = 2048
+
+var bufPool = sync.Pool{New: func() any { return new([poolBufSize]byte) }}
+
+func getBuf() []byte { return bufPool.Get().(*[poolBufSize]byte)[:0] }
+
+func putBuf(b []byte) {
+	if cap(b) == poolBufSize {
+		bufPool.Put((*[poolBufSize]byte)(b[:poolBufSize]))
+	}
+}
+
+// finishLocked records that a started queue is done; q.mu is held.
+func (q *Queue) finishLocked() {
+	if !q.finished {
+		q.finished = true
+		if q.drained != nil {
+			close(q.drained)
+		}
+	}
 }
 
 // New returns a queue that refuses new items once more than maxBytes are
@@ -100,6 +124,9 @@ func (q *Queue) AppendTo(b *Batch, fn func([]byte) []byte) error {
 	}
 	if q.items == 0 && q.flushed != nil {
 		q.oldest = time.Now()
+	}
+	if q.buf == nil && q.conn != nil {
+		q.buf = getBuf()
 	}
 	q.buf = fn(q.buf)
 	q.items++
@@ -156,8 +183,7 @@ func (q *Queue) writeLocked() {
 		return
 	}
 	out, items, oldest := q.buf, q.items, q.oldest
-	q.buf, q.items = q.spare[:0], 0
-	q.spare = nil
+	q.buf, q.items = nil, 0
 	q.mu.Unlock()
 
 	n, err := writeNow(q.raw, out)
@@ -177,20 +203,18 @@ func (q *Queue) writeLocked() {
 		q.buf = append(rest, q.buf...)
 		q.items += items
 		q.oldest = oldest
-	} else if cap(out) <= 4<<10 && q.spare == nil {
-		q.spare = out
 	}
+	putBuf(out)
 	if len(q.buf) > 0 {
 		q.mu.Unlock()
 		go q.flushLoop() // still writing: the goroutine owns it now
 		return
 	}
 	q.writing = false
-	closed := q.closed
-	q.mu.Unlock()
-	if closed {
-		q.drainedOnce.Do(func() { close(q.drained) })
+	if q.closed {
+		q.finishLocked()
 	}
+	q.mu.Unlock()
 }
 
 // writeNow makes one non-blocking write. A full socket is not an error: it
@@ -227,11 +251,11 @@ func (q *Queue) failLocked(err error, n int) {
 	q.closed = true
 	q.buf = nil
 	q.writing = false
+	q.finishLocked()
 	q.mu.Unlock()
 	// The peer is gone or stuck: close the connection so its reader ends
 	// too, instead of queueing into a dead writer.
 	q.conn.Close()
-	q.drainedOnce.Do(func() { close(q.drained) })
 }
 
 // NewWriter returns a queue that writes to conn by itself (see Start),
@@ -254,21 +278,29 @@ func (q *Queue) Start(conn net.Conn, writeTimeout time.Duration) {
 	}
 	q.mu.Lock()
 	q.conn, q.raw, q.writeTimeout = conn, raw, writeTimeout
-	q.drained = make(chan struct{})
 	start := len(q.buf) > 0
 	q.writing = start
-	closed := q.closed
+	if !start && q.closed {
+		q.finishLocked()
+	}
 	q.mu.Unlock()
-	switch {
-	case start:
+	if start {
 		go q.flushLoop()
-	case closed:
-		q.drainedOnce.Do(func() { close(q.drained) })
 	}
 }
 
 // Done is closed when a started queue is closed and drained (see Start).
-func (q *Queue) Done() <-chan struct{} { return q.drained }
+func (q *Queue) Done() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.drained == nil { // made on demand: most connections never ask
+		q.drained = make(chan struct{})
+		if q.finished {
+			close(q.drained)
+		}
+	}
+	return q.drained
+}
 
 // Err is the write error that ended a started queue, if any.
 func (q *Queue) Err() error {
@@ -282,16 +314,14 @@ func (q *Queue) flushLoop() {
 		q.mu.Lock()
 		if len(q.buf) == 0 || q.werr != nil {
 			q.writing = false
-			closed := q.closed
-			q.mu.Unlock()
-			if closed {
-				q.drainedOnce.Do(func() { close(q.drained) })
+			if q.closed {
+				q.finishLocked()
 			}
+			q.mu.Unlock()
 			return
 		}
 		out, items, oldest := q.buf, q.items, q.oldest
-		q.buf, q.items = q.spare[:0], 0
-		q.spare = nil
+		q.buf, q.items = nil, 0
 		q.mu.Unlock()
 
 		if q.writeTimeout > 0 {
@@ -301,10 +331,8 @@ func (q *Queue) flushLoop() {
 		if err == nil && q.flushed != nil {
 			q.flushed(len(out), items, time.Since(oldest))
 		}
+		putBuf(out)
 		q.mu.Lock()
-		if cap(out) <= 4<<10 && q.spare == nil {
-			q.spare = out // small buffers are reused; big ones go back to the GC
-		}
 		if err != nil {
 			q.werr = fmt.Errorf("write %d bytes: %w", len(out), err)
 			q.closed = true
@@ -345,11 +373,10 @@ func (q *Queue) Close() {
 		q.writeLocked() // items left for a Batch that has not flushed yet
 		return
 	}
-	idle := q.conn != nil && !q.writing
-	q.mu.Unlock()
-	if idle { // nothing pending and no writer: drained now
-		q.drainedOnce.Do(func() { close(q.drained) })
+	if q.conn != nil && !q.writing { // nothing pending and no writer: drained now
+		q.finishLocked()
 	}
+	q.mu.Unlock()
 }
 
 // Run writes queued bytes to conn until the queue is closed or a write fails.

@@ -1,0 +1,22 @@
+//go:build !linux
+
+package poller
+
+import "syscall"
+
+// Poller is not available on this platform.
+type Poller struct{}
+
+// New reports ErrUnsupported.
+func New() (*Poller, error) { return nil, ErrUnsupported }
+
+// Wait reports ErrUnsupported.
+func (p *Poller) Wait(rc syscall.RawConn, fn func()) (func() bool, error) {
+	return nil, ErrUnsupported
+}
+
+// Waiting returns 0.
+func (p *Poller) Waiting() int { return 0 }
+
+// Close does nothing.
+func (p *Poller) Close() error { return nil }

@@ -1,0 +1,121 @@
+package msgserver_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/msgserver"
+)
+
+// parkFast parks sessions after 50 ms of silence.
+func parkFast(c *msgserver.Config) { c.ParkIdleAfter = 50 * time.Millisecond }
+
+func waitParked(t *testing.T, s *testenv.InServer, n int) {
+	t.Helper()
+	testenv.Eventually(t, 5*time.Second, "sessions parked", func() bool { return s.Parked() == n })
+}
+
+// Parked sessions receive messages, local and relayed, and wake up when
+// their client speaks; then they park again.
+func TestParkedSessionsChat(t *testing.T) {
+	tr := startTier(t, parkFast)
+	alice := login(t, tr.a, "alice")
+	carol := login(t, tr.a, "carol")
+	bob := login(t, tr.b, "bob")
+	waitParked(t, tr.a, 2)
+	waitParked(t, tr.b, 1)
+
+	bob.Chat("alice", "to a parked session, through the relay")
+	alice.Expect(map[string]any{"event": "chat", "from": "bob", "content": "to a parked session, through the relay"})
+	carol.Chat("alice", "to a parked session, locally")
+	alice.Expect(map[string]any{"event": "chat", "from": "carol", "content": "to a parked session, locally"})
+
+	alice.Chat("bob", "from a session that was parked")
+	bob.Expect(map[string]any{"event": "chat", "from": "alice", "content": "from a session that was parked"})
+	alice.SendLine(`{"cmd":"ping"}`)
+	alice.Expect(map[string]any{"reply": "ping", "ok": true})
+	waitParked(t, tr.a, 2) // idle again
+
+	alice.SendLine(`{"cmd":"logout"}`)
+	alice.Expect(map[string]any{"reply": "logout", "ok": true})
+	if n := tr.a.Sessions(); n != 1 {
+		t.Fatalf("%d sessions after alice's logout, want 1", n)
+	}
+}
+
+// The idle timeout still applies to a parked session.
+func TestParkedSessionIdleTimeout(t *testing.T) {
+	tr := startTier(t, func(c *msgserver.Config) {
+		parkFast(c)
+		c.IdleTimeout = 400 * time.Millisecond
+	})
+	c := login(t, tr.a, "sleepy")
+	got := c.ExpectClosed()
+	if len(got) == 0 || got[len(got)-1].S("code") != "idle_timeout" {
+		t.Fatalf("want an idle_timeout close, got %v", got)
+	}
+	testenv.Eventually(t, 5*time.Second, "session gone", func() bool { return tr.a.Sessions() == 0 && tr.a.Parked() == 0 })
+}
+
+// A parked session is kicked by a login elsewhere, and one whose client
+// hangs up is noticed at once.
+func TestParkedSessionKickAndHangUp(t *testing.T) {
+	tr := startTier(t, parkFast)
+	old := login(t, tr.a, "dave")
+	gone := login(t, tr.a, "erin")
+	waitParked(t, tr.a, 2)
+
+	login(t, tr.b, "dave")
+	got := old.ExpectClosed()
+	if len(got) == 0 || got[len(got)-1].S("event") != "kicked" {
+		t.Fatalf("want a kicked event, got %v", got)
+	}
+
+	gone.Conn().Close()
+	testenv.Eventually(t, 5*time.Second, "hung-up session ended", func() bool { return tr.a.Sessions() == 0 && tr.a.Parked() == 0 })
+}
+
+// Shutdown tells parked sessions and closes them; nothing is left behind
+// (the suite checks goroutines with goleak).
+func TestParkedSessionsShutdown(t *testing.T) {
+	tr := startTier(t, parkFast)
+	var clients []*testenv.Client
+	for _, name := range []string{"p1", "p2", "p3"} {
+		clients = append(clients, login(t, tr.a, name))
+	}
+	waitParked(t, tr.a, 3)
+	if err := tr.a.Shutdown(5 * time.Second); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	for _, c := range clients {
+		got := c.ExpectClosed()
+		if len(got) == 0 || got[len(got)-1].S("code") != "shutting_down" {
+			t.Fatalf("want a shutting_down close, got %v", got)
+		}
+	}
+}
+
+// A line cut in two by a silence longer than the park time is still one
+// request: a session with part of a line waits on its goroutine.
+func TestSplitLineAcrossSilence(t *testing.T) {
+	tr := startTier(t, parkFast)
+	c := login(t, tr.a, "frank")
+	waitParked(t, tr.a, 1)
+	if _, err := c.Conn().Write([]byte(`{"cmd":"pi`)); err != nil {
+		t.Fatal(err)
+	}
+	// The scenario is the silence itself: several park times with half a
+	// line read.
+	time.Sleep(300 * time.Millisecond)
+	if n := tr.a.Parked(); n != 0 {
+		t.Fatalf("%d sessions parked holding half a line", n)
+	}
+	if _, err := c.Conn().Write([]byte("ng\"}\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.Expect(map[string]any{"reply": "ping", "ok": true})
+	c.SendLine(`{"cmd":"chat","recv":"nobody-here","content":"` + strings.Repeat("x", 10) + `"}`)
+	c.Expect(map[string]any{"reply": "chat", "ok": true, "status": "offline"})
+}
