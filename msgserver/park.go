@@ -26,6 +26,7 @@ func (s *session) park(idleLeft time.Duration) bool {
 	s.idleTimer = time.AfterFunc(idleLeft, s.idleExpired)
 	s.pmu.Unlock()
 	s.srv.m.parked(1)
+	s.srv.parks.Add(1)
 	if s.isClosed() {
 		s.unpark() // closed before unparkFn was set: nobody else will
 	}

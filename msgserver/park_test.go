@@ -1,7 +1,9 @@
 package msgserver_test
 
 import (
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,4 +120,55 @@ func TestSplitLineAcrossSilence(t *testing.T) {
 	c.Expect(map[string]any{"reply": "ping", "ok": true})
 	c.SendLine(`{"cmd":"chat","recv":"nobody-here","content":"` + strings.Repeat("x", 10) + `"}`)
 	c.Expect(map[string]any{"reply": "chat", "ok": true, "status": "offline"})
+}
+
+// A parked client that stops reading is cut when a write to it times out,
+// and leaves the poller (its descriptor is not closed under the poller).
+func TestParkedClientThatNeverReadsIsCut(t *testing.T) {
+	tr := startTier(t, func(c *msgserver.Config) {
+		parkFast(c)
+		c.WriteTimeout = 300 * time.Millisecond
+		c.SessionQueueBytes = 64 << 20 // so the write timeout, not the queue limit, cuts it
+	})
+	slow := testenv.Dial(t, tr.a.Addr)
+	slow.Login("sloth")
+	if tcp, ok := slow.Conn().(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(4096)
+	}
+	waitParked(t, tr.a, 1)
+	flood := testenv.Dial(t, tr.b.Addr)
+	flood.Login("flood")
+
+	line := []byte(`{"cmd":"chat","recv":"sloth","content":"` + strings.Repeat("z", 4000) + "\"}\n")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 3000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := flood.Conn().Write(line); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { // flood reads its replies, so that it is not the slow one
+		defer wg.Done()
+		for {
+			if _, err := flood.Read(10 * time.Second); err != nil {
+				return
+			}
+		}
+	}()
+	testenv.Eventually(t, 20*time.Second, "the stuck parked session to end", func() bool {
+		v, _ := tr.redis.Command("EXISTS", "chatrelay:user:sloth")
+		return v == ":0" && tr.a.Sessions() == 0 && tr.a.Parked() == 0
+	})
+	close(stop)
+	flood.Conn().Close()
+	wg.Wait()
 }

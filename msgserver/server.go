@@ -49,6 +49,7 @@ type Server struct {
 	dedup   dedup // touched only by the uplink's reader goroutine
 	idBase  [8]byte
 	idSeq   atomic.Uint64
+	parks   atomic.Uint64 // sessions parked so far
 	redisOK atomic.Bool
 }
 
@@ -119,7 +120,7 @@ func New(cfg Config) (*Server, error) {
 	}()
 	go func() {
 		defer s.wg.Done()
-		releaseMemory(ctx, s.log)
+		releaseMemory(ctx, s.log, s.parks.Load)
 	}()
 	return s, nil
 }

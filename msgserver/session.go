@@ -57,6 +57,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 		s.raw, _ = sc.SyscallConn()
 	}
 	s.q = sendq.NewWriter(srv.cfg.SessionQueueBytes, conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
+	s.q.SetCloser(s.abort)                                                       // a failed write must take the session out of the poller first
 	return s
 }
 

@@ -11,7 +11,7 @@ set -euo pipefail
 
 users=${1:-1000}
 secs=${2:-10}
-idle=${3:-15000}
+idle=${3:-19000}
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install redis-server" >&2; exit 1; }
@@ -59,6 +59,7 @@ echo "# $(nproc) cores, $users users, ${secs}s per run, $idle idle sessions"
 for rate in 5000 20000 50000; do
   "$work/chatbench" xnode --servers "$servers" --users "$users" --rate "$rate" --duration "${secs}s" --quiet --prefix "rate$rate" --pids "$watch"
 done
-"$work/chatbench" idle --server "127.0.0.1:$p1" --sessions "$idle" --metrics "http://127.0.0.1:$a1/metrics" --hold 2s
+# Settle past the park time (5 s) and the memory check (10 s): RSS of parked sessions.
+"$work/chatbench" idle --server "127.0.0.1:$p1" --sessions "$idle" --metrics "http://127.0.0.1:$a1/metrics" --settle 20s --hold 2s
 # The baseline: two processes joined by one direct link, no relay, no Redis.
 "$work/chatbench" direct --users "$users" --window 8 --duration "${secs}s" --quiet

@@ -260,20 +260,5 @@ func TestMixedProducersTCP(t *testing.T) {
 	wg.Wait()
 	q.Close()
 	waitDone(t, q)
-	got := closeAndReadAll(t, w, r)
-	lines := bytes.Split(bytes.TrimSuffix(got, []byte("\n")), []byte("\n"))
-	if len(lines) != producers*perProducer {
-		t.Fatalf("got %d lines, want %d", len(lines), producers*perProducer)
-	}
-	next := make([]int, producers)
-	for _, l := range lines {
-		var p, i int
-		if _, err := fmt.Sscanf(string(l), "p%d-%04d", &p, &i); err != nil || p < 0 || p >= producers {
-			t.Fatalf("garbled line %q", l)
-		}
-		if i != next[p] {
-			t.Fatalf("producer %d: line %d arrived when %d was expected", p, i, next[p])
-		}
-		next[p]++
-	}
+	checkProducerLines(t, closeAndReadAll(t, w, r), producers, perProducer)
 }

@@ -54,6 +54,7 @@ type Queue struct {
 	// something to write.
 	conn         net.Conn
 	raw          syscall.RawConn // for non-blocking inline writes; nil if conn has none
+	closer       func()          // ends the connection after a failed write (SetCloser); nil: conn.Close
 	writeTimeout time.Duration
 	writing      bool // an inline write or the writer goroutine owns the connection
 	marked       bool // in a Batch that has not flushed yet
@@ -255,7 +256,27 @@ func (q *Queue) failLocked(err error, n int) {
 	q.mu.Unlock()
 	// The peer is gone or stuck: close the connection so its reader ends
 	// too, instead of queueing into a dead writer.
+	q.closeConn()
+}
+
+// closeConn closes the connection after a failed write: with the owner's
+// closer if it set one (SetCloser), else directly.
+func (q *Queue) closeConn() {
+	if q.closer != nil {
+		q.closer()
+		return
+	}
 	q.conn.Close()
+}
+
+// SetCloser makes fn, instead of conn.Close, what a failed write calls to
+// end the connection: for owners that must do something first (a parked
+// session leaves the poller before its descriptor is closed). Call it
+// before the first item is queued.
+func (q *Queue) SetCloser(fn func()) {
+	q.mu.Lock()
+	q.closer = fn
+	q.mu.Unlock()
 }
 
 // NewWriter returns a queue that writes to conn by itself (see Start),
@@ -342,7 +363,7 @@ func (q *Queue) flushLoop() {
 		if err != nil {
 			// The peer is gone or stuck: close the connection so its reader
 			// ends too, instead of queueing into a dead writer.
-			q.conn.Close()
+			q.closeConn()
 		}
 	}
 }

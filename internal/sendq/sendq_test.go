@@ -400,24 +400,7 @@ func TestRunWriteTimeout(t *testing.T) {
 
 // Over real TCP, many producers' items all arrive, each intact.
 func TestConcurrentProducersTCP(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	// The kernel completes the handshake before Accept, so no helper
-	// goroutine is needed.
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-
+	server, client := tcpPair(t)
 	q := New(1<<20, nil)
 	done := runQueue(t, q, server, time.Second)
 
@@ -441,9 +424,14 @@ func TestConcurrentProducersTCP(t *testing.T) {
 	if err := waitRun(t, done); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	got := closeAndReadAll(t, server, client)
+	checkProducerLines(t, closeAndReadAll(t, server, client), producers, perProducer)
+}
 
-	next := make([]int, producers) // each producer's lines arrive in its order
+// checkProducerLines checks that got holds every "p<producer>-<item>" line
+// once, each producer's in its order.
+func checkProducerLines(t *testing.T, got []byte, producers, perProducer int) {
+	t.Helper()
+	next := make([]int, producers)
 	lines := bytes.Split(bytes.TrimSuffix(got, []byte("\n")), []byte("\n"))
 	if len(lines) != producers*perProducer {
 		t.Fatalf("got %d lines, want %d", len(lines), producers*perProducer)
