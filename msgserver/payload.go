@@ -3,6 +3,7 @@ package msgserver
 import (
 	"encoding/binary"
 	"errors"
+	"slices"
 )
 
 // The payload of a Forward frame, opaque to the relay:
@@ -20,6 +21,7 @@ type payload struct {
 var errBadPayload = errors.New("malformed chat payload")
 
 func appendPayload(b []byte, p *payload) []byte {
+	b = slices.Grow(b, 2+min(len(p.From), 255)+min(len(p.To), 255)+8+len(p.Content))
 	b = appendStr8(b, p.From)
 	b = appendStr8(b, p.To)
 	b = binary.BigEndian.AppendUint64(b, uint64(p.TS))

@@ -160,6 +160,10 @@ func decodeRequest(line []byte) (request, *clientError) {
 			notString = string(k)
 			return
 		}
+		if dst == &r.Cmd {
+			*dst = internCmd(b)
+			return
+		}
 		*dst = string(b)
 	})
 	if notString != "" {
@@ -173,6 +177,21 @@ func decodeRequest(line []byte) (request, *clientError) {
 	default:
 		return r, errorf(CodeUnknownCmd, "unknown cmd %q: expected login, chat, ping or logout", truncate(r.Cmd, 32))
 	}
+}
+
+// internCmd returns the known commands without allocating a string.
+func internCmd(b []byte) string {
+	switch string(b) {
+	case "chat":
+		return "chat"
+	case "ping":
+		return "ping"
+	case "login":
+		return "login"
+	case "logout":
+		return "logout"
+	}
+	return string(b)
 }
 
 // checkName reports why name cannot be a user name, or nil.

@@ -43,6 +43,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // Version is the link protocol version sent in the first frame of each side.
@@ -329,8 +330,9 @@ type Forward struct {
 	Payload []byte // aliases the frame buffer when parsed
 }
 
-// AppendForward appends a Forward frame.
+// AppendForward appends a Forward frame, growing b at most once.
 func AppendForward(b []byte, f *Forward) []byte {
+	b = slices.Grow(b, HeaderLen+IDLen+2+min(len(f.Origin), MaxIDLen)+min(len(f.Dest), MaxIDLen)+len(f.Payload))
 	b, s := begin(b, TypeForward)
 	b = append(b, f.ID[:]...)
 	b = appendStr8(b, f.Origin)
