@@ -11,25 +11,31 @@ import "time"
 // messages to the user are written by the sender's goroutine, kicks and
 // shutdown close it (unpark), and a timer enforces the idle timeout.
 
+// The rules that keep this safe: a session's closed flag is set before
+// anyone looks at unparkFn, park registers only under pmu and only if the
+// session is not closed, and whoever takes a parked session back (resume,
+// unpark) does it under pmu. A closer that also closes the connection does
+// so under pmu, after taking the session out of the poller, so the poller
+// never holds a descriptor that was closed (and maybe reused).
+
 // park hands the session to the poller and reports whether it did; the
 // calling reader goroutine then ends. idleLeft is the time to the idle
 // timeout.
 func (s *session) park(idleLeft time.Duration) bool {
 	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if s.isClosed() {
+		return false // a closer came first: finish on this goroutine
+	}
 	cancel, err := s.srv.poller.Wait(s.raw, s.resume)
 	if err != nil {
-		s.pmu.Unlock()
 		s.srv.log.Debug("session not parked: it keeps its goroutine", "session", s.id, "remote", s.remote, "err", err)
 		return false
 	}
 	s.unparkFn = cancel
-	s.idleTimer = time.AfterFunc(idleLeft, s.idleExpired)
-	s.pmu.Unlock()
+	s.idleTimer = time.AfterFunc(idleLeft, s.parkedIdleExpired)
 	s.srv.m.parked(1)
 	s.srv.parks.Add(1)
-	if s.isClosed() {
-		s.unpark() // closed before unparkFn was set: nobody else will
-	}
 	return true
 }
 
@@ -39,30 +45,48 @@ func (s *session) resume() {
 	s.pmu.Lock()
 	t := s.idleTimer
 	s.unparkFn, s.idleTimer = nil, nil
+	s.srv.m.parked(-1)
 	s.pmu.Unlock()
 	if t != nil {
 		t.Stop()
 	}
-	s.srv.m.parked(-1)
 	s.run()
 }
 
 // unpark takes a parked session back from the poller and finishes it; the
-// session is already closed. If the poller has just started a reader, that
-// reader sees the session closed and finishes it instead.
-func (s *session) unpark() {
+// session is already marked closed. With closeConn, the connection is
+// closed too, while the poller cannot hold it. If the poller has just
+// started a reader, that reader sees the session closed and finishes it.
+func (s *session) unpark(closeConn bool) {
 	s.pmu.Lock()
 	cancel, t := s.unparkFn, s.idleTimer
 	s.unparkFn, s.idleTimer = nil, nil
+	taken := cancel != nil && cancel()
+	if taken {
+		s.srv.m.parked(-1)
+	}
+	if closeConn {
+		s.conn.Close()
+	}
 	s.pmu.Unlock()
-	if cancel == nil || !cancel() {
+	if !taken {
 		return
 	}
 	if t != nil {
 		t.Stop()
 	}
-	s.srv.m.parked(-1)
 	go s.finish()
+}
+
+// parkedIdleExpired is the idle timer of a parked session. A session the
+// poller has just handed to a reader is left to that reader's deadline.
+func (s *session) parkedIdleExpired() {
+	s.pmu.Lock()
+	parked := s.unparkFn != nil
+	s.pmu.Unlock()
+	if parked {
+		s.idleExpired()
+	}
 }
 
 // idleExpired closes a session whose client sent nothing for IdleTimeout.

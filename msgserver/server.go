@@ -120,7 +120,7 @@ func New(cfg Config) (*Server, error) {
 	}()
 	go func() {
 		defer s.wg.Done()
-		releaseMemory(ctx, s.log, s.parks.Load)
+		releaseMemory(ctx, s.log, s.parks.Load, s.Parked)
 	}()
 	return s, nil
 }

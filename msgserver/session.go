@@ -57,7 +57,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 		s.raw, _ = sc.SyscallConn()
 	}
 	s.q = sendq.NewWriter(srv.cfg.SessionQueueBytes, conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
-	s.q.SetCloser(s.abort)                                                       // a failed write must take the session out of the poller first
+	s.q.SetCloser(s.dropConn)                                                    // a failed write must take the session out of the poller first
 	return s
 }
 
@@ -90,7 +90,7 @@ func (s *session) closeWith(code, reason string) {
 		s.srv.m.disconnect(code)
 		s.closed.Store(true)
 		_ = s.conn.SetReadDeadline(time.Now()) // wake the reader
-		s.unpark()                             // or, if parked, finish it
+		s.unpark(false)                        // or, if parked, finish it
 	})
 }
 
@@ -98,10 +98,16 @@ func (s *session) closeWith(code, reason string) {
 func (s *session) abort() {
 	s.closeOnce.Do(func() {
 		s.q.Close()
-		s.closed.Store(true)
-		s.unpark() // before Close: the poller must not hold a closed descriptor
-		s.conn.Close()
+		s.dropConn()
 	})
+}
+
+// dropConn closes the connection: out of the poller first, if parked. It is
+// also what a failed write calls, which can happen inside closeOnce (the
+// closing line of closeWith, or a flush at Close), so it does not use it.
+func (s *session) dropConn() {
+	s.closed.Store(true)
+	s.unpark(true)
 }
 
 func (s *session) isClosed() bool { return s.closed.Load() }

@@ -59,6 +59,7 @@ type uplink struct {
 	inflight list.List // sent and waiting, oldest first
 	parked   list.List // nacked, waiting to be retried
 	q        *sendq.Queue
+	conn     net.Conn // the link q writes to; closed when q overflows
 	state    health.Link
 	stats    *linkStats
 
@@ -113,6 +114,7 @@ func (u *uplink) writeLocked(b *sendq.Batch, frame []byte) {
 	if err := u.q.AppendTo(b, func(buf []byte) []byte { return append(buf, frame...) }); errors.Is(err, sendq.ErrFull) {
 		u.log.Warn("relay link queue full, dropping link", "queued_bytes", u.q.Len())
 		u.q.Close()
+		u.conn.Close() // the reader ends, and the link is redialled with everything resent
 	}
 }
 
@@ -220,13 +222,13 @@ func (u *uplink) retransmit(now time.Time) {
 
 // attach makes q the current link and queues every unacked message on it,
 // in the order they were first sent.
-func (u *uplink) attach(q *sendq.Queue, relayID, remote string) int {
+func (u *uplink) attach(q *sendq.Queue, conn net.Conn, relayID, remote string) int {
 	now := time.Now()
 	var batch sendq.Batch
 	defer batch.Flush() // after the unlock: the backlog goes out in big writes
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.q = q
+	u.q, u.conn = q, conn
 	u.state = health.Link{Server: relayID, Up: true, Since: now, Remote: remote}
 	for u.parked.Len() > 0 {
 		p := u.parked.Remove(u.parked.Front()).(*pending)
@@ -245,7 +247,7 @@ func (u *uplink) detach(q *sendq.Queue) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.q == q {
-		u.q = nil
+		u.q, u.conn = nil, nil
 		u.state.Up = false
 		u.state.Since = time.Now()
 	}
@@ -421,7 +423,7 @@ func (u *uplink) serve(ctx context.Context, conn net.Conn, relayID string) error
 	})
 	u.stats.lastRecv.Store(time.Now().UnixNano())
 	q.Start(conn, u.cfg.WriteTimeout) // written inline by whoever queues to it
-	resent := u.attach(q, relayID, remote)
+	resent := u.attach(q, conn, relayID, remote)
 	u.m.linkUp()
 	u.log.Info("relay link up", "relay", relayID, "remote", remote, "resent", resent)
 
