@@ -121,7 +121,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		bin   string
 		flags []string
 	}{
-		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--admin"}},
+		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--admin", "--park-idle-after"}},
 		{"relay", []string{"--listen", "--admin", "--link-secret-file", "--vip", "--id"}},
 	} {
 		p := testenv.Start(t, tc.bin, testenv.Build(t, tc.bin), "--help")
@@ -156,6 +156,7 @@ func TestBadConfigurationIsAClearError(t *testing.T) {
 		{"server with bad redis url", serverBin, []string{"--redis", "mysql://x"}, "redis url"},
 		{"server with relay but no secret", serverBin, []string{"--relay", "127.0.0.1:1"}, "link secret"},
 		{"server with bad id", serverBin, []string{"--id", "has space", "--listen", "127.0.0.1:0"}, "server id"},
+		{"server with negative idle timeout", serverBin, []string{"--idle-timeout", "-1s", "--listen", "127.0.0.1:0"}, "idle timeout -1s must not be negative"},
 		{"unknown flag", serverBin, []string{"--no-such-flag"}, "no-such-flag"},
 	}
 	for _, tc := range cases {

@@ -125,6 +125,15 @@ func (c *Config) Validate() error {
 	if c.BackoffMin > c.BackoffMax {
 		errs = append(errs, fmt.Errorf("backoff min %s is above max %s", c.BackoffMin, c.BackoffMax))
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"idle timeout", c.IdleTimeout}, {"write timeout", c.WriteTimeout}, {"redis timeout", c.RedisTimeout},
+		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %s must not be negative", d.name, d.v))
+		}
+	}
 	if c.PresenceTTL < time.Second || c.RegistryTTL < time.Second {
 		errs = append(errs, errors.New("presence and registry TTLs must be at least 1s"))
 	}

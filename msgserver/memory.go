@@ -14,11 +14,11 @@ import (
 // gives it back to the system only slowly (measured: not at all within 40 s
 // of 15,000 sessions parking, 60 MB of stacks). For a chat server whose
 // sessions spend hours parked that is a lasting cost in RSS, so the server
-// returns it once the storm is over: when a storm's worth of sessions
-// parked since the last check (at least minParksToRelease, and at least a
-// tenth of all parked sessions, so the steady trickle of a large server
-// does not count) and at least minFreeToRelease is free (free heap, and
-// stacks no goroutine could be using). A check is a few metric reads every
+// returns it once the storm is over: when the number of parked sessions
+// grew by a storm's worth since the last check (at least minParksToRelease,
+// and at least a tenth of them; sessions that wake and park again, as
+// clients ping, do not count) and at least minFreeToRelease is free (free
+// heap, and stacks no goroutine could be using). A check is a few metric reads every
 // 10 s; a release is a forced GC (58 ms for 15,000 sessions on 2 cores).
 
 const (
@@ -28,9 +28,9 @@ const (
 	stackPerGoroutine = 8 << 10  // the most a goroutine here is expected to use
 )
 
-// releaseMemory runs until ctx ends. parks counts sessions parked so far,
-// parkedNow those parked at the moment.
-func releaseMemory(ctx context.Context, log *slog.Logger, parks func() uint64, parkedNow func() int) {
+// releaseMemory runs until ctx ends; parkedNow counts the sessions parked
+// at the moment.
+func releaseMemory(ctx context.Context, log *slog.Logger, parkedNow func() int) {
 	samples := []metrics.Sample{
 		{Name: "/memory/classes/heap/free:bytes"},   // free, not yet returned
 		{Name: "/memory/classes/heap/stacks:bytes"}, // stacks, and stack spans kept for reuse
@@ -38,17 +38,17 @@ func releaseMemory(ctx context.Context, log *slog.Logger, parks func() uint64, p
 	}
 	t := time.NewTicker(memoryCheckEvery)
 	defer t.Stop()
-	lastParks := parks()
+	last := parkedNow()
 	for {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			return
 		}
-		n := parks()
-		parked := n - lastParks
-		lastParks = n
-		if parked < minParksToRelease || parked < uint64(parkedNow()/10) {
+		n := parkedNow()
+		parked := n - last
+		last = n
+		if parked < minParksToRelease || parked < n/10 {
 			continue
 		}
 		metrics.Read(samples)

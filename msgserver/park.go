@@ -35,7 +35,6 @@ func (s *session) park(idleLeft time.Duration) bool {
 	s.unparkFn = cancel
 	s.idleTimer = time.AfterFunc(idleLeft, s.parkedIdleExpired)
 	s.srv.m.parked(1)
-	s.srv.parks.Add(1)
 	return true
 }
 
@@ -69,23 +68,29 @@ func (s *session) unpark(closeConn bool) {
 		s.conn.Close()
 	}
 	s.pmu.Unlock()
-	if !taken {
-		return
-	}
 	if t != nil {
-		t.Stop()
+		t.Stop() // also when the poller won: the reader it started has its own deadline
 	}
-	go s.finish()
+	if taken {
+		go s.finish()
+	}
 }
 
-// parkedIdleExpired is the idle timer of a parked session. A session the
-// poller has just handed to a reader is left to that reader's deadline.
+// parkedIdleExpired is the idle timer of a parked session. It takes the
+// session back from the poller first: a session the poller has just handed
+// to a reader (its client spoke at the deadline) is left to that reader.
 func (s *session) parkedIdleExpired() {
 	s.pmu.Lock()
-	parked := s.unparkFn != nil
+	cancel := s.unparkFn
+	taken := cancel != nil && cancel()
+	if taken {
+		s.unparkFn, s.idleTimer = nil, nil
+		s.srv.m.parked(-1)
+	}
 	s.pmu.Unlock()
-	if parked {
+	if taken {
 		s.idleExpired()
+		s.finish() // this timer goroutine is the session's last
 	}
 }
 

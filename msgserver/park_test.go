@@ -172,3 +172,23 @@ func TestParkedClientThatNeverReadsIsCut(t *testing.T) {
 	flood.Conn().Close()
 	wg.Wait()
 }
+
+// Bad requests in a row are counted across parks: pausing between bursts
+// of junk does not reset the count.
+func TestBadRequestsCountedAcrossParks(t *testing.T) {
+	tr := startTier(t, parkFast)
+	c := testenv.Dial(t, tr.a.Addr)
+	waitParked(t, tr.a, 1) // parked before the first request too
+	for i := 0; i < 19; i++ {
+		c.SendLine("not json")
+		if m := c.Next(); m.S("code") != "bad_json" {
+			t.Fatalf("reply %d = %v, want bad_json", i, m)
+		}
+	}
+	waitParked(t, tr.a, 1)
+	c.SendLine("not json either")
+	got := c.ExpectClosed()
+	if len(got) == 0 || got[len(got)-1].S("code") != "too_many_errors" {
+		t.Fatalf("want a too_many_errors close after 20 bad lines with a pause, got %v", got)
+	}
+}

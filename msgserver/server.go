@@ -49,7 +49,6 @@ type Server struct {
 	dedup   dedup // touched only by the uplink's reader goroutine
 	idBase  [8]byte
 	idSeq   atomic.Uint64
-	parks   atomic.Uint64 // sessions parked so far
 	redisOK atomic.Bool
 }
 
@@ -120,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 	}()
 	go func() {
 		defer s.wg.Done()
-		releaseMemory(ctx, s.log, s.parks.Load, s.Parked)
+		releaseMemory(ctx, s.log, s.Parked)
 	}()
 	return s, nil
 }

@@ -35,6 +35,8 @@ type session struct {
 	// poller hands the session from one reader to the next); other
 	// goroutines find sessions through Server.sessions.
 	name string
+	// badInARow counts bad requests in a row, across parks; reader only.
+	badInARow int
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set once, by the first close; no channel: 96 bytes less per session
@@ -196,7 +198,6 @@ func (s *session) readLoop() (parked bool) {
 	canPark := s.raw != nil && cfg.ParkIdleAfter > 0 && cfg.ParkIdleAfter < cfg.IdleTimeout
 	var long []byte // a line longer than the buffer, gathered so far
 	tooLong := false
-	errorsInARow := 0
 	var deadlineSet time.Time
 	lastInput := time.Now()
 	for {
@@ -254,17 +255,17 @@ func (s *session) readLoop() (parked bool) {
 			tooLong = true
 		}
 		if tooLong {
-			errorsInARow++
+			s.badInARow++
 			s.fail("error", "", errorf(CodeLineTooLong, "line exceeds %d bytes; it was discarded", cfg.MaxLine))
 		} else if line = bytes.TrimSpace(line); len(line) > 0 {
 			if cerr := s.handle(line); cerr != nil {
-				errorsInARow++
+				s.badInARow++
 			} else {
-				errorsInARow = 0
+				s.badInARow = 0
 			}
 		}
 		tooLong, long = false, nil
-		if s.tooManyErrors(errorsInARow) || err != nil || s.isClosed() {
+		if s.tooManyErrors(s.badInARow) || err != nil || s.isClosed() {
 			return false // too many errors, EOF after a last line without newline, or closed
 		}
 	}

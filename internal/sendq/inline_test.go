@@ -35,12 +35,14 @@ func tcpPair(t *testing.T) (local, peer *net.TCPConn) {
 	return s.(*net.TCPConn), c.(*net.TCPConn)
 }
 
-// flushCounter counts the queue's writes and the items they carried.
-type flushCounter struct{ writes, items atomic.Int64 }
+// flushCounter counts the queue's writes and the items and bytes they
+// carried.
+type flushCounter struct{ writes, items, bytes atomic.Int64 }
 
-func (f *flushCounter) flushed(_, items int, _ time.Duration) {
+func (f *flushCounter) flushed(bytes, items int, _ time.Duration) {
 	f.writes.Add(1)
 	f.items.Add(int64(items))
+	f.bytes.Add(int64(bytes))
 }
 
 // waitDone waits for a started queue's Done.
@@ -146,13 +148,14 @@ func TestPartialInlineWriteHandsOff(t *testing.T) {
 	if err := r.SetReadBuffer(16 << 10); err != nil {
 		t.Fatal(err)
 	}
-	q := New(64<<20, nil)
+	var fc flushCounter
+	q := New(64<<20, fc.flushed)
 	q.Start(w, 10*time.Second)
 	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB: more than the socket buffers hold
 	if err := q.Write(big); err != nil {
 		t.Fatal(err)
 	}
-	if q.Len() == 0 {
+	if fc.writes.Load() != 0 {
 		t.Fatal("8 MiB written inline to a peer that is not reading")
 	}
 	var want []byte
@@ -176,6 +179,62 @@ func TestPartialInlineWriteHandsOff(t *testing.T) {
 	waitDone(t, q)
 	if err := q.Err(); err != nil {
 		t.Fatalf("Err = %v", err)
+	}
+	if got := fc.bytes.Load(); got != int64(len(want)) {
+		t.Fatalf("flushed reported %d bytes, %d were written", got, len(want))
+	}
+}
+
+// Once the writer goroutine has finished, writes are inline again, also
+// after its write deadline has passed.
+func TestInlineAgainAfterWriterDeadline(t *testing.T) {
+	w, r := tcpPair(t)
+	if err := w.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetReadBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	var fc flushCounter
+	const writeTimeout = 300 * time.Millisecond
+	q := New(64<<20, fc.flushed)
+	q.Start(w, writeTimeout)
+	big := bytes.Repeat([]byte("x"), 1<<20) // more than the socket takes at once: the writer goroutine takes the rest
+	if err := q.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	if fc.writes.Load() != 0 {
+		t.Fatal("1 MiB written inline: the writer goroutine was not needed")
+	}
+	got := make([]byte, len(big))
+	_ = r.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.ReadFull(r, got); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		q.mu.Lock()
+		idle := !q.writing
+		q.mu.Unlock()
+		if idle {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writer goroutine still running")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The scenario is the time passing: past the writer's deadline.
+	time.Sleep(3 * writeTimeout)
+	before := fc.writes.Load()
+	if err := q.Write([]byte("later\n")); err != nil {
+		t.Fatal(err)
+	}
+	if fc.writes.Load() != before+1 {
+		t.Fatal("a write after the writer's deadline was not made inline")
+	}
+	if got := readN(t, r, 6); string(got) != "later\n" {
+		t.Fatalf("peer got %q", got)
 	}
 }
 

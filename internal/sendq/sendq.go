@@ -58,6 +58,7 @@ type Queue struct {
 	writeTimeout time.Duration
 	writing      bool // an inline write or the writer goroutine owns the connection
 	marked       bool // in a Batch that has not flushed yet
+	carried      int  // bytes an inline write took of a batch the writer finishes; reported with it
 	werr         error
 	finished     bool          // closed and written out, or failed
 	drained      chan struct{} // made by Done, closed when finished
@@ -204,6 +205,7 @@ func (q *Queue) writeLocked() {
 		q.buf = append(rest, q.buf...)
 		q.items += items
 		q.oldest = oldest
+		q.carried += n
 	}
 	putBuf(out)
 	if len(q.buf) > 0 {
@@ -338,11 +340,17 @@ func (q *Queue) flushLoop() {
 			if q.closed {
 				q.finishLocked()
 			}
+			failed := q.werr != nil
 			q.mu.Unlock()
+			if q.writeTimeout > 0 && !failed {
+				// An expired deadline would make every later inline write
+				// fall back to this goroutine.
+				_ = q.conn.SetWriteDeadline(time.Time{})
+			}
 			return
 		}
-		out, items, oldest := q.buf, q.items, q.oldest
-		q.buf, q.items = nil, 0
+		out, items, oldest, carried := q.buf, q.items, q.oldest, q.carried
+		q.buf, q.items, q.carried = nil, 0, 0
 		q.mu.Unlock()
 
 		if q.writeTimeout > 0 {
@@ -350,7 +358,7 @@ func (q *Queue) flushLoop() {
 		}
 		_, err := q.conn.Write(out)
 		if err == nil && q.flushed != nil {
-			q.flushed(len(out), items, time.Since(oldest))
+			q.flushed(carried+len(out), items, time.Since(oldest))
 		}
 		putBuf(out)
 		q.mu.Lock()
