@@ -35,6 +35,20 @@ func tcpPair(t *testing.T) (local, peer *net.TCPConn) {
 	return s.(*net.TCPConn), c.(*net.TCPConn)
 }
 
+// smallBufferPair is tcpPair with 16 KiB socket buffers, so that a write of
+// a few MiB to a peer that does not read is only partly taken.
+func smallBufferPair(t *testing.T) (local, peer *net.TCPConn) {
+	t.Helper()
+	w, r := tcpPair(t)
+	if err := w.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetReadBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	return w, r
+}
+
 // flushCounter counts the queue's writes and the items and bytes they
 // carried.
 type flushCounter struct{ writes, items, bytes atomic.Int64 }
@@ -141,13 +155,7 @@ func TestCloseWritesUnflushedBatch(t *testing.T) {
 // at once; a writer goroutine sends the rest, and items queued meanwhile
 // follow in order.
 func TestPartialInlineWriteHandsOff(t *testing.T) {
-	w, r := tcpPair(t)
-	if err := w.SetWriteBuffer(16 << 10); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.SetReadBuffer(16 << 10); err != nil {
-		t.Fatal(err)
-	}
+	w, r := smallBufferPair(t)
 	var fc flushCounter
 	q := New(64<<20, fc.flushed)
 	q.Start(w, 10*time.Second)
@@ -188,13 +196,7 @@ func TestPartialInlineWriteHandsOff(t *testing.T) {
 // Once the writer goroutine has finished, writes are inline again, also
 // after its write deadline has passed.
 func TestInlineAgainAfterWriterDeadline(t *testing.T) {
-	w, r := tcpPair(t)
-	if err := w.SetWriteBuffer(16 << 10); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.SetReadBuffer(16 << 10); err != nil {
-		t.Fatal(err)
-	}
+	w, r := smallBufferPair(t)
 	var fc flushCounter
 	const writeTimeout = 300 * time.Millisecond
 	q := New(64<<20, fc.flushed)
