@@ -3,11 +3,12 @@ package msgserver
 import (
 	"io"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/internal/tcptest"
 )
 
 // Closing a session whose client has reset the connection returns: the
@@ -22,22 +23,10 @@ func TestCloseAfterClientResetReturns(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, client := tcptest.Pair(t)
 	sess := newSession(srv, conn)
 
-	if err := client.(*net.TCPConn).SetLinger(0); err != nil {
+	if err := client.SetLinger(0); err != nil {
 		t.Fatal(err)
 	}
 	client.Close() // a reset, not a FIN

@@ -97,6 +97,8 @@ func (m *Metrics) parked(delta int) {
 	}
 }
 
+// setSessions is called with the server's lock held, so that concurrent
+// logins and logouts set the gauge in the order they changed the count.
 func (m *Metrics) setSessions(n int) {
 	if m != nil {
 		m.sessions.Set(float64(n))

@@ -178,7 +178,7 @@ func (s *Server) endSession(sess *session) {
 	if mine {
 		delete(s.sessions, name)
 	}
-	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
+	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
 	if !mine {
 		return
@@ -240,7 +240,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	}
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
-	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
+	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
 	batch.Flush()
 	storedMeanwhile := s.pres.unwatchInbox(r.Name, watch)
@@ -283,7 +283,7 @@ func (s *Server) logout(sess *session) *clientError {
 	if s.sessions[name] == sess {
 		delete(s.sessions, name)
 	}
-	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
+	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
 	sess.name = ""
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
@@ -304,7 +304,7 @@ func (s *Server) onKick(k wire.Kick) {
 		return
 	}
 	delete(s.sessions, k.User)
-	s.m.setSessions(len(s.sessions)) // under the lock: concurrent updates stay in order
+	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
 	s.log.Debug("session taken over from another server", "user", k.User, "by", k.Origin)
 	sess.closeWith(CodeKicked, "logged in again on another server")

@@ -222,11 +222,7 @@ func (s *session) readLoop() (parked bool) {
 				if canPark && len(frag) == 0 && long == nil && !tooLong && s.park(cfg.IdleTimeout-idle) {
 					return true
 				}
-				if len(long)+len(frag) > cfg.MaxLine {
-					tooLong, long = true, nil
-				} else if !tooLong {
-					long = append(long, frag...) // a partial line
-				}
+				long, tooLong = gather(long, frag, tooLong, cfg.MaxLine) // a partial line
 				deadlineSet = time.Time{}
 				continue
 			}
@@ -235,11 +231,7 @@ func (s *session) readLoop() (parked bool) {
 			lastInput = time.Now()
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
-			if !tooLong && len(long)+len(frag) <= cfg.MaxLine {
-				long = append(long, frag...)
-			} else {
-				tooLong, long = true, nil // discard the rest of this line
-			}
+			long, tooLong = gather(long, frag, tooLong, cfg.MaxLine)
 			continue
 		}
 		if err != nil && !(errors.Is(err, io.EOF) && len(frag)+len(long) > 0) {
@@ -269,6 +261,15 @@ func (s *session) readLoop() (parked bool) {
 			return false // too many errors, EOF after a last line without newline, or closed
 		}
 	}
+}
+
+// gather adds frag to a line being gathered, or, once the line is over
+// maxLine, drops it and marks it too long (the rest is discarded too).
+func gather(long, frag []byte, tooLong bool, maxLine int) ([]byte, bool) {
+	if tooLong || len(long)+len(frag) > maxLine {
+		return nil, true
+	}
+	return append(long, frag...), false
 }
 
 func isTimeout(err error) bool {

@@ -4,13 +4,14 @@ package poller
 
 import (
 	"errors"
-	"net"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/chatrelay/chatrelay/internal/tcptest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -25,36 +26,6 @@ func newPoller(t *testing.T) *Poller {
 	}
 	t.Cleanup(func() { p.Close() })
 	return p
-}
-
-// pairs returns n loopback TCP connections: the side that waits and the
-// peer that sends.
-func pairs(t *testing.T, n int) (waiting, peers []*net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	for range n {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		waiting = append(waiting, s.(*net.TCPConn))
-		peers = append(peers, c.(*net.TCPConn))
-	}
-	t.Cleanup(func() {
-		for i := range waiting {
-			waiting[i].Close()
-			peers[i].Close()
-		}
-	})
-	return waiting, peers
 }
 
 func rawConn(t *testing.T, c syscall.Conn) syscall.RawConn {
@@ -79,7 +50,7 @@ func expect(t *testing.T, ch <-chan struct{}, what string) {
 // the waiter's function, once.
 func TestWaitFiresOnInputAndClose(t *testing.T) {
 	p := newPoller(t)
-	conns, peers := pairs(t, 3)
+	conns, peers := tcptest.Pairs(t, 3)
 
 	fired := make(chan struct{}, 3)
 	var runs atomic.Int32
@@ -124,7 +95,7 @@ func TestWaitFiresOnInputAndClose(t *testing.T) {
 // many times in its life).
 func TestWaitAgainAfterEachInput(t *testing.T) {
 	p := newPoller(t)
-	conns, peers := pairs(t, 1)
+	conns, peers := tcptest.Pairs(t, 1)
 	rc := rawConn(t, conns[0])
 	fired := make(chan struct{}, 1)
 	buf := make([]byte, 64)
@@ -147,7 +118,7 @@ func TestWaitAgainAfterEachInput(t *testing.T) {
 // connection can wait again.
 func TestCancel(t *testing.T) {
 	p := newPoller(t)
-	conns, peers := pairs(t, 1)
+	conns, peers := tcptest.Pairs(t, 1)
 	rc := rawConn(t, conns[0])
 	var cancelledRuns atomic.Int32
 	cancel, err := p.Wait(rc, func() { cancelledRuns.Add(1) })
@@ -179,7 +150,7 @@ func TestCancel(t *testing.T) {
 // A cancel that loses to the notification says so: the function runs.
 func TestCancelAfterFire(t *testing.T) {
 	p := newPoller(t)
-	conns, peers := pairs(t, 1)
+	conns, peers := tcptest.Pairs(t, 1)
 	fired := make(chan struct{}, 1)
 	cancel, err := p.Wait(rawConn(t, conns[0]), func() { fired <- struct{}{} })
 	if err != nil {
@@ -198,7 +169,7 @@ func TestCancelAfterFire(t *testing.T) {
 func TestManyConnections(t *testing.T) {
 	p := newPoller(t)
 	const n = 500
-	conns, peers := pairs(t, n)
+	conns, peers := tcptest.Pairs(t, n)
 	var runs [n]atomic.Int32
 	fired := make(chan struct{}, n)
 	for i := range n {
@@ -229,7 +200,7 @@ func TestWaitAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conns, _ := pairs(t, 1)
+	conns, _ := tcptest.Pairs(t, 1)
 	if _, err := p.Wait(rawConn(t, conns[0]), func() {}); err != nil {
 		t.Fatal(err)
 	}

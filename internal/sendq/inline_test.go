@@ -9,37 +9,15 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chatrelay/internal/tcptest"
 )
 
-// tcpPair returns both ends of a loopback TCP connection, closed when the
-// test ends. Inline writes need a real socket: net.Pipe has no fd.
-func tcpPair(t *testing.T) (local, peer *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		s.Close()
-	})
-	return s.(*net.TCPConn), c.(*net.TCPConn)
-}
-
-// smallBufferPair is tcpPair with 16 KiB socket buffers, so that a write of
+// smallBufferPair is tcptest.Pair with 16 KiB socket buffers, so that a write of
 // a few MiB to a peer that does not read is only partly taken.
 func smallBufferPair(t *testing.T) (local, peer *net.TCPConn) {
 	t.Helper()
-	w, r := tcpPair(t)
+	w, r := tcptest.Pair(t)
 	if err := w.SetWriteBuffer(16 << 10); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +50,7 @@ func waitDone(t *testing.T, q *Queue) {
 // An idle started queue is written by the producer itself, before Append
 // returns: no goroutine, no wake-up.
 func TestAppendWritesInline(t *testing.T) {
-	w, r := tcpPair(t)
+	w, r := tcptest.Pair(t)
 	var fc flushCounter
 	q := New(1<<20, fc.flushed)
 	q.Start(w, time.Second)
@@ -102,7 +80,7 @@ func TestBatchOneWritePerQueue(t *testing.T) {
 	}
 	var conns []conn
 	for range 3 {
-		w, r := tcpPair(t)
+		w, r := tcptest.Pair(t)
 		fc := &flushCounter{}
 		q := New(1<<20, fc.flushed)
 		q.Start(w, time.Second)
@@ -138,7 +116,7 @@ func TestBatchOneWritePerQueue(t *testing.T) {
 
 // Close writes what a batch queued but has not flushed.
 func TestCloseWritesUnflushedBatch(t *testing.T) {
-	w, r := tcpPair(t)
+	w, r := tcptest.Pair(t)
 	q := New(1<<20, nil)
 	q.Start(w, time.Second)
 	var b Batch
@@ -243,7 +221,7 @@ func TestInlineAgainAfterWriterDeadline(t *testing.T) {
 // An expired write deadline (left by the writer goroutine's last write) does
 // not fail the queue: the writer takes over with a fresh deadline.
 func TestExpiredDeadlineFallsBackToWriter(t *testing.T) {
-	w, r := tcpPair(t)
+	w, r := tcptest.Pair(t)
 	q := New(1<<20, nil)
 	q.Start(w, time.Second)
 	if err := w.SetWriteDeadline(time.Now().Add(-time.Second)); err != nil {
@@ -262,7 +240,7 @@ func TestExpiredDeadlineFallsBackToWriter(t *testing.T) {
 
 // A peer that is gone fails the queue, closes the connection and ends it.
 func TestInlineWriteErrorEndsQueue(t *testing.T) {
-	w, r := tcpPair(t)
+	w, r := tcptest.Pair(t)
 	q := New(1<<20, nil)
 	q.Start(w, time.Second)
 	if err := r.SetLinger(0); err != nil { // close with RST: the next write fails
@@ -289,7 +267,7 @@ func TestInlineWriteErrorEndsQueue(t *testing.T) {
 // Many producers, some batching, some not, over real TCP: every item
 // arrives once, each producer's in its order.
 func TestMixedProducersTCP(t *testing.T) {
-	w, r := tcpPair(t)
+	w, r := tcptest.Pair(t)
 	q := New(8<<20, nil)
 	q.Start(w, 5*time.Second)
 	const producers, perProducer = 6, 300

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chatrelay/internal/tcptest"
 )
 
 // waitTimeout bounds every wait for an event, so a broken queue fails the
@@ -400,7 +402,7 @@ func TestRunWriteTimeout(t *testing.T) {
 
 // Over real TCP, many producers' items all arrive, each intact.
 func TestConcurrentProducersTCP(t *testing.T) {
-	server, client := tcpPair(t)
+	server, client := tcptest.Pair(t)
 	q := New(1<<20, nil)
 	done := runQueue(t, q, server, time.Second)
 
