@@ -11,7 +11,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // The check rule, run by keepalived's vrrp_script on each relay host every
@@ -133,17 +133,7 @@ func probeLink(ctx context.Context, addr string, timeout time.Duration) error {
 	}
 	defer conn.Close()
 	_ = conn.SetReadDeadline(time.Now().Add(timeout))
-	typ, body, _, err := wire.NewReader(conn, 1024).Next()
-	if err != nil {
-		return fmt.Errorf("no challenge: %w", err)
-	}
-	if typ != wire.TypeChallenge {
-		return fmt.Errorf("first frame has type %d, not a challenge", typ)
-	}
-	if _, err := wire.ParseChallenge(body); err != nil {
-		return fmt.Errorf("bad challenge: %w", err)
-	}
-	return nil
+	return wire.ReadChallenge(conn)
 }
 
 // CheckMain is the "relay check" command. registered, if not nil, builds

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/sendq"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // maxRoutes is how many times a message follows a "not here" answer to a

@@ -12,7 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // Config holds a message server's settings. Zero values take the defaults
@@ -110,8 +110,8 @@ func (c *Config) Validate() error {
 	if c.Redis == nil {
 		errs = append(errs, errors.New("a Redis client is required"))
 	}
-	if c.RelayAddr != "" && len(c.Secret) < 16 {
-		errs = append(errs, errors.New("link secret must be at least 16 bytes"))
+	if c.RelayAddr != "" && len(c.Secret) < wire.MinSecretLen {
+		errs = append(errs, fmt.Errorf("link secret must be at least %d bytes", wire.MinSecretLen))
 	}
 	if c.MaxContent+1024 > c.MaxLine {
 		errs = append(errs, fmt.Errorf("max line %d must leave room for max content %d plus 1 KiB", c.MaxLine, c.MaxContent))

@@ -6,7 +6,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // A message resent after a lost ack reaches the user once; both copies are

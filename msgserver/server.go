@@ -17,7 +17,7 @@ import (
 	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/poller"
 	"github.com/chatrelay/chatrelay/internal/sendq"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // Server is a running message server.

@@ -3,7 +3,6 @@ package msgserver
 import (
 	"container/list"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/sendq"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // outcome is what finally happened to a forwarded message.
@@ -61,16 +60,9 @@ type uplink struct {
 	q        *sendq.Queue
 	conn     net.Conn // the link q writes to; closed when q overflows
 	state    health.Link
-	stats    *linkStats
+	stats    *wire.LinkStats
 
 	reconnects atomic.Uint64
-}
-
-type linkStats struct {
-	framesIn, framesOut atomic.Uint64
-	bytesIn, bytesOut   atomic.Uint64
-	lastRecv            atomic.Int64
-	rtt                 atomic.Int64
 }
 
 func newUplink(cfg *Config, log *slog.Logger, m *Metrics, onForward func(wire.Forward, *sendq.Batch) byte, onKick func(wire.Kick)) *uplink {
@@ -81,7 +73,7 @@ func newUplink(cfg *Config, log *slog.Logger, m *Metrics, onForward func(wire.Fo
 		onForward: onForward,
 		onKick:    onKick,
 		pend:      make(map[wire.ID]*pending),
-		stats:     &linkStats{},
+		stats:     &wire.LinkStats{},
 	}
 	u.state = health.Link{Server: "relay", Since: time.Now(), Remote: cfg.RelayAddr}
 	return u
@@ -286,12 +278,12 @@ func (u *uplink) Link() health.Link {
 	}
 	l.Unacked = len(u.pend)
 	u.mu.Unlock()
-	if last := u.stats.lastRecv.Load(); last != 0 {
+	if last := u.stats.LastRecv.Load(); last != 0 {
 		l.LastHeartbeatAge = health.Seconds(time.Since(time.Unix(0, last)))
 	}
-	l.RTT = health.Seconds(time.Duration(u.stats.rtt.Load()))
-	l.FramesIn, l.FramesOut = u.stats.framesIn.Load(), u.stats.framesOut.Load()
-	l.BytesIn, l.BytesOut = u.stats.bytesIn.Load(), u.stats.bytesOut.Load()
+	l.RTT = health.Seconds(time.Duration(u.stats.RTT.Load()))
+	l.FramesIn, l.FramesOut = u.stats.FramesIn.Load(), u.stats.FramesOut.Load()
+	l.BytesIn, l.BytesOut = u.stats.BytesIn.Load(), u.stats.BytesOut.Load()
 	return l
 }
 
@@ -325,7 +317,7 @@ func (u *uplink) run(ctx context.Context) {
 			// the same relay do not come back in step.
 			d := backoff/2 + mathrand.N(backoff/2+1)
 			level := slog.LevelWarn
-			if attempt > 0 && !errors.Is(err, errRejected) {
+			if attempt > 0 && !errors.Is(err, wire.ErrRejected) {
 				level = slog.LevelDebug // one warning per outage, not one per retry
 			}
 			u.log.Log(ctx, level, "relay link dial failed", "relay", u.cfg.RelayAddr, "err", err, "retry_in", d)
@@ -348,8 +340,6 @@ func (u *uplink) run(ctx context.Context) {
 	}
 }
 
-var errRejected = errors.New("relay refused the link")
-
 // dial connects and runs the server side of the handshake.
 func (u *uplink) dial(ctx context.Context) (net.Conn, string, error) {
 	d := net.Dialer{Timeout: u.cfg.DialTimeout}
@@ -360,54 +350,13 @@ func (u *uplink) dial(ctx context.Context) (net.Conn, string, error) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	_ = conn.SetDeadline(time.Now().Add(u.cfg.DialTimeout))
-	relayID, err := u.handshake(conn)
+	relayID, err := wire.Greet(conn, u.cfg.Secret, u.cfg.ID)
 	if err != nil {
 		conn.Close()
 		return nil, "", err
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return conn, relayID, nil
-}
-
-func (u *uplink) handshake(conn net.Conn) (string, error) {
-	fr := wire.NewReader(conn, 4096)
-	typ, body, _, err := fr.Next()
-	if err != nil {
-		return "", fmt.Errorf("read challenge: %w", err)
-	}
-	if typ != wire.TypeChallenge {
-		return "", fmt.Errorf("%w: expected challenge, got frame type %d", wire.ErrBadType, typ)
-	}
-	nonce, err := wire.ParseChallenge(body)
-	if err != nil {
-		return "", fmt.Errorf("parse challenge: %w", err)
-	}
-	a := wire.Auth{ServerID: u.cfg.ID, MAC: wire.AuthMAC(u.cfg.Secret, nonce, u.cfg.ID)}
-	if _, err := rand.Read(a.ClientNonce[:]); err != nil {
-		return "", fmt.Errorf("make nonce: %w", err)
-	}
-	if _, err := conn.Write(wire.AppendAuth(nil, a)); err != nil {
-		return "", fmt.Errorf("send auth: %w", err)
-	}
-	typ, body, _, err = fr.Next()
-	if err != nil {
-		return "", fmt.Errorf("read welcome: %w", err)
-	}
-	switch typ {
-	case wire.TypeWelcome:
-	case wire.TypeReject:
-		return "", fmt.Errorf("%w: %s", errRejected, truncate(string(body), 200))
-	default:
-		return "", fmt.Errorf("%w: expected welcome, got frame type %d", wire.ErrBadType, typ)
-	}
-	relayID, m, err := wire.ParseWelcome(body)
-	if err != nil {
-		return "", fmt.Errorf("parse welcome: %w", err)
-	}
-	if !wire.CheckMAC(m, wire.WelcomeMAC(u.cfg.Secret, a.ClientNonce, relayID)) {
-		return "", fmt.Errorf("%w: relay %q did not prove the link secret", errRejected, relayID)
-	}
-	return relayID, nil
 }
 
 // serve runs one established link until it fails or ctx ends.
@@ -418,10 +367,10 @@ func (u *uplink) serve(ctx context.Context, conn net.Conn, relayID string) error
 	// is trying to recover, again and again.
 	maxFrame := wire.HeaderLen + wire.IDLen + 2*(1+wire.MaxIDLen) + 2*(1+u.cfg.MaxNameLen) + 8 + u.cfg.MaxContent
 	q := sendq.New(u.cfg.MaxUnacked*maxFrame+(64<<20), func(n, items int, _ time.Duration) {
-		u.stats.bytesOut.Add(uint64(n))
-		u.stats.framesOut.Add(uint64(items))
+		u.stats.BytesOut.Add(uint64(n))
+		u.stats.FramesOut.Add(uint64(items))
 	})
-	u.stats.lastRecv.Store(time.Now().UnixNano())
+	u.stats.LastRecv.Store(time.Now().UnixNano())
 	q.Start(conn, u.cfg.WriteTimeout) // written inline by whoever queues to it
 	resent := u.attach(q, conn, relayID, remote)
 	u.m.linkUp()
@@ -485,9 +434,9 @@ func (u *uplink) readLoop(conn net.Conn, q *sendq.Queue) error {
 			}
 			return err
 		}
-		u.stats.framesIn.Add(1)
-		u.stats.bytesIn.Add(uint64(len(raw)))
-		u.stats.lastRecv.Store(time.Now().UnixNano())
+		u.stats.FramesIn.Add(1)
+		u.stats.BytesIn.Add(uint64(len(raw)))
+		u.stats.LastRecv.Store(time.Now().UnixNano())
 		switch typ {
 		case wire.TypeForward:
 			f, err := wire.ParseForward(body)
@@ -527,7 +476,7 @@ func (u *uplink) readLoop(conn net.Conn, q *sendq.Queue) error {
 			if err != nil {
 				return fmt.Errorf("bad pong: %w", err)
 			}
-			u.stats.rtt.Store(time.Now().UnixNano() - nanos)
+			u.stats.RTT.Store(time.Now().UnixNano() - nanos)
 		default:
 			return fmt.Errorf("%w: %d from relay", wire.ErrBadType, typ)
 		}

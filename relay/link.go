@@ -2,18 +2,15 @@ package relay
 
 import (
 	"bytes"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/sendq"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // link is one authenticated uplink from a message server.
@@ -23,17 +20,9 @@ type link struct {
 	server string
 	remote string
 	q      *sendq.Queue
-	stats  *linkStats
+	stats  *wire.LinkStats
 
 	closeOnce sync.Once
-}
-
-// linkStats are the counters of one link, read by the health endpoint.
-type linkStats struct {
-	framesIn, framesOut atomic.Uint64
-	bytesIn, bytesOut   atomic.Uint64
-	lastRecv            atomic.Int64 // unix nanos of the last frame received
-	rtt                 atomic.Int64 // nanos, last ping round trip
 }
 
 func (l *link) close() {
@@ -48,9 +37,9 @@ func (s *Server) serveConn(conn net.Conn) {
 	remote := conn.RemoteAddr().String()
 	fr := wire.NewReader(conn, s.cfg.MaxFrame)
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	server, err := s.handshake(conn, fr)
+	server, err := wire.Accept(conn, fr, s.cfg.Secret, s.cfg.ID)
 	if err != nil {
-		if errors.Is(err, errProbe) {
+		if errors.Is(err, wire.ErrProbe) {
 			s.log.Debug("link port probed", "remote", remote)
 			return
 		}
@@ -62,11 +51,11 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 
-	l := &link{s: s, conn: conn, server: server, remote: remote, stats: &linkStats{}}
-	l.stats.lastRecv.Store(time.Now().UnixNano())
+	l := &link{s: s, conn: conn, server: server, remote: remote, stats: &wire.LinkStats{}}
+	l.stats.LastRecv.Store(time.Now().UnixNano())
 	l.q = sendq.New(s.cfg.MaxQueueBytes, func(n, items int, waited time.Duration) {
-		l.stats.bytesOut.Add(uint64(n))
-		l.stats.framesOut.Add(uint64(items))
+		l.stats.BytesOut.Add(uint64(n))
+		l.stats.FramesOut.Add(uint64(items))
 		s.m.flushed(n, items, waited)
 	})
 	l.q.Start(conn, s.cfg.WriteTimeout) // written inline by the readers that route to it
@@ -91,51 +80,6 @@ func (s *Server) serveConn(conn net.Conn) {
 		reason = err.Error()
 	}
 	s.log.Info("link down", "server", server, "remote", remote, "reason", reason)
-}
-
-// errProbe is a peer that took the challenge and closed without a word:
-// the health check probing the link port, not an intruder.
-var errProbe = errors.New("closed before auth")
-
-// handshake runs the relay side of the challenge-response and returns the
-// authenticated server id.
-func (s *Server) handshake(conn net.Conn, fr *wire.Reader) (string, error) {
-	var nonce [wire.NonceLen]byte
-	if _, err := rand.Read(nonce[:]); err != nil {
-		return "", fmt.Errorf("make nonce: %w", err)
-	}
-	if _, err := conn.Write(wire.AppendChallenge(nil, nonce)); err != nil {
-		return "", fmt.Errorf("send challenge: %w", err)
-	}
-	typ, body, _, err := fr.Next()
-	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
-		return "", errProbe
-	}
-	if err != nil {
-		return "", fmt.Errorf("read auth: %w", err)
-	}
-	if typ != wire.TypeAuth {
-		_, _ = conn.Write(wire.AppendReject(nil, "expected auth frame"))
-		return "", fmt.Errorf("%w: got %d before auth", wire.ErrBadType, typ)
-	}
-	a, err := wire.ParseAuth(body)
-	if err != nil {
-		_, _ = conn.Write(wire.AppendReject(nil, err.Error()))
-		return "", fmt.Errorf("parse auth: %w", err)
-	}
-	if a.ServerID == "" {
-		_, _ = conn.Write(wire.AppendReject(nil, "empty server id"))
-		return "", errors.New("empty server id")
-	}
-	if !wire.CheckMAC(a.MAC, wire.AuthMAC(s.cfg.Secret, nonce, a.ServerID)) {
-		_, _ = conn.Write(wire.AppendReject(nil, "authentication failed: wrong link secret"))
-		return a.ServerID, errors.New("authentication failed: wrong link secret")
-	}
-	welcome := wire.AppendWelcome(nil, s.cfg.ID, wire.WelcomeMAC(s.cfg.Secret, a.ClientNonce, s.cfg.ID))
-	if _, err := conn.Write(welcome); err != nil {
-		return a.ServerID, fmt.Errorf("send welcome: %w", err)
-	}
-	return a.ServerID, nil
 }
 
 // readLoop reads frames until the link fails and routes each one.
@@ -169,9 +113,9 @@ func (l *link) readLoop(fr *wire.Reader) error {
 			}
 			return err
 		}
-		l.stats.framesIn.Add(1)
-		l.stats.bytesIn.Add(uint64(len(raw)))
-		l.stats.lastRecv.Store(time.Now().UnixNano())
+		l.stats.FramesIn.Add(1)
+		l.stats.BytesIn.Add(uint64(len(raw)))
+		l.stats.LastRecv.Store(time.Now().UnixNano())
 		s.m.received(len(raw))
 
 		switch typ {
@@ -196,7 +140,7 @@ func (l *link) readLoop(fr *wire.Reader) error {
 				return fmt.Errorf("bad pong: %w", err)
 			}
 			rtt := time.Duration(time.Now().UnixNano() - nanos)
-			l.stats.rtt.Store(int64(rtt))
+			l.stats.RTT.Store(int64(rtt))
 			s.m.rtt(l.server, rtt)
 		default:
 			return fmt.Errorf("%w: %d on an established link", wire.ErrBadType, typ)

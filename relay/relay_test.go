@@ -14,7 +14,7 @@ import (
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/relay"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 func startRelay(t *testing.T) (*testenv.InRelay, *prometheus.Registry) {

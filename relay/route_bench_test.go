@@ -9,7 +9,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/relay"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // BenchmarkRelayForward measures forwarding through a real relay over

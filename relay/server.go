@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/netx"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // Config holds the relay's settings. Zero values take the defaults below.
@@ -82,8 +82,8 @@ func (c *Config) Validate() error {
 	if c.ID == "" || len(c.ID) > wire.MaxIDLen {
 		errs = append(errs, fmt.Errorf("relay id must be 1..%d bytes", wire.MaxIDLen))
 	}
-	if len(c.Secret) < 16 {
-		errs = append(errs, errors.New("link secret must be at least 16 bytes"))
+	if len(c.Secret) < wire.MinSecretLen {
+		errs = append(errs, fmt.Errorf("link secret must be at least %d bytes", wire.MinSecretLen))
 	}
 	if c.MaxFrame < 1024 {
 		errs = append(errs, fmt.Errorf("max frame %d is below 1024 bytes", c.MaxFrame))

@@ -7,6 +7,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // status is what the relay remembers of a message server it has seen: the
@@ -15,7 +16,7 @@ type status struct {
 	isUp   bool
 	since  time.Time
 	remote string
-	stats  *linkStats
+	stats  *wire.LinkStats
 	q      *sendq.Queue
 }
 
@@ -41,12 +42,12 @@ func (s *Server) Links() []health.Link {
 			Remote: st.remote,
 		}
 		if st.stats != nil {
-			l.LastHeartbeatAge = health.Seconds(now.Sub(time.Unix(0, st.stats.lastRecv.Load())))
-			l.RTT = health.Seconds(time.Duration(st.stats.rtt.Load()))
-			l.FramesIn = st.stats.framesIn.Load()
-			l.FramesOut = st.stats.framesOut.Load()
-			l.BytesIn = st.stats.bytesIn.Load()
-			l.BytesOut = st.stats.bytesOut.Load()
+			l.LastHeartbeatAge = health.Seconds(now.Sub(time.Unix(0, st.stats.LastRecv.Load())))
+			l.RTT = health.Seconds(time.Duration(st.stats.RTT.Load()))
+			l.FramesIn = st.stats.FramesIn.Load()
+			l.FramesOut = st.stats.FramesOut.Load()
+			l.BytesIn = st.stats.BytesIn.Load()
+			l.BytesOut = st.stats.BytesOut.Load()
 		}
 		if st.isUp && st.q != nil {
 			l.QueueBytes = st.q.Len()

@@ -30,7 +30,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/internal/sendq"
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // The client protocol's JSON shapes, as msgserver writes them.

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // EnvPrefix is prepended to a flag's upper-cased name to find its
@@ -96,8 +98,8 @@ func ReadSecret(path string) ([]byte, error) {
 		return nil, fmt.Errorf("read link secret: %w", err)
 	}
 	b = bytes.TrimSpace(b)
-	if len(b) < 16 {
-		return nil, fmt.Errorf("link secret in %s is %d bytes; use at least 16 (e.g. openssl rand -hex 32)", path, len(b))
+	if len(b) < wire.MinSecretLen {
+		return nil, fmt.Errorf("link secret in %s is %d bytes; use at least %d (e.g. openssl rand -hex 32)", path, len(b), wire.MinSecretLen)
 	}
 	return b, nil
 }

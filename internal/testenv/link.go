@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/relay/wire"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // Peer is a hand-driven relay link, speaking the wire protocol as a message
