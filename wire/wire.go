@@ -66,7 +66,8 @@ const (
 // Ack statuses: what the destination server did with a forwarded message.
 const (
 	AckDelivered byte = 1 // written to the recipient's session
-	AckOffline   byte = 2 // stored in the recipient's offline inbox
+	// 2 was "stored offline", never sent: a destination delivers or says
+	// not-here, and the origin stores offline. Not to be reused.
 	AckNotHere   byte = 3 // the recipient is not on this server: look again
 )
 
@@ -155,10 +156,6 @@ func (fr *Reader) Next() (typ byte, body, raw []byte, err error) {
 	}
 	return raw[4], raw[HeaderLen:], raw, nil
 }
-
-// Buffered reports how many bytes are already read from the connection and
-// waiting; zero means the next Next may block.
-func (fr *Reader) Buffered() int { return fr.r.Buffered() }
 
 // Ready reports whether Next can return without reading from the
 // connection: a whole frame is buffered (or a header Next will refuse). A

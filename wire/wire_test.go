@@ -361,7 +361,7 @@ func TestReaderDefaultLimit(t *testing.T) {
 	}
 }
 
-func TestReaderBuffered(t *testing.T) {
+func TestReaderReady(t *testing.T) {
 	var b []byte
 	b = AppendPing(b, TypePing, 1)
 	b = AppendPing(b, TypePong, 1)
@@ -369,14 +369,14 @@ func TestReaderBuffered(t *testing.T) {
 	if _, _, _, err := fr.Next(); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fr.Buffered(), len(b)/2; got != want {
-		t.Errorf("Buffered after the first of two frames = %d, want %d", got, want)
+	if !fr.Ready() {
+		t.Errorf("Ready after the first of two frames = false, want true")
 	}
 	if _, _, _, err := fr.Next(); err != nil {
 		t.Fatal(err)
 	}
-	if got := fr.Buffered(); got != 0 {
-		t.Errorf("Buffered after the last frame = %d, want 0", got)
+	if fr.Ready() {
+		t.Errorf("Ready after the last frame = true, want false")
 	}
 }
 
@@ -430,7 +430,7 @@ func TestShortBody(t *testing.T) {
 			_, err := ParseForward(b)
 			return err
 		}},
-		{"ack", body(AppendAck(nil, TypeAck, Ack{ID: testID(1), Origin: "o", Dest: "d", Code: AckOffline})), IDLen + 2 + 2 + 1, func(b []byte) error {
+		{"ack", body(AppendAck(nil, TypeAck, Ack{ID: testID(1), Origin: "o", Dest: "d", Code: AckNotHere})), IDLen + 2 + 2 + 1, func(b []byte) error {
 			_, err := ParseAck(b)
 			return err
 		}},
