@@ -68,7 +68,7 @@ const (
 	AckDelivered byte = 1 // written to the recipient's session
 	// 2 was "stored offline", never sent: a destination delivers or says
 	// not-here, and the origin stores offline. Not to be reused.
-	AckNotHere   byte = 3 // the recipient is not on this server: look again
+	AckNotHere byte = 3 // the recipient is not on this server: look again
 )
 
 // Nack reasons: why the relay could not forward.
