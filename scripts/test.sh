@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (Debian packages, when missing) and runs every
-# test: go vet, then the whole suite with the race detector. Run as root (or
+# test: go vet and staticcheck, then the whole suite with the race detector. Run as root (or
 # with sudo available) so packages can be installed and the keepalived drills
 # can build network namespaces. CI runs exactly this script.
 set -euo pipefail
@@ -29,6 +29,8 @@ done
 
 echo "== go vet"
 go vet ./...
+echo "== staticcheck"
+go tool staticcheck ./...   # pinned in go.mod's tool block
 echo "== go test -race (all but the failover drills)"
 mapfile -t pkgs < <(go list ./... | grep -v /keepalived/drill)
 go test -race -count=1 -timeout 15m "${pkgs[@]}" "$@"
