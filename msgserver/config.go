@@ -27,7 +27,8 @@ type Config struct {
 	RelayAddr string
 	// Secret is the shared link secret (at least 16 bytes).
 	Secret []byte
-	// Redis holds presence, the server registry and offline inboxes.
+	// Redis holds presence, the server registry and offline inboxes
+	// (package store keeps them there).
 	Redis redis.UniversalClient
 
 	MaxLine           int           // longest client line in bytes (default 8 KiB)

@@ -14,12 +14,10 @@ import (
 	"os"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/cli"
-	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/store"
 )
 
 func main() {
@@ -131,13 +129,13 @@ func run(args []string) int {
 // registryCounter counts the message servers registered in the Redis at
 // url, for the check's "servers exist" condition.
 func registryCounter(url string) (func(context.Context) (int, error), func(), error) {
-	opts, err := msgserver.ParseRedisURL(url)
+	opts, err := store.ParseURL(url)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("--redis: %w", err)
 	}
-	rdb := redis.NewUniversalClient(opts)
+	rdb := opts.NewClient()
 	count := func(ctx context.Context) (int, error) {
-		servers, err := msgserver.Servers(ctx, rdb)
+		servers, err := store.Servers(ctx, rdb)
 		return len(servers), err
 	}
 	return count, func() { rdb.Close() }, nil
