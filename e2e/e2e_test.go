@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -154,6 +155,10 @@ func TestBadConfigurationIsAClearError(t *testing.T) {
 		{"relay with short secret", relayBin, []string{"--listen", "127.0.0.1:0", "--link-secret-file", short}, "use at least 16"},
 		{"relay with bad vip", relayBin, []string{"--link-secret-file", good, "--vip", "not-an-ip"}, "not an IP address"},
 		{"server with bad redis url", serverBin, []string{"--redis", "mysql://x"}, "redis url"},
+		{"server with sentinel address without port", serverBin, []string{"--redis", "redis-sentinel://h1,h2/mymaster"}, `--redis: redis url: host "h1": want host:port`},
+		{"server with unknown redis option", serverBin, []string{"--redis", "redis://127.0.0.1:6379/0?dial_timout=1s"}, "unexpected option: dial_timout"},
+		{"relay check with bad redis url", relayBin, []string{"check", "--redis", "redis-cluster://a:7000/3"}, "relay check: --redis: redis url"},
+		{"relay render-keepalived with bad redis url", relayBin, []string{"render-keepalived", "--topology", "x.json", "--redis", "redis-sentinel://h1:26379"}, "--redis: redis url"},
 		{"server with relay but no secret", serverBin, []string{"--relay", "127.0.0.1:1"}, "link secret"},
 		{"server with bad id", serverBin, []string{"--id", "has space", "--listen", "127.0.0.1:0"}, "server id"},
 		{"server with negative idle timeout", serverBin, []string{"--idle-timeout", "-1s", "--listen", "127.0.0.1:0"}, "idle timeout -1s must not be negative"},
@@ -169,6 +174,34 @@ func TestBadConfigurationIsAClearError(t *testing.T) {
 				t.Fatalf("output does not say %q:\n%s", tc.want, p.Output())
 			}
 		})
+	}
+}
+
+// go-redis's own options work in --redis: the client name reaches Redis.
+func TestRedisURLTakesGoRedisOptions(t *testing.T) {
+	s := newSystem(t)
+	s.startRelay()
+	addr, _ := s.startServer("msg-1", "--redis", s.redis.URL()+"?client_name=chatrelay-msg-1&dial_timeout=500ms&pool_size=4")
+	c := testenv.Dial(t, addr)
+	c.Login("named")
+	if v, err := s.redis.Command("CLIENT", "LIST"); err != nil || !strings.Contains(v, "name=chatrelay-msg-1") {
+		t.Fatalf("CLIENT LIST does not show the client name: %q, %v", v, err)
+	}
+}
+
+// With --log-format json every line is JSON, go-redis's own included.
+func TestJSONLogsIncludeGoRedis(t *testing.T) {
+	port := testenv.FreePort(t) // nothing listens there: go-redis logs its failed dials
+	p := testenv.Start(t, "msgserver", testenv.Build(t, "msgserver"), "--id", "msg-1", "--listen", "127.0.0.1:0",
+		"--admin", "", "--log-format", "json", "--redis", fmt.Sprintf("redis://127.0.0.1:%d/0?dial_timeout=100ms", port))
+	p.WaitOutput(`"component":"redis"`, 10*time.Second)
+	p.Signal(syscall.SIGTERM)
+	p.Wait(10 * time.Second)
+	for _, line := range strings.Split(strings.TrimSpace(p.Output()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %v\n%s", err, line)
+		}
 	}
 }
 

@@ -1,6 +1,6 @@
 // Package health is the state model both binaries report on their admin
-// address: per-link state, the /healthz JSON document, /metrics, and the
-// check command keepalived runs to decide who holds the relay VIP.
+// address: per-link state, the /healthz JSON document and /metrics. The
+// check keepalived runs on that document is the relay's (relay/check.go).
 package health
 
 import (

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
 )
 
@@ -63,7 +64,7 @@ func (d *delivery) route(cached bool) *clientError {
 		d.finish(nil, StatusDelivered)
 		return nil
 	}
-	loc, ok := location{}, false
+	loc, ok := store.Location{}, false
 	if cached {
 		loc, ok = s.routes.get(d.ev.To, d.accepted)
 	}
@@ -72,7 +73,7 @@ func (d *delivery) route(cached bool) *clientError {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 		defer cancel()
 		var err error
-		loc, ok, err = s.pres.lookup(ctx, d.ev.To)
+		loc, ok, err = s.store.Lookup(ctx, d.ev.To)
 		if err != nil {
 			s.log.Warn("chat not routed: presence store unavailable", "user", d.ev.From, "err", err)
 			return errorf(CodeUnavailable, "message not sent: presence store unavailable, try again shortly")
@@ -81,11 +82,11 @@ func (d *delivery) route(cached bool) *clientError {
 			s.routes.put(d.ev.To, loc, d.accepted)
 		}
 	}
-	if !ok || loc.server == s.cfg.ID || s.up == nil || d.routes >= maxRoutes {
+	if !ok || loc.Server == s.cfg.ID || s.up == nil || d.routes >= maxRoutes {
 		return d.storeOffline()
 	}
 	d.routes++
-	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.server}
+	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.Server}
 	f.Payload = appendPayload(nil, &payload{From: d.ev.From, To: d.ev.To, TS: d.ev.TS, Content: d.ev.Content})
 	if err := s.up.send(f, d.forwarded); err != nil {
 		return errorf(CodeBacklogFull, "message not sent: %v; try again shortly", err)
@@ -127,7 +128,7 @@ func (d *delivery) storeOffline() *clientError {
 	ev := d.ev
 	ev.Offline = true
 	line := appendJSONLine(nil, ev)
-	if err := d.srv.pres.storeOffline(ctx, ev.To, line[:len(line)-1]); err != nil {
+	if err := d.srv.storeOffline(ctx, ev.To, line[:len(line)-1]); err != nil {
 		d.srv.log.Warn("offline store failed", "user", ev.From, "recipient", ev.To, "err", err)
 		return errorf(CodeUnavailable, "message not stored: offline store unavailable, try again shortly")
 	}
@@ -173,21 +174,21 @@ type routeCache struct {
 }
 
 type routeEntry struct {
-	loc     location
+	loc     store.Location
 	expires time.Time
 }
 
-func (c *routeCache) get(user string, now time.Time) (location, bool) {
+func (c *routeCache) get(user string, now time.Time) (store.Location, bool) {
 	c.mu.Lock()
 	e, ok := c.m[user]
 	c.mu.Unlock()
 	if !ok || now.After(e.expires) {
-		return location{}, false
+		return store.Location{}, false
 	}
 	return e.loc, true
 }
 
-func (c *routeCache) put(user string, loc location, now time.Time) {
+func (c *routeCache) put(user string, loc store.Location, now time.Time) {
 	c.mu.Lock()
 	c.m[user] = routeEntry{loc: loc, expires: now.Add(c.ttl)}
 	c.mu.Unlock()

@@ -16,7 +16,7 @@ import (
 )
 
 // Config holds a message server's settings. Zero values take the defaults
-// listed beside each field.
+// listed beside each field (the Default constants below).
 type Config struct {
 	// ID names this server to the relay and in presence records ("msg-1").
 	ID string
@@ -27,7 +27,8 @@ type Config struct {
 	RelayAddr string
 	// Secret is the shared link secret (at least 16 bytes).
 	Secret []byte
-	// Redis holds presence, the server registry and offline inboxes.
+	// Redis holds presence, the server registry and offline inboxes
+	// (package store keeps them there).
 	Redis redis.UniversalClient
 
 	MaxLine           int           // longest client line in bytes (default 8 KiB)
@@ -65,29 +66,55 @@ type Config struct {
 	Metrics *Metrics
 }
 
+// Defaults for Config fields left zero (DedupWindow's is 2*MaxUnacked).
+const (
+	DefaultMaxLine           = 8 << 10
+	DefaultMaxContent        = 4 << 10
+	DefaultMaxNameLen        = 64
+	DefaultMaxSessions       = 200000
+	DefaultSessionQueueBytes = 1 << 20
+	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultParkIdleAfter     = 5 * time.Second
+	DefaultWriteTimeout      = 10 * time.Second
+	DefaultPresenceTTL       = 30 * time.Second
+	DefaultRegistryTTL       = 6 * time.Second
+	DefaultInboxMax          = 200
+	DefaultInboxTTL          = 7 * 24 * time.Hour
+	DefaultRouteCacheTTL     = 10 * time.Second
+	DefaultRedisTimeout      = time.Second
+	DefaultMaxUnacked        = 100000
+	DefaultAckTimeout        = 2 * time.Second
+	DefaultNoRouteGiveUp     = 15 * time.Second
+	DefaultDialTimeout       = time.Second
+	DefaultPingInterval      = 200 * time.Millisecond
+	DefaultDeadAfter         = time.Second
+	DefaultBackoffMin        = 20 * time.Millisecond
+	DefaultBackoffMax        = time.Second
+)
+
 func (c *Config) setDefaults() {
-	setDefault(&c.MaxLine, 8<<10)
-	setDefault(&c.MaxContent, 4<<10)
-	setDefault(&c.MaxNameLen, 64)
-	setDefault(&c.MaxSessions, 200000)
-	setDefault(&c.SessionQueueBytes, 1<<20)
-	setDefault(&c.IdleTimeout, 2*time.Minute)
-	setDefault(&c.ParkIdleAfter, 5*time.Second)
-	setDefault(&c.WriteTimeout, 10*time.Second)
-	setDefault(&c.PresenceTTL, 30*time.Second)
-	setDefault(&c.RegistryTTL, 6*time.Second)
-	setDefault(&c.InboxMax, 200)
-	setDefault(&c.InboxTTL, 7*24*time.Hour)
-	setDefault(&c.RouteCacheTTL, 10*time.Second)
-	setDefault(&c.RedisTimeout, time.Second)
-	setDefault(&c.MaxUnacked, 100000)
-	setDefault(&c.AckTimeout, 2*time.Second)
-	setDefault(&c.NoRouteGiveUp, 15*time.Second)
-	setDefault(&c.DialTimeout, time.Second)
-	setDefault(&c.PingInterval, 200*time.Millisecond)
-	setDefault(&c.DeadAfter, time.Second)
-	setDefault(&c.BackoffMin, 20*time.Millisecond)
-	setDefault(&c.BackoffMax, time.Second)
+	setDefault(&c.MaxLine, DefaultMaxLine)
+	setDefault(&c.MaxContent, DefaultMaxContent)
+	setDefault(&c.MaxNameLen, DefaultMaxNameLen)
+	setDefault(&c.MaxSessions, DefaultMaxSessions)
+	setDefault(&c.SessionQueueBytes, DefaultSessionQueueBytes)
+	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&c.ParkIdleAfter, DefaultParkIdleAfter)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.PresenceTTL, DefaultPresenceTTL)
+	setDefault(&c.RegistryTTL, DefaultRegistryTTL)
+	setDefault(&c.InboxMax, DefaultInboxMax)
+	setDefault(&c.InboxTTL, DefaultInboxTTL)
+	setDefault(&c.RouteCacheTTL, DefaultRouteCacheTTL)
+	setDefault(&c.RedisTimeout, DefaultRedisTimeout)
+	setDefault(&c.MaxUnacked, DefaultMaxUnacked)
+	setDefault(&c.AckTimeout, DefaultAckTimeout)
+	setDefault(&c.NoRouteGiveUp, DefaultNoRouteGiveUp)
+	setDefault(&c.DialTimeout, DefaultDialTimeout)
+	setDefault(&c.PingInterval, DefaultPingInterval)
+	setDefault(&c.DeadAfter, DefaultDeadAfter)
+	setDefault(&c.BackoffMin, DefaultBackoffMin)
+	setDefault(&c.BackoffMax, DefaultBackoffMax)
 	setDefault(&c.DedupWindow, 2*c.MaxUnacked)
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/chatrelay/chatrelay/store"
 )
 
 // maxLoginBatch is the most logins one pipeline carries.
@@ -12,15 +14,8 @@ const maxLoginBatch = 512
 // loginClaim is one login's presence claim and inbox take, and their
 // outcome once done is closed.
 type loginClaim struct {
-	user string
-	loc  location
-
-	old      location // where the user was logged in before (if had)
-	had      bool
-	err      error    // presence not claimed: the login fails
-	inbox    []string // offline messages taken, oldest first
-	inboxErr error    // inbox not taken: it stays for the next login
-	done     chan struct{}
+	store.Claim
+	done chan struct{}
 }
 
 // loginBatcher gives logins their Redis round trip: one goroutine takes
@@ -29,15 +24,16 @@ type loginClaim struct {
 // round trip, as it did alone, and logins arriving while a pipeline is in
 // flight share the next one.
 type loginBatcher struct {
-	pres    *presence
+	store   *store.Store
 	timeout time.Duration // per pipeline, plus a little per claim
+	onError func()        // counts a claim that never reached Redis
 	// queue is unbuffered, so a claim handed over is always answered, even
 	// when the batcher stops: a sender either hands over or sees ctx end.
 	queue chan *loginClaim
 }
 
-func newLoginBatcher(p *presence, timeout time.Duration) *loginBatcher {
-	return &loginBatcher{pres: p, timeout: timeout, queue: make(chan *loginClaim)}
+func newLoginBatcher(st *store.Store, timeout time.Duration, onError func()) *loginBatcher {
+	return &loginBatcher{store: st, timeout: timeout, onError: onError, queue: make(chan *loginClaim)}
 }
 
 // claim records user at loc and takes the user's offline inbox, sharing
@@ -46,27 +42,28 @@ func newLoginBatcher(p *presence, timeout time.Duration) *loginBatcher {
 // that gave up early could leave a claimed presence or a taken inbox with
 // no session to show for it. When the claim fails, any inbox lines taken
 // with it are put back.
-func (b *loginBatcher) claim(ctx context.Context, user string, loc location) *loginClaim {
-	c := &loginClaim{user: user, loc: loc, done: make(chan struct{})}
+func (b *loginBatcher) claim(ctx context.Context, user string, loc store.Location) *loginClaim {
+	c := &loginClaim{Claim: store.Claim{User: user, At: loc}, done: make(chan struct{})}
 	select {
 	case b.queue <- c:
 	case <-ctx.Done():
 		// The batcher is stuck on a slow pipeline (or stopped): this
 		// login's time is up, as a slow Redis call of its own would be.
-		c.err = b.pres.fail(fmt.Errorf("claim presence of %q: waiting for the login pipeline: %w", user, ctx.Err()))
+		b.onError()
+		c.Err = fmt.Errorf("claim presence of %q: waiting for the login pipeline: %w", user, ctx.Err())
 		return c
 	}
 	<-c.done
-	if c.err != nil && len(c.inbox) > 0 {
+	if c.Err != nil && len(c.Inbox) > 0 {
 		// The inbox key answered but the presence key did not (a Cluster
 		// node down, a key of the wrong type): keep the messages for the
 		// login that will work.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
 		defer cancel()
-		if err := b.pres.restoreInbox(rctx, user, c.inbox); err != nil {
-			c.err = fmt.Errorf("%w (and %d offline messages taken with it are lost: %w)", c.err, len(c.inbox), err)
+		if err := b.store.RestoreInbox(rctx, user, c.Inbox); err != nil {
+			c.Err = fmt.Errorf("%w (and %d offline messages taken with it are lost: %w)", c.Err, len(c.Inbox), err)
 		}
-		c.inbox = nil
+		c.Inbox = nil
 	}
 	return c
 }
@@ -74,6 +71,7 @@ func (b *loginBatcher) claim(ctx context.Context, user string, loc location) *lo
 // run serves claims until ctx ends.
 func (b *loginBatcher) run(ctx context.Context) {
 	batch := make([]*loginClaim, 0, maxLoginBatch)
+	claims := make([]*store.Claim, 0, maxLoginBatch)
 	for {
 		select {
 		case c := <-b.queue:
@@ -90,17 +88,23 @@ func (b *loginBatcher) run(ctx context.Context) {
 				break more
 			}
 		}
-		b.send(ctx, batch)
+		for _, c := range batch {
+			claims = append(claims, &c.Claim)
+		}
+		b.send(ctx, batch, claims)
 		clear(batch)
 		batch = batch[:0]
+		clear(claims)
+		claims = claims[:0]
 	}
 }
 
-// send runs one batch and answers every claim in it.
-func (b *loginBatcher) send(ctx context.Context, batch []*loginClaim) {
+// send runs one batch (claims are its claims' store halves) and answers
+// every claim in it.
+func (b *loginBatcher) send(ctx context.Context, batch []*loginClaim, claims []*store.Claim) {
 	cctx, cancel := context.WithTimeout(ctx, b.timeout+time.Duration(len(batch))*time.Microsecond)
 	defer cancel()
-	b.pres.claimLogins(cctx, batch)
+	b.store.ClaimLogins(cctx, claims)
 	for _, c := range batch {
 		close(c.done)
 	}

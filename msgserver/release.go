@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"github.com/chatrelay/chatrelay/store"
 )
 
 // releaser removes the presence records of ended sessions in the
@@ -12,7 +14,7 @@ import (
 // not one of each per session, and never holds a session's goroutine.
 // A record it cannot remove expires by its TTL.
 type releaser struct {
-	pres    *presence
+	store   *store.Store
 	log     *slog.Logger
 	timeout time.Duration
 	queue   chan pendingRelease
@@ -20,7 +22,7 @@ type releaser struct {
 
 type pendingRelease struct {
 	user string
-	loc  location
+	loc  store.Location
 }
 
 const (
@@ -28,13 +30,13 @@ const (
 	maxReleaseBatch = 1024
 )
 
-func newReleaser(p *presence, log *slog.Logger, timeout time.Duration) *releaser {
-	return &releaser{pres: p, log: log, timeout: timeout, queue: make(chan pendingRelease, releaseQueueLen)}
+func newReleaser(st *store.Store, log *slog.Logger, timeout time.Duration) *releaser {
+	return &releaser{store: st, log: log, timeout: timeout, queue: make(chan pendingRelease, releaseQueueLen)}
 }
 
 // add queues the release of user's record if it still names loc. It never
 // blocks: when the queue is full, the record is left to expire.
-func (r *releaser) add(user string, loc location) {
+func (r *releaser) add(user string, loc store.Location) {
 	select {
 	case r.queue <- pendingRelease{user, loc}:
 	default:
@@ -52,7 +54,7 @@ func (r *releaser) run(ctx context.Context) {
 		}
 		// A later release of the same user replaces an earlier one: that
 		// session's login already replaced the earlier record.
-		batch := map[string]location{first.user: first.loc}
+		batch := map[string]store.Location{first.user: first.loc}
 	fill:
 		for len(batch) < maxReleaseBatch {
 			select {
@@ -63,7 +65,7 @@ func (r *releaser) run(ctx context.Context) {
 			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.timeout)
-		if err := r.pres.releaseAll(cctx, batch); err != nil && ctx.Err() == nil {
+		if err := r.store.ReleaseAll(cctx, batch); err != nil && ctx.Err() == nil {
 			r.log.Warn("presence records not released; they expire by their TTL", "sessions", len(batch), "err", err)
 		}
 		cancel()
@@ -73,7 +75,7 @@ func (r *releaser) run(ctx context.Context) {
 // flush releases everything queued now, on the caller's goroutine (at
 // shutdown, before the releaser stops).
 func (r *releaser) flush(ctx context.Context) {
-	batch := map[string]location{}
+	batch := map[string]store.Location{}
 	for {
 		select {
 		case p := <-r.queue:
@@ -86,7 +88,7 @@ func (r *releaser) flush(ctx context.Context) {
 	if len(batch) == 0 {
 		return
 	}
-	if err := r.pres.releaseAll(ctx, batch); err != nil {
+	if err := r.store.ReleaseAll(ctx, batch); err != nil {
 		r.log.Warn("presence records not released at shutdown; they expire by their TTL", "sessions", len(batch), "err", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/poller"
 	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
 )
 
@@ -26,7 +27,8 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	m        *Metrics
-	pres     *presence
+	store    *store.Store
+	watches  inboxWatches // logins in progress here (see inboxWatch)
 	logins   *loginBatcher
 	releases *releaser
 	up       *uplink        // nil when no relay is configured
@@ -73,13 +75,13 @@ func New(cfg Config) (*Server, error) {
 		routes:    routeCache{ttl: cfg.RouteCacheTTL, m: make(map[string]routeEntry)},
 		dedup:     newDedup(cfg.DedupWindow),
 	}
-	s.pres = &presence{
-		rdb:      cfg.Redis,
-		ttl:      cfg.PresenceTTL,
-		inboxMax: cfg.InboxMax,
-		inboxTTL: cfg.InboxTTL,
-		onError:  s.m.redisError,
-	}
+	s.store = store.New(cfg.Redis, store.Config{
+		PresenceTTL: cfg.PresenceTTL,
+		RegistryTTL: cfg.RegistryTTL,
+		InboxMax:    cfg.InboxMax,
+		InboxTTL:    cfg.InboxTTL,
+		OnError:     s.m.redisError,
+	})
 	if _, err := rand.Read(s.idBase[:]); err != nil {
 		cancel()
 		return nil, fmt.Errorf("seed message ids: %w", err)
@@ -93,8 +95,8 @@ func New(cfg Config) (*Server, error) {
 			s.poller = p
 		}
 	}
-	s.logins = newLoginBatcher(s.pres, cfg.RedisTimeout)
-	s.releases = newReleaser(s.pres, s.log, cfg.RedisTimeout)
+	s.logins = newLoginBatcher(s.store, cfg.RedisTimeout, s.m.redisError)
+	s.releases = newReleaser(s.store, s.log, cfg.RedisTimeout)
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
@@ -185,7 +187,7 @@ func (s *Server) endSession(sess *session) {
 	}
 	// Also while draining: a session that ends before Shutdown's snapshot
 	// is not in it. A release that does not run in time expires by its TTL.
-	s.releases.add(name, location{s.cfg.ID, sess.id})
+	s.releases.add(name, store.Location{Server: s.cfg.ID, Session: sess.id})
 }
 
 // local returns the session of a user logged in here, or nil.
@@ -214,15 +216,15 @@ func (s *Server) login(sess *session, r request) *clientError {
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	loc := location{server: s.cfg.ID, session: sess.id}
+	loc := store.Location{Server: s.cfg.ID, Session: sess.id}
 	// Until the session is in the local map, a local sender may find the
 	// user claimed but not here and store its message offline, after the
 	// inbox was taken: the watch notices, and the inbox is read again.
-	watch := s.pres.watchInbox(r.Name)
+	watch := s.watches.watch(r.Name)
 	c := s.logins.claim(ctx, r.Name, loc)
-	if c.err != nil {
-		s.pres.unwatchInbox(r.Name, watch)
-		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", c.err)
+	if c.Err != nil {
+		s.watches.unwatch(r.Name, watch)
+		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", c.Err)
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
 	sess.name = r.Name
@@ -235,7 +237,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	var batch sendq.Batch
 	s.mu.Lock()
 	sess.sendReply(&batch, reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
-	for _, l := range c.inbox {
+	for _, l := range c.Inbox {
 		sess.queue(&batch, func(b []byte) []byte { return append(append(b, l...), '\n') })
 	}
 	prev := s.sessions[r.Name]
@@ -243,25 +245,25 @@ func (s *Server) login(sess *session, r request) *clientError {
 	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
 	batch.Flush()
-	storedMeanwhile := s.pres.unwatchInbox(r.Name, watch)
+	storedMeanwhile := s.watches.unwatch(r.Name, watch)
 	s.routes.forget(r.Name)
 
 	if prev != nil && prev != sess {
 		prev.closeWith(CodeKicked, "logged in again from another connection")
-	} else if c.had && c.old.server != s.cfg.ID && s.up != nil {
-		k := wire.Kick{Origin: s.cfg.ID, Dest: c.old.server, User: r.Name, Session: c.old.session}
+	} else if c.Had && c.Old.Server != s.cfg.ID && s.up != nil {
+		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
 		s.up.control(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
 	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
-	if c.inboxErr != nil && !storedMeanwhile {
-		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.inboxErr)
+	if c.InboxErr != nil && !storedMeanwhile {
+		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.InboxErr)
 		return nil
 	}
 	if storedMeanwhile {
 		watch.inflight.Wait()
 		tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 		defer tcancel()
-		lines, err := s.pres.takeInbox(tctx, r.Name)
+		lines, err := s.store.TakeInbox(tctx, r.Name)
 		if err != nil {
 			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
 			return nil
@@ -288,7 +290,7 @@ func (s *Server) logout(sess *session) *clientError {
 	sess.name = ""
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	if err := s.pres.release(ctx, name, location{s.cfg.ID, sess.id}); err != nil {
+	if err := s.store.Release(ctx, name, store.Location{Server: s.cfg.ID, Session: sess.id}); err != nil {
 		s.log.Warn("release presence failed", "user", name, "err", err)
 	}
 	sess.sendReply(nil, reply{Reply: "logout", OK: true, Name: name})
@@ -345,7 +347,7 @@ func (s *Server) maintain(ctx context.Context) {
 func (s *Server) heartbeat(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	err := s.pres.register(cctx, s.cfg.ID, s.cfg.AdvertiseAddr, s.cfg.RegistryTTL)
+	err := s.store.Register(cctx, s.cfg.ID, s.cfg.AdvertiseAddr)
 	s.setRedisState(err)
 	if err == nil && ctx.Err() == nil {
 		// Redis is back after an outage (maybe restarted empty): put every
@@ -383,9 +385,9 @@ func (s *Server) setRedisState(err error) {
 // that was lost with the relay link).
 func (s *Server) refreshPresence(ctx context.Context) {
 	s.mu.Lock()
-	users := make(map[string]location, len(s.sessions))
+	users := make(map[string]store.Location, len(s.sessions))
 	for name, sess := range s.sessions {
-		users[name] = location{s.cfg.ID, sess.id}
+		users[name] = store.Location{Server: s.cfg.ID, Session: sess.id}
 	}
 	s.mu.Unlock()
 	if len(users) == 0 {
@@ -393,13 +395,13 @@ func (s *Server) refreshPresence(ctx context.Context) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(users))*time.Microsecond)
 	defer cancel()
-	lost, err := s.pres.refreshAll(cctx, users)
+	lost, err := s.store.RefreshAll(cctx, users)
 	if err != nil {
 		s.setRedisState(err)
 		return
 	}
 	for _, name := range lost {
-		s.onKick(wire.Kick{Origin: "presence", User: name, Session: users[name].session})
+		s.onKick(wire.Kick{Origin: "presence", User: name, Session: users[name].Session})
 	}
 }
 
@@ -455,9 +457,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 
 	s.mu.Lock()
-	users := make(map[string]location, len(s.sessions))
+	users := make(map[string]store.Location, len(s.sessions))
 	for name, sess := range s.sessions {
-		users[name] = location{s.cfg.ID, sess.id}
+		users[name] = store.Location{Server: s.cfg.ID, Session: sess.id}
 	}
 	conns := make([]*session, 0, len(s.conns))
 	for sess := range s.conns {
@@ -481,10 +483,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer cancel()
 	s.releases.flush(rctx)
 	var errs []error
-	if err := s.pres.releaseAll(rctx, users); err != nil {
+	if err := s.store.ReleaseAll(rctx, users); err != nil {
 		errs = append(errs, err)
 	}
-	if err := s.pres.deregister(rctx, s.cfg.ID); err != nil {
+	if err := s.store.Deregister(rctx, s.cfg.ID); err != nil {
 		errs = append(errs, err)
 	}
 	s.log.Info("shut down", "sessions", len(users))

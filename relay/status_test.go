@@ -3,8 +3,6 @@ package relay
 import (
 	"testing"
 	"time"
-
-	"github.com/chatrelay/chatrelay/health"
 )
 
 // A relay that has just taken the VIP counts its time without links from
@@ -27,11 +25,11 @@ func TestFreshMasterIsWithinGrace(t *testing.T) {
 	if rep.Role != "master" || rep.NoLinksSince == nil || time.Since(*rep.NoLinksSince) > time.Minute {
 		t.Fatalf("fresh master reports no links since %v", rep.NoLinksSince)
 	}
-	if res := health.Evaluate(rep, 2, "registered in Redis", 3*time.Second, time.Now()); !res.OK {
+	if res := Evaluate(rep, 2, "registered in Redis", 3*time.Second, time.Now()); !res.OK {
 		t.Fatalf("check fails a fresh master: %s", res.Reason)
 	}
 	// Past the grace it does fail.
-	if res := health.Evaluate(rep, 2, "registered in Redis", 3*time.Second, time.Now().Add(5*time.Second)); res.OK {
+	if res := Evaluate(rep, 2, "registered in Redis", 3*time.Second, time.Now().Add(5*time.Second)); res.OK {
 		t.Fatalf("check passes a master without links past the grace: %s", res.Reason)
 	}
 }

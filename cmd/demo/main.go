@@ -24,6 +24,7 @@ import (
 	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/store"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -51,30 +52,35 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 2
 	}
-	if err := demo(log, *redisURL, *relayPort, *port1, *port2, *adminPort); err != nil {
+	store.SetLogger(log)
+	var ropts *store.Options
+	if *redisURL != "" {
+		if ropts, err = store.ParseURL(*redisURL); err != nil {
+			fmt.Fprintln(os.Stderr, "demo: --redis:", err)
+			return 2
+		}
+	}
+	if err := demo(log, ropts, *redisURL, *relayPort, *port1, *port2, *adminPort); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
 	return 0
 }
 
-func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort int) error {
+// demo runs until a signal, with the Redis of ropts (described by
+// redisDesc), or an embedded one when ropts is nil.
+func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, port1, port2, adminPort int) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 
-	redisDesc := redisURL
-	if redisURL == "" {
+	if ropts == nil {
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 			return fmt.Errorf("start embedded redis: %w", err)
 		}
 		defer mr.Close()
-		redisURL = "redis://" + mr.Addr()
+		ropts = &store.Options{Single: &redis.Options{Addr: mr.Addr()}}
 		redisDesc = "embedded, at " + mr.Addr()
-	}
-	ropts, err := msgserver.ParseRedisURL(redisURL)
-	if err != nil {
-		return err
 	}
 
 	secret := []byte(randomSecret())
@@ -121,7 +127,7 @@ func demo(log *slog.Logger, redisURL string, relayPort, port1, port2, adminPort 
 	var servers []*msgserver.Server
 	for i, port := range []int{port1, port2} {
 		id := fmt.Sprintf("msg-%d", i+1)
-		rdb := redis.NewUniversalClient(ropts)
+		rdb := ropts.NewClient()
 		defer rdb.Close()
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		ln, err := net.Listen("tcp", addr)

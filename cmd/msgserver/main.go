@@ -16,11 +16,11 @@ import (
 	"time"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/store"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -34,17 +34,17 @@ func run(args []string) int {
 		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
 		advertise   = fs.String("advertise", "", "client address published in the server registry; default: this host's private IP (go-sockaddr) and the listen port")
 		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port); empty runs without a relay")
-		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://, rediss://, redis-sentinel://h1,h2/master, redis-cluster://h1,h2")
+		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://host:6379/0, rediss://, redis-sentinel://h1:26379,h2:26379/mymaster, redis-cluster://h1:7000,h2:7000; go-redis options as query parameters (?dial_timeout=1s&pool_size=50)")
 		secretFile  = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes); needed with --relay")
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
-		presenceTTL = fs.Duration("presence-ttl", 30*time.Second, "TTL of a user's presence record; a crashed server's users vanish after it")
-		inboxMax    = fs.Int("inbox-max", 200, "offline messages kept per user (oldest dropped)")
-		inboxTTL    = fs.Duration("inbox-ttl", 7*24*time.Hour, "how long offline messages are kept")
-		maxSessions = fs.Int("max-sessions", 200000, "most client connections at once")
-		idle        = fs.Duration("idle-timeout", 2*time.Minute, "disconnect a client silent for this long (clients send ping)")
-		park        = fs.Duration("park-idle-after", 5*time.Second, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
-		maxUnacked  = fs.Int("max-unacked", 100000, "forwarded messages kept for resending until acked")
-		noRoute     = fs.Duration("no-route-timeout", 15*time.Second, "keep retrying a message whose destination server has no relay link this long, then store it offline")
+		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
+		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages kept per user (oldest dropped)")
+		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
+		maxSessions = fs.Int("max-sessions", msgserver.DefaultMaxSessions, "most client connections at once")
+		idle        = fs.Duration("idle-timeout", msgserver.DefaultIdleTimeout, "disconnect a client silent for this long (clients send ping)")
+		park        = fs.Duration("park-idle-after", msgserver.DefaultParkIdleAfter, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
+		maxUnacked  = fs.Int("max-unacked", msgserver.DefaultMaxUnacked, "forwarded messages kept for resending until acked")
+		noRoute     = fs.Duration("no-route-timeout", msgserver.DefaultNoRouteGiveUp, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
 		pprofOn     = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
@@ -62,6 +62,7 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "msgserver:", err)
 		return 2
 	}
+	store.SetLogger(log) // go-redis's own lines too, in --log-format
 	var secret []byte
 	if *relayAddr != "" {
 		if secret, err = cli.ReadSecret(*secretFile); err != nil {
@@ -69,12 +70,12 @@ func run(args []string) int {
 			return 2
 		}
 	}
-	ropts, err := msgserver.ParseRedisURL(*redisURL)
+	ropts, err := store.ParseURL(*redisURL)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "msgserver:", err)
+		fmt.Fprintln(os.Stderr, "msgserver: --redis:", err)
 		return 2
 	}
-	rdb := redis.NewUniversalClient(ropts)
+	rdb := ropts.NewClient()
 	defer rdb.Close()
 
 	ln, err := net.Listen("tcp", *listen)

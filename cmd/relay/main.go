@@ -14,17 +14,14 @@ import (
 	"os"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/cli"
-	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "check" {
-		os.Exit(health.CheckMain(os.Args[2:], os.Stdout, os.Stderr, registryCounter))
+		os.Exit(relay.CheckMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "render-keepalived" {
 		os.Exit(renderMain(os.Args[2:], os.Stdout, os.Stderr))
@@ -37,8 +34,8 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	cli.Usage(fs, "relay: the chat relay between message servers.\n\nUsage: relay [flags]\n       relay check --help   (health check for keepalived's vrrp_script)")
 	var (
-		listen     = fs.String("listen", ":7000", "link address message servers dial (host:port); listen on all addresses so the VIP is covered")
-		admin      = fs.String("admin", "127.0.0.1:9100", "admin HTTP address for /healthz and /metrics; empty disables it")
+		listen     = fs.String("listen", relay.DefaultLinkAddr, "link address message servers dial (host:port); listen on all addresses so the VIP is covered")
+		admin      = fs.String("admin", relay.DefaultAdminAddr, "admin HTTP address for /healthz and /metrics; empty disables it")
 		id         = fs.String("id", host, "relay id shown to message servers and in logs")
 		secretFile = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes)")
 		vip        = fs.String("vip", "", "the keepalived virtual IP; the relay reports whether it holds it and drops links on it when it loses it")
@@ -126,19 +123,4 @@ func run(args []string) int {
 		_ = adminSrv.Shutdown(sctx)
 	}
 	return 0
-}
-
-// registryCounter counts the message servers registered in the Redis at
-// url, for the check's "servers exist" condition.
-func registryCounter(url string) (func(context.Context) (int, error), func(), error) {
-	opts, err := msgserver.ParseRedisURL(url)
-	if err != nil {
-		return nil, nil, err
-	}
-	rdb := redis.NewUniversalClient(opts)
-	count := func(ctx context.Context) (int, error) {
-		servers, err := msgserver.Servers(ctx, rdb)
-		return len(servers), err
-	}
-	return count, func() { rdb.Close() }, nil
 }

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/chatrelay/chatrelay/keepalived"
-	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/store"
 )
 
 // renderMain is "relay render-keepalived": it prints (or writes to --out) the
@@ -53,7 +53,7 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		return fail("--topology is required (keepalived/topology.json in the repository)")
 	}
 	if *redisURL != "" {
-		if _, err := msgserver.ParseRedisURL(*redisURL); err != nil {
+		if _, err := store.ParseURL(*redisURL); err != nil {
 			return fail("--redis: %v", err)
 		}
 	}

@@ -1,4 +1,4 @@
-package health
+package relay
 
 import (
 	"context"
@@ -11,6 +11,10 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
 )
 
@@ -32,6 +36,15 @@ import (
 //
 // keepalived's view: a failing check lowers this relay's priority (or, with
 // no weight, faults the instance), so the peer takes the VIP.
+//
+// The check lives with the relay because rule 4 reads what the relay
+// reports about itself (Role, LinksUp, NoLinksSince: see status.go).
+
+// The relay's default addresses, which the check probes on the same host.
+const (
+	DefaultAdminAddr = "127.0.0.1:9100"
+	DefaultLinkAddr  = ":7000"
+)
 
 // CheckConfig is what the check needs to know.
 type CheckConfig struct {
@@ -39,10 +52,10 @@ type CheckConfig struct {
 	Link    string        // the relay's link address, host:port; empty skips rule 3
 	Timeout time.Duration // per probe
 	Grace   time.Duration // rule 4's grace period
-	// Registered counts the message servers registered in Redis; nil means
-	// "use what the relay has seen". An error makes rule 4 fall back to that
-	// too: a Redis outage must not move the VIP.
-	Registered func(ctx context.Context) (int, error)
+	// Redis is where message servers register (see store.Servers); nil
+	// means "use what the relay has seen". An error makes rule 4 fall back
+	// to that too: a Redis outage must not move the VIP.
+	Redis redis.UniversalClient
 }
 
 // CheckResult is the verdict and its one-line reason.
@@ -66,19 +79,19 @@ func Check(ctx context.Context, cfg CheckConfig) CheckResult {
 		}
 	}
 	servers, source := len(rep.Links), "seen by this relay"
-	if cfg.Registered != nil && rep.Role == "master" && rep.LinksUp == 0 {
+	if cfg.Redis != nil && rep.Role == "master" && rep.LinksUp == 0 {
 		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-		n, err := cfg.Registered(rctx)
+		registered, err := store.Servers(rctx, cfg.Redis)
 		cancel()
 		if err == nil {
-			servers, source = n, "registered in Redis"
+			servers, source = len(registered), "registered in Redis"
 		}
 	}
 	return Evaluate(rep, servers, source, cfg.Grace, time.Now())
 }
 
 // Evaluate is rule 4 and 5 on a report from a live, serving relay.
-func Evaluate(rep Report, servers int, source string, grace time.Duration, now time.Time) CheckResult {
+func Evaluate(rep health.Report, servers int, source string, grace time.Duration, now time.Time) CheckResult {
 	total := len(rep.Links)
 	switch {
 	case rep.Role == "master" && rep.LinksUp == 0 && servers > 0:
@@ -100,24 +113,24 @@ func Evaluate(rep Report, servers int, source string, grace time.Duration, now t
 	}
 }
 
-func fetchReport(ctx context.Context, admin string, timeout time.Duration) (Report, error) {
+func fetchReport(ctx context.Context, admin string, timeout time.Duration) (health.Report, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/healthz", nil)
 	if err != nil {
-		return Report{}, err
+		return health.Report{}, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return Report{}, err
+		return health.Report{}, err
 	}
 	defer resp.Body.Close()
-	var rep Report
+	var rep health.Report
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rep); err != nil {
-		return Report{}, fmt.Errorf("bad /healthz document (HTTP %d): %w", resp.StatusCode, err)
+		return health.Report{}, fmt.Errorf("bad /healthz document (HTTP %d): %w", resp.StatusCode, err)
 	}
 	if resp.StatusCode != http.StatusOK && rep.Serving {
-		return Report{}, fmt.Errorf("HTTP %d", resp.StatusCode)
+		return health.Report{}, fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	return rep, nil
 }
@@ -136,16 +149,16 @@ func probeLink(ctx context.Context, addr string, timeout time.Duration) error {
 	return wire.ReadChallenge(conn)
 }
 
-// CheckMain is the "relay check" command. registered, if not nil, builds
-// the Redis registry counter from the --redis URL.
-func CheckMain(args []string, stdout, stderr io.Writer, registered func(redisURL string) (func(context.Context) (int, error), func(), error)) int {
+// CheckMain is the "relay check" command. Exit codes: 0 pass, 1 fail, 2 bad
+// flags (an unparsable --redis URL among them).
+func CheckMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("relay check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	admin := fs.String("admin", "127.0.0.1:9100", "the relay's admin address")
-	link := fs.String("link", "127.0.0.1:7000", "the relay's link address to probe; empty skips the probe")
+	admin := fs.String("admin", DefaultAdminAddr, "the relay's admin address")
+	link := fs.String("link", "127.0.0.1"+DefaultLinkAddr, "the relay's link address to probe; empty skips the probe")
 	timeout := fs.Duration("timeout", 500*time.Millisecond, "time allowed for each probe")
 	grace := fs.Duration("grace", 3*time.Second, "how long a VIP holder may have no links before it fails")
-	redisURL := fs.String("redis", "", "Redis URL to count registered message servers; empty: use the servers the relay has seen")
+	redisURL := fs.String("redis", "", "Redis URL, as msgserver --redis, to count registered message servers in; empty: use the servers the relay has seen")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "relay check: keepalived vrrp_script health check; exits 0 (pass) or 1 (fail) and prints why.")
 		fs.PrintDefaults()
@@ -157,14 +170,14 @@ func CheckMain(args []string, stdout, stderr io.Writer, registered func(redisURL
 		return 2
 	}
 	cfg := CheckConfig{Admin: *admin, Link: *link, Timeout: *timeout, Grace: *grace}
-	if *redisURL != "" && registered != nil {
-		count, closeFn, err := registered(*redisURL)
+	if *redisURL != "" {
+		opts, err := store.ParseURL(*redisURL)
 		if err != nil {
-			fmt.Fprintln(stderr, "relay check:", err)
+			fmt.Fprintln(stderr, "relay check: --redis:", err)
 			return 2
 		}
-		defer closeFn()
-		cfg.Registered = count
+		cfg.Redis = opts.NewClient()
+		defer cfg.Redis.Close()
 	}
 	res := Check(context.Background(), cfg)
 	if res.OK {
