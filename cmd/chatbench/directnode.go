@@ -5,11 +5,11 @@ package main
 // protocol subset a benchmark needs (login, chat, ping; the same JSON reply
 // and event shapes, encoding/json both ways), and passes chats for users it
 // does not hold to its one peer over a single TCP link: the relay's frame
-// format (relay/wire), one writer goroutine per connection draining a
-// bounded queue with one write per batch (internal/sendq, as the message
-// server uses). The peer acks what it delivered and only then does the
-// sender get its "relayed" reply, as through the relay. No relay, no Redis,
-// no authentication, no resend: the floor the relay tier is measured against.
+// format (wire), one writer goroutine per connection draining a bounded
+// queue with one write for everything queued so far (dQueue). The peer acks
+// what it delivered and only then does the sender get its "relayed" reply,
+// as through the relay. No relay, no Redis, no authentication, no resend:
+// the floor the relay tier is measured against.
 
 import (
 	"bufio"
@@ -29,7 +29,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/chatrelay/chatrelay/internal/cli"
-	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/wire"
 )
 
@@ -75,7 +74,7 @@ const (
 
 type directNode struct {
 	id, peer string
-	link     *sendq.Queue
+	link     *dQueue
 	idBase   [8]byte
 	seq      atomic.Uint64
 	sessSeq  atomic.Uint64
@@ -94,7 +93,7 @@ type dPending struct {
 
 type dSession struct {
 	conn net.Conn
-	q    *sendq.Queue
+	q    *dQueue
 	name string // set by login; touched only by the session's reader
 }
 
@@ -104,7 +103,7 @@ func (s *dSession) sendJSON(v any) {
 		return // only strings, numbers and booleans: cannot happen
 	}
 	line = append(line, '\n')
-	if errors.Is(s.q.Write(line), sendq.ErrFull) {
+	if errors.Is(s.q.write(line), errDQueueFull) {
 		s.conn.Close() // slow consumer: cut, as msgserver does
 	}
 }
@@ -162,13 +161,13 @@ func runDirectNodeCmd(args []string, stdout, stderr io.Writer) int {
 	n := &directNode{
 		id:      *id,
 		peer:    *peerID,
-		link:    sendq.New(dLinkQueue, nil),
+		link:    newDQueue(dLinkQueue),
 		users:   make(map[string]*dSession),
 		pending: make(map[wire.ID]dPending),
 	}
 	_, _ = rand.Read(n.idBase[:])
 	linkErr := make(chan error, 2)
-	go func() { linkErr <- n.link.Run(link, dWriteTimeout) }()
+	go func() { linkErr <- n.link.run(link, dWriteTimeout) }()
 	go func() { linkErr <- n.readLink(link) }()
 	go n.accept(ln)
 	fmt.Fprintf(stdout, "ready %s\n", ln.Addr())
@@ -221,11 +220,11 @@ func (n *directNode) accept(ln net.Listener) {
 }
 
 func (n *directNode) serveClient(c net.Conn) {
-	s := &dSession{conn: c, q: sendq.New(dQueueBytes, nil)}
+	s := &dSession{conn: c, q: newDQueue(dQueueBytes)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = s.q.Run(c, dWriteTimeout)
+		_ = s.q.run(c, dWriteTimeout)
 		c.Close()
 	}()
 	br := bufio.NewReaderSize(c, dMaxLine)
@@ -243,7 +242,7 @@ func (n *directNode) serveClient(c net.Conn) {
 		delete(n.users, s.name)
 	}
 	n.mu.Unlock()
-	s.q.Close()
+	s.q.close()
 	<-done
 }
 
@@ -309,7 +308,7 @@ func (n *directNode) chat(s *dSession, r dRequest) {
 	n.pending[id] = dPending{sender: s, ref: r.Ref}
 	n.pmu.Unlock()
 	f := &wire.Forward{ID: id, Origin: n.id, Dest: n.peer, Payload: appendDirectPayload(nil, s.name, r.Recv, ts, r.Content)}
-	if err := n.link.Append(func(b []byte) []byte { return wire.AppendForward(b, f) }); err != nil {
+	if err := n.link.append(func(b []byte) []byte { return wire.AppendForward(b, f) }); err != nil {
 		n.pmu.Lock()
 		delete(n.pending, id)
 		n.pmu.Unlock()
@@ -342,7 +341,7 @@ func (n *directNode) readLink(c net.Conn) error {
 				code = wire.AckDelivered
 			}
 			a := wire.Ack{ID: f.ID, Origin: n.id, Dest: f.Origin, Code: code}
-			if err := n.link.Append(func(b []byte) []byte { return wire.AppendAck(b, wire.TypeAck, a) }); err != nil {
+			if err := n.link.append(func(b []byte) []byte { return wire.AppendAck(b, wire.TypeAck, a) }); err != nil {
 				return err
 			}
 		case wire.TypeAck:

@@ -126,17 +126,16 @@ type benchUser struct {
 }
 
 type benchRun struct {
-	cfg                 xnodeConfig
-	size                int
-	start, measureFrom  time.Time
-	measureTo           time.Time
-	stopSending         atomic.Bool
-	sent, errs, inFlow  atomic.Int64
-	deliveredInWindow   atomic.Int64
-	totalReceived       atomic.Int64
-	cpuMu               sync.Mutex
-	cpuPer1k            map[string]float64
-	windowStartReceived int64
+	cfg                xnodeConfig
+	size               int
+	start, measureFrom time.Time
+	measureTo          time.Time
+	stopSending        atomic.Bool
+	sent, errs         atomic.Int64
+	deliveredInWindow  atomic.Int64
+	totalReceived      atomic.Int64
+	cpuMu              sync.Mutex
+	cpuPer1k           map[string]float64
 }
 
 func runXnode(cfg xnodeConfig) (*result, error) {

@@ -37,16 +37,6 @@ func (f *flushCounter) flushed(bytes, items int, _ time.Duration) {
 	f.bytes.Add(int64(bytes))
 }
 
-// waitDone waits for a started queue's Done.
-func waitDone(t *testing.T, q *Queue) {
-	t.Helper()
-	select {
-	case <-q.Done():
-	case <-time.After(waitTimeout):
-		t.Fatalf("Done not closed within %v", waitTimeout)
-	}
-}
-
 // An idle started queue is written by the producer itself, before Append
 // returns: no goroutine, no wake-up.
 func TestAppendWritesInline(t *testing.T) {

@@ -1,6 +1,6 @@
-// Package sendq is the outbound side of every connection in the project: a
-// bounded byte queue that producers append encoded frames or lines to, drained
-// with a single write per batch.
+// Package sendq is the outbound side of every connection of the relay and the
+// message servers: a bounded byte queue that producers append encoded frames
+// or lines to, drained with a single write per batch.
 //
 // Producers never block on the network: Append copies into the pending buffer
 // and returns. When the pending bytes exceed the limit the queue reports
@@ -8,16 +8,16 @@
 // waited for). A write takes everything queued so far, so under load many
 // frames share one syscall and at low rates nothing waits for a timer.
 //
-// A started queue (Start, NewWriter) writes without a goroutine of its own
-// when it can: the producer that finds it idle makes one non-blocking write
-// itself; only what the socket does not take at once, or what arrives while
-// that write runs, goes to a writer goroutine that lives until the queue is
-// empty. A reader that queues to many connections while handling one read
-// buffer passes a Batch (AppendTo) and flushes it before it reads again, so
-// each connection gets one write for everything that buffer produced (the
-// way nats-server flushes the clients a read touched). Both matter: on
-// loopback a write syscall also runs the receiver's side of TCP and wakes
-// it, and it was the largest cost of a relayed message in the profile.
+// The queue writes without a goroutine of its own when it can: the producer
+// that finds it idle makes one non-blocking write itself; only what the
+// socket does not take at once, or what arrives while that write runs, goes
+// to a writer goroutine that lives until the queue is empty. A reader that
+// queues to many connections while handling one read buffer passes a Batch
+// (AppendTo) and flushes it before it reads again, so each connection gets
+// one write for everything that buffer produced (the way nats-server
+// flushes the clients a read touched). Both matter: on loopback a write
+// syscall also runs the receiver's side of TCP and wakes it, and it was the
+// largest cost of a relayed message in the profile.
 package sendq
 
 import (
@@ -39,9 +39,7 @@ var (
 
 // Queue is a bounded outbound byte queue for one connection.
 type Queue struct {
-	max    int
-	notify chan struct{}
-	done   chan struct{}
+	max int
 
 	mu      sync.Mutex
 	buf     []byte
@@ -50,8 +48,8 @@ type Queue struct {
 	closed  bool
 	flushed func(bytes, items int, waited time.Duration)
 
-	// Self-writing mode (Start): a goroutine exists only while there is
-	// something to write.
+	// The connection (Start) and the state of writing to it: a goroutine
+	// exists only while there is something the socket did not take at once.
 	conn         net.Conn
 	raw          syscall.RawConn // for non-blocking inline writes; nil if conn has none
 	closer       func()          // ends the connection after a failed write (SetCloser); nil: conn.Close
@@ -64,9 +62,9 @@ type Queue struct {
 	drained      chan struct{} // made by Done, closed when finished
 }
 
-// Idle started queues hold no buffer: a write's buffer goes back to this
-// pool, and the next item takes one from it. With many idle connections
-// that is a buffer per busy connection, not one per connection.
+// Idle queues hold no buffer: a write's buffer goes back to this pool, and
+// the next item takes one from it. With many idle connections that is a
+// buffer per busy connection, not one per connection.
 const poolBufSize = 2048
 
 var bufPool = sync.Pool{New: func() any { return new([poolBufSize]byte) }}
@@ -79,7 +77,7 @@ func putBuf(b []byte) {
 	}
 }
 
-// finishLocked records that a started queue is done; q.mu is held.
+// finishLocked records that the queue is done; q.mu is held.
 func (q *Queue) finishLocked() {
 	if !q.finished {
 		q.finished = true
@@ -90,30 +88,26 @@ func (q *Queue) finishLocked() {
 }
 
 // New returns a queue that refuses new items once more than maxBytes are
-// unwritten (so it may hold maxBytes plus one item).
+// unwritten (so it may hold maxBytes plus one item). It writes once Start
+// gives it its connection; items queued before that wait for it.
 // flushed, if not nil, is called after each write with its size in bytes, in
 // items (calls to Append), and how long its oldest item waited; use it for
 // metrics.
 func New(maxBytes int, flushed func(bytes, items int, waited time.Duration)) *Queue {
-	return &Queue{
-		max:     maxBytes,
-		notify:  make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		flushed: flushed,
-	}
+	return &Queue{max: maxBytes, flushed: flushed}
 }
 
 // Append lets fn append one item to the pending buffer. It never blocks on
-// the network. A started queue with no write under way is written at once,
-// from the calling goroutine, with one non-blocking write.
+// the network. A queue with no write under way is written at once, from
+// the calling goroutine, with one non-blocking write.
 func (q *Queue) Append(fn func([]byte) []byte) error {
 	return q.AppendTo(nil, fn)
 }
 
 // AppendTo is Append for a producer that is handling a batch of input: the
 // write is left to b.Flush, which the producer calls before it blocks, so
-// everything the batch queued here goes out in one write. A nil b, or a
-// queue drained by Run, behaves as Append.
+// everything the batch queued here goes out in one write. A nil b behaves
+// as Append.
 func (q *Queue) AppendTo(b *Batch, fn func([]byte) []byte) error {
 	q.mu.Lock()
 	if q.closed {
@@ -133,13 +127,7 @@ func (q *Queue) AppendTo(b *Batch, fn func([]byte) []byte) error {
 	q.buf = fn(q.buf)
 	q.items++
 	switch {
-	case q.conn == nil: // drained by Run
-		q.mu.Unlock()
-		select {
-		case q.notify <- struct{}{}:
-		default:
-		}
-	case q.writing: // the write under way takes it next
+	case q.conn == nil || q.writing: // Start, or the write under way, takes it
 		q.mu.Unlock()
 	case b != nil:
 		add := !q.marked
@@ -154,8 +142,8 @@ func (q *Queue) AppendTo(b *Batch, fn func([]byte) []byte) error {
 	return nil
 }
 
-// Batch is the set of started queues one producer appended to with
-// AppendTo since its last Flush. It belongs to that producer's goroutine.
+// Batch is the set of queues one producer appended to with AppendTo since
+// its last Flush. It belongs to that producer's goroutine.
 type Batch struct{ qs []*Queue }
 
 // Flush writes every queue of the batch that has no write under way.
@@ -281,19 +269,20 @@ func (q *Queue) SetCloser(fn func()) {
 	q.mu.Unlock()
 }
 
-// NewWriter returns a queue that writes to conn by itself (see Start),
-// without the channels a Run loop needs: the form for many idle
-// connections, where every byte per connection counts.
+// NewWriter returns a queue, without a flushed callback, already writing to
+// conn (New, then Start).
 func NewWriter(maxBytes int, conn net.Conn, writeTimeout time.Duration) *Queue {
-	q := &Queue{max: maxBytes}
+	q := New(maxBytes, nil)
 	q.Start(conn, writeTimeout)
 	return q
 }
 
-// Start makes the queue write to conn by itself, instead of a Run loop:
-// a goroutine is started when items arrive and ends when the queue is
-// empty, so an idle connection costs no goroutine. Done is closed once the
-// queue is closed and everything is written, or a write failed.
+// Start makes the queue write to conn: inline from the producers, and from
+// a goroutine that is started only for what the socket does not take at
+// once and ends when the queue is empty, so an idle connection costs no
+// goroutine. Each write the goroutine makes has the given deadline. Done is
+// closed once the queue is closed and everything is written, or a write
+// failed. Call Start once.
 func (q *Queue) Start(conn net.Conn, writeTimeout time.Duration) {
 	var raw syscall.RawConn
 	if sc, ok := conn.(syscall.Conn); ok {
@@ -312,7 +301,8 @@ func (q *Queue) Start(conn net.Conn, writeTimeout time.Duration) {
 	}
 }
 
-// Done is closed when a started queue is closed and drained (see Start).
+// Done is closed when the queue is closed and drained, or a write failed
+// (see Start).
 func (q *Queue) Done() <-chan struct{} {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -325,7 +315,7 @@ func (q *Queue) Done() <-chan struct{} {
 	return q.drained
 }
 
-// Err is the write error that ended a started queue, if any.
+// Err is the write error that ended the queue, if any.
 func (q *Queue) Err() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -388,16 +378,11 @@ func (q *Queue) Len() int {
 	return len(q.buf)
 }
 
-// Close stops the writer after it has written what is already queued
-// (bounded by the write timeout). Appends after Close fail.
+// Close stops the queue after what is already queued is written (bounded
+// by the write timeout); Done tells when. Appends after Close fail.
 func (q *Queue) Close() {
 	q.mu.Lock()
-	if !q.closed {
-		q.closed = true
-		if q.done != nil {
-			close(q.done)
-		}
-	}
+	q.closed = true
 	if q.conn != nil && !q.writing && len(q.buf) > 0 {
 		q.writeLocked() // items left for a Batch that has not flushed yet
 		return
@@ -406,47 +391,4 @@ func (q *Queue) Close() {
 		q.finishLocked()
 	}
 	q.mu.Unlock()
-}
-
-// Run writes queued bytes to conn until the queue is closed or a write fails.
-// Each write has the given deadline. It returns nil after a Close with
-// everything flushed, or the write error.
-func (q *Queue) Run(conn net.Conn, writeTimeout time.Duration) error {
-	var spare []byte
-	for {
-		select {
-		case <-q.notify:
-		case <-q.done:
-		}
-		q.mu.Lock()
-		out, items, oldest, closed := q.buf, q.items, q.oldest, q.closed
-		q.buf, q.items = spare[:0], 0
-		q.mu.Unlock()
-		if len(out) > 0 {
-			if writeTimeout > 0 {
-				_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			}
-			if _, err := conn.Write(out); err != nil {
-				q.Close()
-				return fmt.Errorf("write %d bytes: %w", len(out), err)
-			}
-			if q.flushed != nil {
-				q.flushed(len(out), items, time.Since(oldest))
-			}
-		}
-		// Keep the buffer for the next round unless one burst made it huge.
-		if cap(out) <= 1<<20 {
-			spare = out
-		} else {
-			spare = nil
-		}
-		if closed {
-			q.mu.Lock()
-			empty := len(q.buf) == 0
-			q.mu.Unlock()
-			if empty {
-				return nil
-			}
-		}
-	}
 }

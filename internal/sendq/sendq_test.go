@@ -10,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/chatrelay/chatrelay/internal/tcptest"
 )
 
 // waitTimeout bounds every wait for an event, so a broken queue fails the
@@ -63,35 +61,23 @@ func pipe(t *testing.T) (*countConn, net.Conn) {
 	return &countConn{Conn: a}, b
 }
 
-// runQueue starts q.Run(conn) and returns a channel with its result. The
-// test fails if Run has not returned by the end of the test.
-func runQueue(t *testing.T, q *Queue, conn net.Conn, writeTimeout time.Duration) <-chan error {
-	t.Helper()
-	done := make(chan error, 1)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		done <- q.Run(conn, writeTimeout)
-	}()
-	t.Cleanup(func() {
-		// Unblock a Run stuck on a write nobody reads, then wait for it.
-		q.Close()
-		conn.Close()
-		wg.Wait()
-	})
-	return done
-}
-
-// waitRun waits for Run's result.
-func waitRun(t *testing.T, done <-chan error) error {
+// waitDone waits for the queue's Done.
+func waitDone(t *testing.T, q *Queue) {
 	t.Helper()
 	select {
-	case err := <-done:
-		return err
+	case <-q.Done():
 	case <-time.After(waitTimeout):
-		t.Fatalf("Run did not return within %v", waitTimeout)
-		return nil
+		t.Fatalf("Done not closed within %v", waitTimeout)
+	}
+}
+
+// waitStarted waits for a write on conn to begin.
+func waitStarted(t *testing.T, conn *countConn) {
+	t.Helper()
+	select {
+	case <-conn.started:
+	case <-time.After(waitTimeout):
+		t.Fatal("the queue did not start writing")
 	}
 }
 
@@ -133,7 +119,9 @@ func items(n int) (all []byte, each [][]byte) {
 	return all, each
 }
 
-func TestQueuedTogetherOneWrite(t *testing.T) {
+// Items queued before Start, and a Close, are written by Start in one
+// write; nothing is accepted after Close.
+func TestQueuedBeforeStartOneWrite(t *testing.T) {
 	type flush struct{ bytes, items int }
 	flushes := make(chan flush, 10)
 	q := New(1<<20, func(bytes, items int, waited time.Duration) {
@@ -159,8 +147,13 @@ func TestQueuedTogetherOneWrite(t *testing.T) {
 	if got := q.Len(); got != len(want) {
 		t.Fatalf("Len = %d, want %d", got, len(want))
 	}
+	q.Close()
+	q.Close() // idempotent
+	if err := q.Write([]byte("late")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Write after Close: %v, want ErrClosed", err)
+	}
 
-	done := runQueue(t, q, conn, time.Second)
+	q.Start(conn, time.Second)
 	if got := readN(t, peer, len(want)); !bytes.Equal(got, want) {
 		t.Fatalf("read %q, want %q", got, want)
 	}
@@ -172,9 +165,9 @@ func TestQueuedTogetherOneWrite(t *testing.T) {
 	case <-time.After(waitTimeout):
 		t.Fatal("flushed was not called")
 	}
-	q.Close()
-	if err := waitRun(t, done); err != nil {
-		t.Fatalf("Run: %v", err)
+	waitDone(t, q)
+	if err := q.Err(); err != nil {
+		t.Fatalf("Err = %v", err)
 	}
 	if w := conn.writeLog(); len(w) != 1 {
 		t.Errorf("%d writes for items queued together, want 1: %q", len(w), w)
@@ -182,14 +175,17 @@ func TestQueuedTogetherOneWrite(t *testing.T) {
 	if got := q.Len(); got != 0 {
 		t.Errorf("Len after flush = %d, want 0", got)
 	}
+	// Nothing follows what was queued before Close.
+	if rest := closeAndReadAll(t, conn, peer); len(rest) != 0 {
+		t.Errorf("read %q after the queued items", rest)
+	}
 }
 
-// Items appended while the writer runs arrive in order, each batch in one
-// write.
+// Items appended while the queue is writing arrive in order.
 func TestOrderWhileRunning(t *testing.T) {
 	q := New(1<<20, nil)
 	conn, peer := pipe(t)
-	done := runQueue(t, q, conn, time.Second)
+	q.Start(conn, time.Second)
 
 	var want []byte
 	for round := range 20 {
@@ -205,9 +201,7 @@ func TestOrderWhileRunning(t *testing.T) {
 		}
 	}
 	q.Close()
-	if err := waitRun(t, done); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	waitDone(t, q)
 	if got := bytes.Join(conn.writeLog(), nil); !bytes.Equal(got, want) {
 		t.Errorf("bytes written = %q, want %q", got, want)
 	}
@@ -218,18 +212,13 @@ func TestFullWhilePeerNotReading(t *testing.T) {
 	q := New(max, nil)
 	conn, _ := pipe(t) // the peer never reads
 	conn.started = make(chan struct{}, 1)
-	done := runQueue(t, q, conn, 0)
+	q.Start(conn, 0)
 
-	first := []byte("first\n")
-	if err := q.Write(first); err != nil {
+	if err := q.Write([]byte("first\n")); err != nil {
 		t.Fatal(err)
 	}
-	// Run took the first item and is now blocked writing it.
-	select {
-	case <-conn.started:
-	case <-time.After(waitTimeout):
-		t.Fatal("Run did not start writing")
-	}
+	// The writer took the first item and is now blocked writing it.
+	waitStarted(t, conn)
 
 	item := []byte("0123456789")
 	var err error
@@ -256,68 +245,35 @@ func TestFullWhilePeerNotReading(t *testing.T) {
 	}
 
 	select {
-	case err := <-done:
-		t.Fatalf("Run returned %v while its write was blocked", err)
+	case <-q.Done():
+		t.Fatalf("Done while a write was blocked (Err %v)", q.Err())
 	default:
 	}
-	// The owner cuts the slow consumer: Run's write fails and it returns.
+	// The owner cuts the slow consumer: the blocked write fails and ends
+	// the queue.
 	conn.Close()
-	if err := waitRun(t, done); err == nil {
-		t.Error("Run returned nil after its connection was closed mid-write")
+	waitDone(t, q)
+	if q.Err() == nil {
+		t.Error("no error after the connection was closed mid-write")
 	}
 	if err := q.Write(item); !errors.Is(err, ErrClosed) {
-		t.Errorf("Write after Run failed: %v, want ErrClosed", err)
+		t.Errorf("Write after a failed write: %v, want ErrClosed", err)
 	}
 }
 
-func TestCloseBeforeRunFlushes(t *testing.T) {
-	q := New(1<<20, nil)
-	conn, peer := pipe(t)
-	want, each := items(10)
-	for _, item := range each {
-		if err := q.Write(item); err != nil {
-			t.Fatal(err)
-		}
-	}
-	q.Close()
-	q.Close() // idempotent
-	if err := q.Write([]byte("late")); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Write after Close: %v, want ErrClosed", err)
-	}
-
-	done := runQueue(t, q, conn, time.Second)
-	if got := readN(t, peer, len(want)); !bytes.Equal(got, want) {
-		t.Fatalf("read %q, want %q", got, want)
-	}
-	if err := waitRun(t, done); err != nil {
-		t.Fatalf("Run after Close: %v, want nil", err)
-	}
-	if w := conn.writeLog(); len(w) != 1 {
-		t.Errorf("%d writes, want 1", len(w))
-	}
-	// Nothing follows what was queued before Close.
-	if rest := closeAndReadAll(t, conn, peer); len(rest) != 0 {
-		t.Errorf("read %q after the queued items", rest)
-	}
-}
-
-// Close while Run is blocked writing: what was queued behind the blocked
-// write is still written before Run returns nil.
+// Close while a write is blocked: what was queued behind it is still
+// written before Done.
 func TestCloseWhileWritingFlushes(t *testing.T) {
 	q := New(1<<20, nil)
 	conn, peer := pipe(t)
 	conn.started = make(chan struct{}, 1)
-	done := runQueue(t, q, conn, 0)
+	q.Start(conn, 0)
 
 	first := []byte("first\n")
 	if err := q.Write(first); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-conn.started:
-	case <-time.After(waitTimeout):
-		t.Fatal("Run did not start writing")
-	}
+	waitStarted(t, conn)
 	rest, each := items(5)
 	for _, item := range each {
 		if err := q.Write(item); err != nil {
@@ -328,105 +284,104 @@ func TestCloseWhileWritingFlushes(t *testing.T) {
 	if err := q.Write([]byte("late")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Write after Close: %v, want ErrClosed", err)
 	}
+	select {
+	case <-q.Done():
+		t.Fatal("Done before the queued items were written")
+	default:
+	}
 
 	want := append(append([]byte(nil), first...), rest...)
 	if got := readN(t, peer, len(want)); !bytes.Equal(got, want) {
 		t.Fatalf("read %q, want %q", got, want)
 	}
-	if err := waitRun(t, done); err != nil {
-		t.Fatalf("Run: %v, want nil", err)
+	waitDone(t, q)
+	if err := q.Err(); err != nil {
+		t.Fatalf("Err = %v", err)
 	}
 	if w := conn.writeLog(); len(w) != 2 {
 		t.Errorf("%d writes, want 2 (the blocked one and the rest together): %q", len(w), w)
 	}
 }
 
-func TestCloseIdleRun(t *testing.T) {
+func TestCloseIdle(t *testing.T) {
 	q := New(1<<20, nil)
 	conn, _ := pipe(t)
-	done := runQueue(t, q, conn, time.Second)
+	q.Start(conn, time.Second)
 	q.Close()
-	if err := waitRun(t, done); err != nil {
-		t.Fatalf("Run: %v, want nil", err)
+	waitDone(t, q)
+	if err := q.Err(); err != nil {
+		t.Fatalf("Err = %v", err)
 	}
 	if w := conn.writeLog(); len(w) != 0 {
 		t.Errorf("idle queue wrote %q", w)
 	}
 }
 
-func TestRunWriteError(t *testing.T) {
+// A failed write ends the queue, reports its error and closes the
+// connection, so that the owner's reader ends too.
+func TestWriteErrorEndsQueue(t *testing.T) {
 	boom := errors.New("boom")
 	q := New(1<<20, func(int, int, time.Duration) {
 		t.Error("flushed called for a failed write")
 	})
-	conn, _ := pipe(t)
+	conn, peer := pipe(t)
 	conn.failWith = boom
+	// Before the queue closes conn: net.Pipe refuses deadlines after that.
+	if err := peer.SetReadDeadline(time.Now().Add(waitTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	q.Start(conn, time.Second)
 	if err := q.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
-	done := runQueue(t, q, conn, time.Second)
-	err := waitRun(t, done)
-	if !errors.Is(err, boom) {
-		t.Fatalf("Run: %v, want an error wrapping %v", err, boom)
+	waitDone(t, q)
+	if err := q.Err(); !errors.Is(err, boom) {
+		t.Fatalf("Err = %v, want an error wrapping %v", err, boom)
 	}
 	if err := q.Write([]byte("more")); !errors.Is(err, ErrClosed) {
 		t.Errorf("Write after a failed write: %v, want ErrClosed", err)
 	}
+	if got, err := io.ReadAll(peer); err != nil || len(got) != 0 {
+		t.Errorf("peer read %q, %v; want EOF (the queue closes the connection)", got, err)
+	}
 }
 
-func TestRunPeerClosed(t *testing.T) {
-	q := New(1<<20, nil)
+// SetCloser replaces conn.Close after a failed write (a message server
+// session's queue: NewWriter, then SetCloser).
+func TestSetCloserOnWriteError(t *testing.T) {
 	conn, peer := pipe(t)
-	peer.Close()
+	conn.failWith = errors.New("boom")
+	q := NewWriter(1<<20, conn, time.Second)
+	closed := make(chan struct{})
+	q.SetCloser(func() { close(closed) })
 	if err := q.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
-	done := runQueue(t, q, conn, time.Second)
-	if err := waitRun(t, done); !errors.Is(err, io.ErrClosedPipe) {
-		t.Fatalf("Run: %v, want an error wrapping io.ErrClosedPipe", err)
+	select {
+	case <-closed:
+	case <-time.After(waitTimeout):
+		t.Fatal("the closer was not called after a failed write")
+	}
+	waitDone(t, q)
+	// The queue left the connection to the closer: it is still open.
+	go func() { _, _ = conn.Conn.Write([]byte("x")) }()
+	if got := readN(t, peer, 1); string(got) != "x" {
+		t.Fatalf("peer read %q", got)
 	}
 }
 
 // A peer that stops reading is cut by the write deadline.
-func TestRunWriteTimeout(t *testing.T) {
+func TestWriteTimeoutEndsQueue(t *testing.T) {
 	q := New(1<<20, nil)
 	conn, _ := pipe(t) // the peer never reads
+	q.Start(conn, 20*time.Millisecond)
 	if err := q.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
-	done := runQueue(t, q, conn, 20*time.Millisecond)
-	if err := waitRun(t, done); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("Run: %v, want an error wrapping os.ErrDeadlineExceeded", err)
+	waitDone(t, q)
+	if err := q.Err(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Err = %v, want an error wrapping os.ErrDeadlineExceeded", err)
 	}
-}
-
-// Over real TCP, many producers' items all arrive, each intact.
-func TestConcurrentProducersTCP(t *testing.T) {
-	server, client := tcptest.Pair(t)
-	q := New(1<<20, nil)
-	done := runQueue(t, q, server, time.Second)
-
-	const producers, perProducer = 8, 200
-	var wg sync.WaitGroup
-	for p := range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perProducer {
-				line := fmt.Appendf(nil, "p%d-%04d\n", p, i)
-				if err := q.Write(line); err != nil {
-					t.Errorf("producer %d item %d: %v", p, i, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	q.Close()
-	if err := waitRun(t, done); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	checkProducerLines(t, closeAndReadAll(t, server, client), producers, perProducer)
 }
 
 // checkProducerLines checks that got holds every "p<producer>-<item>" line
