@@ -12,8 +12,8 @@ import (
 )
 
 // Closing a session whose client has reset the connection returns: the
-// closing line's write fails inside closeWith, and what the failed write
-// calls must not wait for closeWith itself (it did: a kick or a shutdown
+// closing line's write fails inside close, and what the failed write
+// calls must not wait for that close itself (it did: a kick or a shutdown
 // hung on such a session, and with it the relay link's reader or Close).
 func TestCloseAfterClientResetReturns(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
@@ -38,12 +38,12 @@ func TestCloseAfterClientResetReturns(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		sess.closeWith(CodeKicked, "logged in elsewhere")
+		sess.close(closeKickedRemote)
 	}()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("closeWith on a reset connection did not return")
+		t.Fatal("close on a reset connection did not return")
 	}
 	if !sess.isClosed() || sess.q.Err() == nil {
 		t.Fatalf("closed=%v write error=%v: want a closed session with its write error", sess.isClosed(), sess.q.Err())

@@ -155,14 +155,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		s.mu.Unlock()
 		if refused {
-			code, msg := CodeShuttingDown, "server shutting down"
+			reason := closeRefusedDraining
 			if full {
-				code, msg = CodeServerFull, fmt.Sprintf("server is at its limit of %d connections", s.cfg.MaxSessions)
+				reason = closeRefusedFull
 			}
-			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = conn.Write(appendJSONLine(nil, closingEvent{Event: "closing", Code: code, Reason: msg}))
-			conn.Close()
-			s.m.disconnect(code)
+			sess.close(reason) // tells the client, closes the connection; the session never runs
 			continue
 		}
 		go sess.run() // the session's finish calls s.wg.Done
@@ -247,7 +244,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	s.routes.forget(r.Name)
 
 	if prev != nil && prev != sess {
-		prev.closeWith(CodeKicked, "logged in again from another connection")
+		prev.close(closeKickedLocal)
 	} else if c.had && c.old.server != s.cfg.ID && s.up != nil {
 		k := wire.Kick{Origin: s.cfg.ID, Dest: c.old.server, User: r.Name, Session: c.old.session}
 		s.up.control(func(b []byte) []byte { return wire.AppendKick(b, k) })
@@ -307,7 +304,7 @@ func (s *Server) onKick(k wire.Kick) {
 	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
 	s.log.Debug("session taken over from another server", "user", k.User, "by", k.Origin)
-	sess.closeWith(CodeKicked, "logged in again on another server")
+	sess.close(closeKickedRemote)
 }
 
 // newID returns a message id unique across servers and restarts: a random
@@ -465,7 +462,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, sess := range conns {
-		sess.closeWith(CodeShuttingDown, "server shutting down; reconnect to another server")
+		sess.close(closeShutdown)
 	}
 	// Let the sessions end (bounded), so that every release they queued is
 	// done here, before Close stops the releaser.
@@ -500,7 +497,7 @@ func (s *Server) Close() error {
 		ln.Close()
 	}
 	for sess := range s.conns {
-		sess.abort()
+		sess.close(closeServerClosed)
 	}
 	s.mu.Unlock()
 	s.cancel()
