@@ -8,15 +8,17 @@ import "time"
 // again, or closes, the poller starts a new reader (resume). A chat
 // server's clients are silent nearly all the time, so this is most of the
 // memory of an idle session. Everything else works as before while parked:
-// messages to the user are written by the sender's goroutine, kicks and
-// shutdown close it (unpark), and a timer enforces the idle timeout.
+// messages to the user are written by the sender's goroutine, a close
+// (kick, shutdown...) takes it back from the poller (unpark), and a timer
+// enforces the idle timeout.
 
 // The rules that keep this safe: a session's closed flag is set before
-// anyone looks at unparkFn, park registers only under pmu and only if the
+// anyone looks at cancelWait, park registers only under pmu and only if the
 // session is not closed, and whoever takes a parked session back (resume,
-// unpark) does it under pmu. A closer that also closes the connection does
-// so under pmu, after taking the session out of the poller, so the poller
-// never holds a descriptor that was closed (and maybe reused).
+// unpark, the idle timer) does it under pmu. A close that drops the
+// connection (or a failed write) closes it under pmu, after taking the
+// session out of the poller, so the poller never holds a descriptor that
+// was closed (and maybe reused).
 
 // park hands the session to the poller and reports whether it did; the
 // calling reader goroutine then ends. idleLeft is the time to the idle
@@ -32,7 +34,7 @@ func (s *session) park(idleLeft time.Duration) bool {
 		s.srv.log.Debug("session not parked: it keeps its goroutine", "session", s.id, "remote", s.remote, "err", err)
 		return false
 	}
-	s.unparkFn = cancel
+	s.cancelWait = cancel
 	s.idleTimer = time.AfterFunc(idleLeft, s.parkedIdleExpired)
 	s.srv.m.parked(1)
 	return true
@@ -43,7 +45,7 @@ func (s *session) park(idleLeft time.Duration) bool {
 func (s *session) resume() {
 	s.pmu.Lock()
 	t := s.idleTimer
-	s.unparkFn, s.idleTimer = nil, nil
+	s.cancelWait, s.idleTimer = nil, nil
 	s.srv.m.parked(-1)
 	s.pmu.Unlock()
 	if t != nil {
@@ -52,14 +54,15 @@ func (s *session) resume() {
 	s.run()
 }
 
-// unpark takes a parked session back from the poller and finishes it; the
-// session is already marked closed. With closeConn, the connection is
-// closed too, while the poller cannot hold it. If the poller has just
-// started a reader, that reader sees the session closed and finishes it.
+// unpark, called by session.close, takes a parked session back from the
+// poller and finishes it; the session is already marked closed. With
+// closeConn, the connection is closed too, while the poller cannot hold it.
+// If the poller has just started a reader, that reader sees the session
+// closed and finishes it.
 func (s *session) unpark(closeConn bool) {
 	s.pmu.Lock()
-	cancel, t := s.unparkFn, s.idleTimer
-	s.unparkFn, s.idleTimer = nil, nil
+	cancel, t := s.cancelWait, s.idleTimer
+	s.cancelWait, s.idleTimer = nil, nil
 	taken := cancel != nil && cancel()
 	if taken {
 		s.srv.m.parked(-1)
@@ -81,20 +84,15 @@ func (s *session) unpark(closeConn bool) {
 // to a reader (its client spoke at the deadline) is left to that reader.
 func (s *session) parkedIdleExpired() {
 	s.pmu.Lock()
-	cancel := s.unparkFn
+	cancel := s.cancelWait
 	taken := cancel != nil && cancel()
 	if taken {
-		s.unparkFn, s.idleTimer = nil, nil
+		s.cancelWait, s.idleTimer = nil, nil
 		s.srv.m.parked(-1)
 	}
 	s.pmu.Unlock()
 	if taken {
-		s.idleExpired()
+		s.close(closeIdleTimeout)
 		s.finish() // this timer goroutine is the session's last
 	}
-}
-
-// idleExpired closes a session whose client sent nothing for IdleTimeout.
-func (s *session) idleExpired() {
-	s.closeWith(CodeIdleTimeout, "no request for "+s.srv.cfg.IdleTimeout.String())
 }

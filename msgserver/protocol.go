@@ -29,8 +29,10 @@ import (
 // Events arrive unasked, with "event" naming them:
 //
 //	{"event":"chat","id":"...","from":"zhima201","to":"zhima202","content":"how are you","ts":1732000000000}
-//	{"event":"kicked","reason":"..."}   then the server closes the connection
+//	{"event":"kicked","code":"...","reason":"..."}   then the server closes the connection
 //	{"event":"closing","code":"...","reason":"..."}   the same, for other reasons
+//
+// Which close sends which line is in closeRules (session.go).
 
 // Error codes a client can rely on.
 const (

@@ -157,14 +157,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		s.mu.Unlock()
 		if refused {
-			code, msg := CodeShuttingDown, "server shutting down"
+			reason := closeRefusedDraining
 			if full {
-				code, msg = CodeServerFull, fmt.Sprintf("server is at its limit of %d connections", s.cfg.MaxSessions)
+				reason = closeRefusedFull
 			}
-			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = conn.Write(appendJSONLine(nil, closingEvent{Event: "closing", Code: code, Reason: msg}))
-			conn.Close()
-			s.m.disconnect(code)
+			sess.close(reason) // tells the client, closes the connection; the session never runs
 			continue
 		}
 		go sess.run() // the session's finish calls s.wg.Done
@@ -249,7 +246,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	s.routes.forget(r.Name)
 
 	if prev != nil && prev != sess {
-		prev.closeWith(CodeKicked, "logged in again from another connection")
+		prev.close(closeKickedLocal)
 	} else if c.Had && c.Old.Server != s.cfg.ID && s.up != nil {
 		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
 		s.up.control(func(b []byte) []byte { return wire.AppendKick(b, k) })
@@ -309,7 +306,7 @@ func (s *Server) onKick(k wire.Kick) {
 	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
 	s.log.Debug("session taken over from another server", "user", k.User, "by", k.Origin)
-	sess.closeWith(CodeKicked, "logged in again on another server")
+	sess.close(closeKickedRemote)
 }
 
 // newID returns a message id unique across servers and restarts: a random
@@ -467,7 +464,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, sess := range conns {
-		sess.closeWith(CodeShuttingDown, "server shutting down; reconnect to another server")
+		sess.close(closeShutdown)
 	}
 	// Let the sessions end (bounded), so that every release they queued is
 	// done here, before Close stops the releaser.
@@ -502,7 +499,7 @@ func (s *Server) Close() error {
 		ln.Close()
 	}
 	for sess := range s.conns {
-		sess.abort()
+		sess.close(closeServerClosed)
 	}
 	s.mu.Unlock()
 	s.cancel()

@@ -3,9 +3,13 @@ package msgserver
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -39,13 +43,13 @@ type session struct {
 	badInARow int
 
 	closeOnce sync.Once
-	closed    atomic.Bool // set once, by the first close; no channel: 96 bytes less per session
+	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
 
 	// While parked: how to take the session back from the poller, and the
 	// timer that closes it at the idle timeout.
-	pmu       sync.Mutex
-	unparkFn  func() bool
-	idleTimer *time.Timer
+	pmu        sync.Mutex
+	cancelWait func() bool
+	idleTimer  *time.Timer
 }
 
 func newSession(srv *Server, conn net.Conn) *session {
@@ -59,19 +63,17 @@ func newSession(srv *Server, conn net.Conn) *session {
 		s.raw, _ = sc.SyscallConn()
 	}
 	s.q = sendq.NewWriter(srv.cfg.SessionQueueBytes, conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
-	s.q.SetCloser(s.dropConn)                                                    // a failed write must take the session out of the poller first
+	// A failed write must take the session out of the poller first.
+	s.q.SetCloser(func() { s.close(closeWriteFailed) })
 	return s
 }
 
 // queue lets fn append one line for the client. With a batch, the write
-// waits for b.Flush (the uplink reader flushes once per read); without, it
-// is made at once. A client too slow to take it is cut.
-func (s *session) queue(b *sendq.Batch, fn func([]byte) []byte) {
-	if err := s.q.AppendTo(b, fn); errors.Is(err, sendq.ErrFull) {
-		// Not s.name: this runs on the sender's goroutine, not the owner's.
-		s.srv.log.Warn("client too slow, disconnecting", "session", s.id, "remote", s.remote, "queued_bytes", s.q.Len())
-		s.srv.m.disconnect(CodeSlowConsumer)
-		s.abort()
+// waits for batch.Flush (the uplink reader flushes once per read); without,
+// it is made at once. A client too slow to take it is cut.
+func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) {
+	if err := s.q.AppendTo(batch, fn); errors.Is(err, sendq.ErrFull) {
+		s.close(closeSlowConsumer)
 	}
 }
 
@@ -80,46 +82,151 @@ func (s *session) send(line []byte) {
 	s.queue(nil, func(b []byte) []byte { return append(b, line...) })
 }
 
-func (s *session) sendReply(b *sendq.Batch, r reply) { s.queue(b, r.appendLine) }
+func (s *session) sendReply(batch *sendq.Batch, r reply) { s.queue(batch, r.appendLine) }
 
-func (s *session) sendEvent(b *sendq.Batch, e *chatEvent) { s.queue(b, e.appendLine) }
+func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) { s.queue(batch, e.appendLine) }
 
-// closeWith tells the client why, flushes what is queued, and closes.
-func (s *session) closeWith(code, reason string) {
-	s.closeOnce.Do(func() {
-		_ = s.q.Write(appendJSONLine(nil, closingEvent{Event: eventFor(code), Code: code, Reason: reason}))
-		s.q.Close() // flushed, then run closes conn
-		s.srv.m.disconnect(code)
+// closeReason is why a session closes. Every close goes through
+// session.close, and closeRules says, for each reason, what the client is
+// told, whether what is queued for it still goes out, and what is logged.
+type closeReason uint8
+
+const (
+	closeClientGone      closeReason = iota // the reader ended: the client hung up, or reading failed
+	closeWriteFailed                        // a write to the client failed (reset, or the write timeout)
+	closeTooManyErrors                      // maxConsecutiveErrors bad requests in a row
+	closeIdleTimeout                        // no request for IdleTimeout
+	closeKickedLocal                        // the user logged in again on this server
+	closeKickedRemote                       // the user logged in on another server (a Kick, or presence says so)
+	closeShutdown                           // Server.Shutdown tells every client before it stops
+	closeSlowConsumer                       // the client does not read: SessionQueueBytes are queued
+	closeServerClosed                       // Server.Close stops everything at once
+	closeRefusedFull                        // refused at accept: MaxSessions clients are connected
+	closeRefusedDraining                    // refused at accept: the server is shutting down
+)
+
+// closeRule is what a close does for one reason.
+type closeRule struct {
+	name string // the reason in logs (String)
+	// code is the closing line's code and the label it is counted under in
+	// msgserver_disconnects_total; "" for neither.
+	code string
+	// event and why (its "reason" text) make the closing line; no event,
+	// no line.
+	event string
+	why   func(cfg *Config) string
+	// drop closes the connection at once: what is still queued is lost,
+	// and the server does not linger for the client to read a last line.
+	// Otherwise the session's last goroutine (finish) writes out what is
+	// queued, then lingers.
+	drop bool
+	// msg, if set, is logged at level when the close happens.
+	msg   string
+	level slog.Level
+}
+
+// closeRules is indexed by closeReason. The lines and codes are the
+// protocol (docs/protocol.md): they must not change.
+var closeRules = [...]closeRule{
+	closeClientGone:  {name: "client_gone"},
+	closeWriteFailed: {name: "write_failed", drop: true},
+	closeTooManyErrors: {
+		name: "too_many_errors", code: CodeTooManyErrors,
+		event: "closing", why: text("too many bad requests in a row"),
+		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeIdleTimeout: {
+		name: "idle_timeout", code: CodeIdleTimeout,
+		event: "closing", why: func(cfg *Config) string { return "no request for " + cfg.IdleTimeout.String() },
+		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeKickedLocal: {
+		name: "kicked_local", code: CodeKicked,
+		event: "kicked", why: text("logged in again from another connection"),
+		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeKickedRemote: {
+		name: "kicked_remote", code: CodeKicked,
+		event: "kicked", why: text("logged in again on another server"),
+		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeShutdown: {
+		name: "shutdown", code: CodeShuttingDown,
+		event: "closing", why: text("server shutting down; reconnect to another server"),
+		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeSlowConsumer: {
+		name: "slow_consumer", code: CodeSlowConsumer, drop: true,
+		msg: "client too slow, disconnecting", level: slog.LevelWarn,
+	},
+	closeServerClosed: {name: "server_closed", drop: true},
+	// A refused connection has no reader: its line is written at once (a
+	// new socket takes it whole) and the connection closed.
+	closeRefusedFull: {
+		name: "refused_full", code: CodeServerFull, drop: true,
+		event: "closing", why: func(cfg *Config) string {
+			return fmt.Sprintf("server is at its limit of %d connections", cfg.MaxSessions)
+		},
+		msg: "refusing client", level: slog.LevelDebug,
+	},
+	closeRefusedDraining: {
+		name: "refused_draining", code: CodeShuttingDown, drop: true,
+		event: "closing", why: text("server shutting down"),
+		msg: "refusing client", level: slog.LevelDebug,
+	},
+}
+
+// text is a closing line's fixed reason.
+func text(s string) func(*Config) string { return func(*Config) string { return s } }
+
+func (r closeReason) String() string {
+	if int(r) < len(closeRules) {
+		return closeRules[r].name
+	}
+	return "closeReason(" + strconv.Itoa(int(r)) + ")"
+}
+
+// close closes the session for reason r; the first close decides, later
+// ones do nothing. The closing line, if r has one, is queued after what is
+// already queued. Unless r drops the connection, the reader is woken (or,
+// if the session is parked, a goroutine started) to finish the session:
+// write out what is queued, then linger.
+//
+// closeWriteFailed is the exception: it is what a failed write calls (the
+// queue's closer), which can happen inside the first close itself (its
+// closing line, or the flush at q.Close), so it does not wait for that
+// close; the queue has already ended. It closes the connection, after
+// taking the session out of the poller if it is parked.
+func (s *session) close(r closeReason) {
+	if r == closeWriteFailed {
 		s.closed.Store(true)
+		s.unpark(true)
+		return
+	}
+	s.closeOnce.Do(func() {
+		c := &closeRules[r]
+		if c.msg != "" {
+			// Not s.name: close runs on any goroutine, the name is the reader's.
+			s.srv.log.Log(context.Background(), c.level, c.msg, "session", s.id, "remote", s.remote, "reason", r, "queued_bytes", s.q.Len())
+		}
+		if c.event != "" {
+			_ = s.q.Write(appendJSONLine(nil, closingEvent{Event: c.event, Code: c.code, Reason: c.why(&s.srv.cfg)}))
+		}
+		s.q.Close()
+		if c.code != "" {
+			s.srv.m.disconnect(c.code)
+		}
+		s.closed.Store(true)
+		if c.drop {
+			s.unpark(true) // out of the poller, if parked, then the connection is closed
+			return
+		}
 		_ = s.conn.SetReadDeadline(time.Now()) // wake the reader
 		s.unpark(false)                        // or, if parked, finish it
 	})
 }
 
-// abort closes at once, without flushing.
-func (s *session) abort() {
-	s.closeOnce.Do(func() {
-		s.q.Close()
-		s.dropConn()
-	})
-}
-
-// dropConn closes the connection: out of the poller first, if parked. It is
-// also what a failed write calls, which can happen inside closeOnce (the
-// closing line of closeWith, or a flush at Close), so it does not use it.
-func (s *session) dropConn() {
-	s.closed.Store(true)
-	s.unpark(true)
-}
-
 func (s *session) isClosed() bool { return s.closed.Load() }
-
-func eventFor(code string) string {
-	if code == CodeKicked {
-		return "kicked"
-	}
-	return "closing"
-}
 
 // run serves the connection until it ends or parks. It is kept tiny, and
 // the cleanup out of it: a session that cannot park waits in a read at the
@@ -139,8 +246,8 @@ func (s *session) run() {
 func (s *session) finish() {
 	defer s.srv.wg.Done()
 	s.srv.endSession(s)
-	s.closeOnce.Do(func() { s.q.Close(); s.closed.Store(true) })
-	<-s.q.Done() // everything queued is written (bounded by the write timeout)
+	s.close(closeClientGone) // unless something closed it first
+	<-s.q.Done()             // everything queued is written (bounded by the write timeout)
 	if err := s.q.Err(); err != nil {
 		s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote, "err", err)
 		s.conn.Close()
@@ -212,7 +319,7 @@ func (s *session) readLoop() (parked bool) {
 			}
 			_ = s.conn.SetReadDeadline(d)
 			if s.isClosed() {
-				return false // closeWith's wake-up deadline was just overwritten
+				return false // close's wake-up deadline was just overwritten
 			}
 		}
 		frag, err := br.ReadSlice('\n')
@@ -281,7 +388,7 @@ func (s *session) tooManyErrors(n int) bool {
 	if n < maxConsecutiveErrors {
 		return false
 	}
-	s.closeWith(CodeTooManyErrors, "too many bad requests in a row")
+	s.close(closeTooManyErrors)
 	return true
 }
 
@@ -290,7 +397,7 @@ func (s *session) readFailed(err error) {
 		return
 	}
 	if isTimeout(err) {
-		s.idleExpired()
+		s.close(closeIdleTimeout)
 		return
 	}
 	if !errors.Is(err, io.EOF) {
