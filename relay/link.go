@@ -15,7 +15,7 @@ import (
 
 // link is one authenticated uplink from a message server.
 type link struct {
-	s      *Server
+	r      *Relay
 	conn   net.Conn
 	server string
 	remote string
@@ -33,34 +33,34 @@ func (l *link) close() {
 }
 
 // serveConn runs one accepted connection: handshake, then the link loops.
-func (s *Server) serveConn(conn net.Conn) {
+func (r *Relay) serveConn(conn net.Conn) {
 	remote := conn.RemoteAddr().String()
-	fr := wire.NewReader(conn, s.cfg.MaxFrame)
-	_ = conn.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	server, err := wire.Accept(conn, fr, s.cfg.Secret, s.cfg.ID)
+	fr := wire.NewReader(conn, r.cfg.MaxFrame)
+	_ = conn.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
+	server, err := wire.Accept(conn, fr, r.cfg.Secret, r.cfg.ID)
 	if err != nil {
 		if errors.Is(err, wire.ErrProbe) {
-			s.log.Debug("link port probed", "remote", remote)
+			r.log.Debug("link port probed", "remote", remote)
 			return
 		}
-		if s.ctx.Err() == nil {
-			s.log.Warn("link refused", "remote", remote, "server", server, "err", err)
-			s.m.handshakeFailed()
+		if r.ctx.Err() == nil {
+			r.log.Warn("link refused", "remote", remote, "server", server, "err", err)
+			r.m.handshakeFailed()
 		}
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
 
-	l := &link{s: s, conn: conn, server: server, remote: remote, stats: &wire.LinkStats{}}
+	l := &link{r: r, conn: conn, server: server, remote: remote, stats: &wire.LinkStats{}}
 	l.stats.LastRecv.Store(time.Now().UnixNano())
-	l.q = sendq.New(s.cfg.MaxQueueBytes, func(n, items int, waited time.Duration) {
+	l.q = sendq.New(r.cfg.MaxQueueBytes, func(n, items int, waited time.Duration) {
 		l.stats.BytesOut.Add(uint64(n))
 		l.stats.FramesOut.Add(uint64(items))
-		s.m.flushed(n, items, waited)
+		r.m.flushed(n, items, waited)
 	})
-	l.q.Start(conn, s.cfg.WriteTimeout) // written inline by the readers that route to it
-	s.register(l)
-	s.log.Info("link up", "server", server, "remote", remote)
+	l.q.Start(conn, r.cfg.WriteTimeout) // written inline by the readers that route to it
+	r.register(l)
+	r.log.Info("link up", "server", server, "remote", remote)
 
 	pings := make(chan struct{})
 	go func() {
@@ -68,25 +68,24 @@ func (s *Server) serveConn(conn net.Conn) {
 		l.pingLoop()
 	}()
 	err = l.readLoop(fr)
-	s.unregister(l)
+	r.unregister(l)
 	l.close()
 	<-pings
 	<-l.q.Done()
 	if werr := l.q.Err(); werr != nil {
-		s.log.Debug("link write ended", "server", server, "err", werr)
+		r.log.Debug("link write ended", "server", server, "err", werr)
 	}
 	reason := "closed"
 	if err != nil {
 		reason = err.Error()
 	}
-	s.log.Info("link down", "server", server, "remote", remote, "reason", reason)
+	r.log.Info("link down", "server", server, "remote", remote, "reason", reason)
 }
 
 // readLoop reads frames until the link fails and routes each one.
 func (l *link) readLoop(fr *wire.Reader) error {
-	s := l.s
 	self := []byte(l.server)
-	deadAfter := s.cfg.DeadAfter
+	deadAfter := l.r.cfg.DeadAfter
 	var deadlineSet time.Time
 	// Frames routed while handling one read are written once per
 	// destination link, when nothing more is buffered.
@@ -104,7 +103,7 @@ func (l *link) readLoop(fr *wire.Reader) error {
 		}
 		typ, body, raw, err := fr.Next()
 		if err != nil {
-			if errors.Is(err, io.EOF) || s.ctx.Err() != nil {
+			if errors.Is(err, io.EOF) || l.r.ctx.Err() != nil {
 				return nil
 			}
 			var ne net.Error
@@ -116,7 +115,7 @@ func (l *link) readLoop(fr *wire.Reader) error {
 		l.stats.FramesIn.Add(1)
 		l.stats.BytesIn.Add(uint64(len(raw)))
 		l.stats.LastRecv.Store(time.Now().UnixNano())
-		s.m.received(len(raw))
+		l.r.m.received(len(raw))
 
 		switch typ {
 		case wire.TypeForward, wire.TypeAck, wire.TypeKick:
@@ -141,7 +140,7 @@ func (l *link) readLoop(fr *wire.Reader) error {
 			}
 			rtt := time.Duration(time.Now().UnixNano() - nanos)
 			l.stats.RTT.Store(int64(rtt))
-			s.m.rtt(l.server, rtt)
+			l.r.m.rtt(l.server, rtt)
 		default:
 			return fmt.Errorf("%w: %d on an established link", wire.ErrBadType, typ)
 		}
@@ -152,27 +151,26 @@ func (l *link) readLoop(fr *wire.Reader) error {
 // Forward that cannot be passed on is answered with a Nack so the origin
 // retries; a lost Ack or Kick is recovered by the origin's own timers.
 func (l *link) forward(batch *sendq.Batch, typ byte, body, raw, dest []byte) {
-	s := l.s
-	dst := s.route(dest)
+	dst := l.r.route(dest)
 	if dst != nil {
 		err := dst.q.AppendTo(batch, func(b []byte) []byte { return append(b, raw...) })
 		if err == nil {
 			if typ == wire.TypeForward {
-				s.m.forwarded()
+				l.r.m.forwarded()
 			}
 			return
 		}
 		if errors.Is(err, sendq.ErrFull) {
-			s.log.Warn("cutting slow link", "server", dst.server, "queued_bytes", dst.q.Len())
-			s.m.slowLink()
+			l.r.log.Warn("cutting slow link", "server", dst.server, "queued_bytes", dst.q.Len())
+			l.r.m.slowLink()
 			dst.close()
 		}
 	}
 	if typ != wire.TypeForward {
-		s.m.dropped()
+		l.r.m.dropped()
 		return
 	}
-	s.m.noRoute()
+	l.r.m.noRoute()
 	f, err := wire.ParseForward(body)
 	if err != nil {
 		return
@@ -185,8 +183,8 @@ func (l *link) forward(batch *sendq.Batch, typ byte, body, raw, dest []byte) {
 // send queues a frame the relay itself originates on this link.
 func (l *link) send(batch *sendq.Batch, fn func([]byte) []byte) {
 	if err := l.q.AppendTo(batch, fn); errors.Is(err, sendq.ErrFull) {
-		l.s.log.Warn("cutting slow link", "server", l.server)
-		l.s.m.slowLink()
+		l.r.log.Warn("cutting slow link", "server", l.server)
+		l.r.m.slowLink()
 		l.close()
 	}
 }
@@ -194,7 +192,7 @@ func (l *link) send(batch *sendq.Batch, fn func([]byte) []byte) {
 // pingLoop pings the link every PingInterval until it closes, so a dead
 // server is noticed (by its silence) even when no traffic flows.
 func (l *link) pingLoop() {
-	t := time.NewTicker(l.s.cfg.PingInterval)
+	t := time.NewTicker(l.r.cfg.PingInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -207,7 +205,7 @@ func (l *link) pingLoop() {
 			if err != nil {
 				return // closed
 			}
-		case <-l.s.ctx.Done():
+		case <-l.r.ctx.Done():
 			return
 		}
 	}

@@ -1,4 +1,4 @@
-// Package relay is the relay server: it accepts authenticated uplinks from
+// Package relay is the relay: it accepts authenticated uplinks from
 // message servers and passes Forward, Ack and Kick frames to the link of
 // their destination server. It keeps no state beyond its live links: message
 // servers own retries, acks and presence.
@@ -97,8 +97,8 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Server is a running relay.
-type Server struct {
+// Relay is a running relay.
+type Relay struct {
 	cfg Config
 	log *slog.Logger
 	m   *Metrics
@@ -119,13 +119,13 @@ type Server struct {
 }
 
 // New checks cfg and returns a relay ready to Serve.
-func New(cfg Config) (*Server, error) {
+func New(cfg Config) (*Relay, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	return &Relay{
 		cfg:          cfg,
 		log:          cfg.Logger.With("relay", cfg.ID),
 		m:            cfg.Metrics,
@@ -141,75 +141,75 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Serve accepts links on ln until Close. It returns nil after Close.
-func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.ctx.Err() != nil {
-		s.mu.Unlock()
+func (r *Relay) Serve(ln net.Listener) error {
+	r.mu.Lock()
+	if r.ctx.Err() != nil {
+		r.mu.Unlock()
 		ln.Close()
 		return nil
 	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	s.log.Info("relay listening", "addr", ln.Addr().String())
+	r.listeners[ln] = struct{}{}
+	r.mu.Unlock()
+	r.log.Info("relay listening", "addr", ln.Addr().String())
 	for {
-		conn, err := netx.Accept(ln, s.log, func() bool { return s.ctx.Err() != nil })
+		conn, err := netx.Accept(ln, r.log, func() bool { return r.ctx.Err() != nil })
 		if conn == nil {
 			return err
 		}
-		if !s.track(conn) {
+		if !r.track(conn) {
 			conn.Close()
 			return nil
 		}
 		go func() {
-			defer s.wg.Done()
-			defer s.untrack(conn)
-			s.serveConn(conn)
+			defer r.wg.Done()
+			defer r.untrack(conn)
+			r.serveConn(conn)
 		}()
 	}
 }
 
 // track registers an accepted connection and counts its goroutine, under
 // the lock Close takes, so Close waits for every connection it did not refuse.
-func (s *Server) track(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ctx.Err() != nil {
+func (r *Relay) track(c net.Conn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctx.Err() != nil {
 		return false
 	}
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
+	r.conns[c] = struct{}{}
+	r.wg.Add(1)
 	return true
 }
 
-func (s *Server) untrack(c net.Conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
+func (r *Relay) untrack(c net.Conn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
 	c.Close()
 }
 
 // Close stops accepting, closes every link and waits for their goroutines.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	s.cancel()
-	for ln := range s.listeners {
+func (r *Relay) Close() error {
+	r.mu.Lock()
+	r.cancel()
+	for ln := range r.listeners {
 		ln.Close()
 	}
-	for c := range s.conns {
+	for c := range r.conns {
 		c.Close()
 	}
-	s.mu.Unlock()
-	s.wg.Wait()
+	r.mu.Unlock()
+	r.wg.Wait()
 	return nil
 }
 
 // DropLinks closes every link whose local address is ip (or every link when
 // ip is nil), so their servers reconnect at once: the relay does this when
 // it loses the VIP.
-func (s *Server) DropLinks(ip net.IP) int {
-	s.mu.RLock()
+func (r *Relay) DropLinks(ip net.IP) int {
+	r.mu.RLock()
 	var victims []net.Conn
-	for c := range s.conns {
+	for c := range r.conns {
 		if ip == nil {
 			victims = append(victims, c)
 			continue
@@ -218,7 +218,7 @@ func (s *Server) DropLinks(ip net.IP) int {
 			victims = append(victims, c)
 		}
 	}
-	s.mu.RUnlock()
+	r.mu.RUnlock()
 	for _, c := range victims {
 		c.Close()
 	}
@@ -227,45 +227,45 @@ func (s *Server) DropLinks(ip net.IP) int {
 
 // register makes l the route for its server, replacing (and closing) an
 // older link of the same server.
-func (s *Server) register(l *link) {
-	s.mu.Lock()
-	old := s.routes[l.server]
-	s.routes[l.server] = l
-	s.noLinksSince = time.Time{}
-	st := s.seen[l.server]
+func (r *Relay) register(l *link) {
+	r.mu.Lock()
+	old := r.routes[l.server]
+	r.routes[l.server] = l
+	r.noLinksSince = time.Time{}
+	st := r.seen[l.server]
 	if st == nil {
 		st = &status{}
-		s.seen[l.server] = st
+		r.seen[l.server] = st
 	}
 	st.up(l)
-	s.m.linkUp(l.server, len(s.routes)) // under the lock: a late linkDown cannot overwrite it
-	s.mu.Unlock()
+	r.m.linkUp(l.server, len(r.routes)) // under the lock: a late linkDown cannot overwrite it
+	r.mu.Unlock()
 	if old != nil {
-		s.log.Info("link replaced by a newer one", "server", l.server, "old_remote", old.remote)
+		r.log.Info("link replaced by a newer one", "server", l.server, "old_remote", old.remote)
 		old.close()
 	}
 }
 
 // unregister removes l if it is still the route for its server.
-func (s *Server) unregister(l *link) {
-	s.mu.Lock()
-	current := s.routes[l.server] == l
+func (r *Relay) unregister(l *link) {
+	r.mu.Lock()
+	current := r.routes[l.server] == l
 	if current {
-		delete(s.routes, l.server)
-		if len(s.routes) == 0 {
-			s.noLinksSince = time.Now()
+		delete(r.routes, l.server)
+		if len(r.routes) == 0 {
+			r.noLinksSince = time.Now()
 		}
-		if st := s.seen[l.server]; st != nil {
+		if st := r.seen[l.server]; st != nil {
 			st.down(l)
 		}
-		s.m.linkDown(l.server, len(s.routes))
+		r.m.linkDown(l.server, len(r.routes))
 	}
-	s.mu.Unlock()
+	r.mu.Unlock()
 }
 
-func (s *Server) route(dest []byte) *link {
-	s.mu.RLock()
-	l := s.routes[string(dest)] // no allocation: the compiler special-cases this lookup
-	s.mu.RUnlock()
+func (r *Relay) route(dest []byte) *link {
+	r.mu.RLock()
+	l := r.routes[string(dest)] // no allocation: the compiler special-cases this lookup
+	r.mu.RUnlock()
 	return l
 }

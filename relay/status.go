@@ -30,11 +30,11 @@ func (st *status) down(*link) {
 
 // Links returns the state of the link of every message server this relay
 // has seen since it started, sorted by server id.
-func (s *Server) Links() []health.Link {
+func (r *Relay) Links() []health.Link {
 	now := time.Now()
-	s.mu.RLock()
-	out := make([]health.Link, 0, len(s.seen))
-	for id, st := range s.seen {
+	r.mu.RLock()
+	out := make([]health.Link, 0, len(r.seen))
+	for id, st := range r.seen {
 		l := health.Link{
 			Server: id,
 			Up:     st.isUp,
@@ -54,44 +54,44 @@ func (s *Server) Links() []health.Link {
 		}
 		out = append(out, l)
 	}
-	s.mu.RUnlock()
+	r.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Server < out[j].Server })
 	return out
 }
 
 // WatchVIP starts watching whether this host holds vip (polling every
 // interval) until Close; the role appears in Report and relay_vip_held.
-func (s *Server) WatchVIP(vip net.IP, interval time.Duration) {
-	w := &VIPWatcher{VIP: vip, Interval: interval, Server: s}
-	s.mu.Lock()
-	if s.ctx.Err() != nil {
-		s.mu.Unlock()
+func (r *Relay) WatchVIP(vip net.IP, interval time.Duration) {
+	w := &VIPWatcher{VIP: vip, Interval: interval, Server: r}
+	r.mu.Lock()
+	if r.ctx.Err() != nil {
+		r.mu.Unlock()
 		return
 	}
-	s.vip = w
-	s.wg.Add(1)
-	s.mu.Unlock()
+	r.vip = w
+	r.wg.Add(1)
+	r.mu.Unlock()
 	go func() {
-		defer s.wg.Done()
-		w.Run(s.ctx)
+		defer r.wg.Done()
+		w.Run(r.ctx)
 	}()
 }
 
 // Report is the relay's /healthz document. The relay is serving until it
 // is closed; its role is "master" while it holds the VIP, "backup" when it
 // does not, and "standalone" when no VIP is configured.
-func (s *Server) Report() health.Report {
-	links := s.Links()
-	s.mu.RLock()
-	w, since := s.vip, s.noLinksSince
-	s.mu.RUnlock()
+func (r *Relay) Report() health.Report {
+	links := r.Links()
+	r.mu.RLock()
+	w, since := r.vip, r.noLinksSince
+	r.mu.RUnlock()
 	rep := health.Report{
 		Service:   "relay",
-		ID:        s.cfg.ID,
-		Serving:   s.ctx.Err() == nil,
+		ID:        r.cfg.ID,
+		Serving:   r.ctx.Err() == nil,
 		Role:      "standalone",
 		Links:     links,
-		StartedAt: s.started,
+		StartedAt: r.started,
 	}
 	for _, l := range links {
 		if l.Up {

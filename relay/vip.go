@@ -17,7 +17,7 @@ import (
 type VIPWatcher struct {
 	VIP      net.IP
 	Interval time.Duration
-	Server   *Server
+	Server   *Relay
 
 	held     atomic.Bool
 	acquired atomic.Int64 // unix nanos of the last time the VIP was acquired

@@ -37,7 +37,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 
 // InRelay is a relay server running in the test process on 127.0.0.1.
 type InRelay struct {
-	*relay.Server
+	*relay.Relay
 	Addr string
 	ln   net.Listener
 	done chan struct{}
@@ -68,7 +68,7 @@ func StartRelay(t testing.TB, addr string, cfg relay.Config) *InRelay {
 		ln, err = net.Listen("tcp", addr)
 		return err == nil
 	})
-	r := &InRelay{Server: srv, Addr: ln.Addr().String(), ln: ln, done: make(chan struct{})}
+	r := &InRelay{Relay: srv, Addr: ln.Addr().String(), ln: ln, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		if err := srv.Serve(ln); err != nil {
