@@ -197,9 +197,10 @@ func (l *relayLink) next(ctx context.Context, b *sendq.Batch) (linkEvent, error)
 // that has just died may still hold the VIP, and a dial made while
 // keepalived moves it sends its SYN to the old holder, which drops it; the
 // kernel sends it again only after a second. Redialling at once made the
-// kill-relay drill resume after 1.1 s instead of 0.2 s. A fresh timer of
-// the same length would do, but moved the stop-keepalived figure by 60 ms:
-// the drills' figures were measured with this pause.
+// kill-relay drill resume after 1.1 s instead of 0.2 s. A timer of its
+// own (a jittered half to one ping interval) also gave 0.2 s there, but
+// 0.25 s instead of 0.19 s in stop-keepalived: the drills' figures were
+// measured with this pause.
 func (l *relayLink) connect(ctx context.Context) (*linkConn, error) {
 	if l.lost != nil {
 		<-l.lost.beatDone
