@@ -82,21 +82,22 @@ func (d *delivery) route(cached bool) *clientError {
 			s.routes.put(d.ev.To, loc, d.accepted)
 		}
 	}
-	if !ok || loc.Server == s.cfg.ID || s.up == nil || d.routes >= maxRoutes {
+	if !ok || loc.Server == s.cfg.ID || s.ledger == nil || d.routes >= maxRoutes {
 		return d.storeOffline()
 	}
 	d.routes++
 	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.Server}
 	f.Payload = appendPayload(nil, &payload{From: d.ev.From, To: d.ev.To, TS: d.ev.TS, Content: d.ev.Content})
-	if err := s.up.send(f, d.forwarded); err != nil {
+	if err := s.ledger.send(d, f); err != nil {
 		return errorf(CodeBacklogFull, "message not sent: %v; try again shortly", err)
 	}
 	return nil
 }
 
-// forwarded handles the outcome of a relayed message. It runs on the
-// uplink's reader goroutine, so anything that calls Redis goes elsewhere;
-// the reply to the sender joins the reader's batch.
+// forwarded handles the outcome of a relayed message, as the ledger
+// returned it. It runs on the relay link's reader goroutine (or Close's,
+// for outClosed), so anything that calls Redis goes elsewhere; the reply
+// to the sender joins the reader's batch b (nil: written at once).
 func (d *delivery) forwarded(o outcome, b *sendq.Batch) {
 	s := d.srv
 	switch o {
@@ -142,8 +143,8 @@ func (d *delivery) finish(b *sendq.Batch, status string) {
 }
 
 // onForward takes a message from another server for a local user. It runs
-// on the uplink's reader goroutine, queues the event in the reader's batch
-// and returns the ack status.
+// on the relay link's reader goroutine, queues the event in the reader's
+// batch and returns the ack status.
 func (s *Server) onForward(f wire.Forward, b *sendq.Batch) byte {
 	if s.dedup.seen(f.ID) {
 		s.m.duplicate()

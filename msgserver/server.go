@@ -31,7 +31,8 @@ type Server struct {
 	watches  inboxWatches // logins in progress here (see inboxWatch)
 	logins   *loginBatcher
 	releases *releaser
-	up       *uplink        // nil when no relay is configured
+	relay    *relayLink     // nil when no relay is configured
+	ledger   *ledger        // messages forwarded through relay until acked; nil without relay
 	poller   *poller.Poller // parked idle sessions; nil when parking is off
 
 	ctx    context.Context
@@ -48,7 +49,7 @@ type Server struct {
 	redisWasDown bool
 
 	routes  routeCache
-	dedup   dedup // touched only by the uplink's reader goroutine
+	dedup   dedup // touched only by the relay link's reader (serveRelay)
 	idBase  [8]byte
 	idSeq   atomic.Uint64
 	redisOK atomic.Bool
@@ -107,11 +108,16 @@ func New(cfg Config) (*Server, error) {
 		s.releases.run(ctx)
 	}()
 	if cfg.RelayAddr != "" {
-		s.up = newUplink(&s.cfg, s.log, s.m, s.onForward, s.onKick)
-		s.wg.Add(1)
+		s.relay = newRelayLink(&s.cfg, cfg.RelayAddr, s.log)
+		s.ledger = newLedger(&s.cfg, s.m)
+		s.wg.Add(2)
 		go func() {
 			defer s.wg.Done()
-			s.up.run(ctx)
+			s.serveRelay(ctx, s.relay)
+		}()
+		go func() {
+			defer s.wg.Done()
+			s.ledger.run(ctx, max(cfg.PingInterval/2, 10*time.Millisecond))
 		}()
 	}
 	s.wg.Add(2)
@@ -247,9 +253,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 
 	if prev != nil && prev != sess {
 		prev.close(closeKickedLocal)
-	} else if c.Had && c.Old.Server != s.cfg.ID && s.up != nil {
+	} else if c.Had && c.Old.Server != s.cfg.ID && s.relay != nil {
 		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
-		s.up.control(func(b []byte) []byte { return wire.AppendKick(b, k) })
+		s.relay.send(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
 	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
 	if c.InboxErr != nil && !storedMeanwhile {
@@ -307,6 +313,47 @@ func (s *Server) onKick(k wire.Kick) {
 	s.mu.Unlock()
 	s.log.Debug("session taken over from another server", "user", k.User, "by", k.Origin)
 	sess.close(closeKickedRemote)
+}
+
+// serveRelay is the reader of the relay link: it takes each event the link
+// yields and acts on it on this goroutine (relaylink.go says why it pulls).
+// Session writes, replies and acks queued while handling one read of the
+// link wait in b, which next flushes before it reads again.
+func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
+	var b sendq.Batch
+	defer b.Flush()
+	for {
+		ev, err := l.next(ctx, &b)
+		if err != nil {
+			return // ctx has ended
+		}
+		switch ev.kind {
+		case linkUp:
+			resent := s.ledger.up(ev.conn)
+			s.m.linkUp()
+			s.log.Info("relay link up", "relay", ev.conn.relayID, "remote", ev.conn.remote, "resent", resent)
+		case linkDown:
+			s.ledger.down(ev.conn)
+			s.m.linkDown()
+			if ctx.Err() == nil {
+				s.log.Warn("relay link down, reconnecting", "relay", l.addr, "err", ev.err)
+			}
+		case gotForward:
+			code := s.onForward(ev.fwd, &b)
+			a := wire.Ack{ID: ev.fwd.ID, Origin: s.cfg.ID, Dest: ev.fwd.Origin, Code: code}
+			_ = ev.conn.send(&b, func(buf []byte) []byte { return wire.AppendAck(buf, wire.TypeAck, a) })
+		case gotAck:
+			if d, o := s.ledger.acked(ev.ack); d != nil {
+				d.forwarded(o, &b)
+			}
+		case gotNack:
+			if d := s.ledger.nacked(ev.ack); d != nil {
+				d.forwarded(outGaveUp, nil)
+			}
+		case gotKick:
+			s.onKick(ev.kick)
+		}
+	}
 }
 
 // newID returns a message id unique across servers and restarts: a random
@@ -404,10 +451,12 @@ func (s *Server) refreshPresence(ctx context.Context) {
 
 // Links returns the relay link state (empty when no relay is configured).
 func (s *Server) Links() []health.Link {
-	if s.up == nil {
+	if s.relay == nil {
 		return nil
 	}
-	return []health.Link{s.up.Link()}
+	l := s.relay.status()
+	l.Unacked = s.ledger.unacked()
+	return []health.Link{l}
 }
 
 // RedisOK reports whether the last Redis call from the background loops worked.
@@ -442,9 +491,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 	// Let messages already handed to the relay get their acks, so their
 	// senders hear the outcome before they are disconnected.
-	if s.up != nil {
+	if s.ledger != nil {
 		t := time.NewTicker(10 * time.Millisecond)
-		for s.up.unacked() > 0 && ctx.Err() == nil {
+		for s.ledger.unacked() > 0 && ctx.Err() == nil {
 			select {
 			case <-t.C:
 			case <-ctx.Done():
@@ -507,8 +556,10 @@ func (s *Server) Close() error {
 	if s.poller != nil {
 		_ = s.poller.Close() // every session has finished: nothing waits in it
 	}
-	if s.up != nil {
-		s.up.abandon()
+	if s.ledger != nil {
+		for _, d := range s.ledger.abandon() {
+			d.forwarded(outClosed, nil)
+		}
 	}
 	return nil
 }

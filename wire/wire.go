@@ -409,12 +409,13 @@ func ParseKick(body []byte) (k Kick, err error) {
 	return k, c.err
 }
 
-// RouteOf returns the origin and destination server ids of a Forward, Ack,
-// Nack or Kick body without copying: what the relay needs to route it.
+// RouteOf returns the origin and destination server ids of a Forward, Ack
+// or Kick body without copying: what the relay needs to route it. A Nack is
+// not routed (the relay originates it), so it is not routable either.
 func RouteOf(typ byte, body []byte) (origin, dest []byte, err error) {
 	c := cursor{b: body}
 	switch typ {
-	case TypeForward, TypeAck, TypeNack:
+	case TypeForward, TypeAck:
 		c.bytes(IDLen)
 	case TypeKick:
 	default:

@@ -1,0 +1,196 @@
+package msgserver
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/internal/tcptest"
+	"github.com/chatrelay/chatrelay/wire"
+)
+
+// testConn is a linkConn over loopback TCP, and the relay's end of it.
+func testConn(t *testing.T) (*linkConn, *net.TCPConn) {
+	t.Helper()
+	ours, relay := tcptest.Pair(t)
+	q := sendq.New(1<<20, nil)
+	q.Start(ours, time.Second)
+	t.Cleanup(q.Close)
+	return &linkConn{conn: ours, q: q, relayID: "relay-test", log: slog.New(slog.DiscardHandler)}, relay
+}
+
+// expectSent reads Forward frames from the relay's end until it has as many
+// as want, and checks their ids in order; then it checks nothing follows.
+func expectSent(t *testing.T, relay *net.TCPConn, want ...wire.ID) {
+	t.Helper()
+	fr := wire.NewReader(relay, 1<<20)
+	var got []wire.ID
+	_ = relay.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for len(got) < len(want) {
+		typ, body, _, err := fr.Next()
+		if err != nil {
+			t.Fatalf("after %v: %v; want %v", got, err, want)
+		}
+		f, err := wire.ParseForward(body)
+		if typ != wire.TypeForward || err != nil {
+			t.Fatalf("frame type %d, %v; want a Forward", typ, err)
+		}
+		got = append(got, f.ID)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("sent %v, want %v", got, want)
+	}
+	_ = relay.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if typ, _, _, err := fr.Next(); err == nil {
+		t.Fatalf("a frame of type %d follows %v", typ, want)
+	}
+}
+
+func testLedger(tweak func(*Config)) *ledger {
+	cfg := Config{MaxUnacked: 100, AckTimeout: time.Hour, BackoffMin: time.Millisecond, NoRouteGiveUp: time.Hour}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	return newLedger(&cfg, nil)
+}
+
+func fwd(n byte) *wire.Forward {
+	return &wire.Forward{ID: wire.ID{n}, Origin: "msg-a", Dest: "msg-b", Payload: []byte("x")}
+}
+
+func TestLedgerEndsAMessageOnItsAck(t *testing.T) {
+	g := testLedger(nil)
+	c, relay := testConn(t)
+	if n := g.up(c); n != 0 {
+		t.Fatalf("up resent %d of nothing", n)
+	}
+	d1, d2 := &delivery{}, &delivery{}
+	if err := g.send(d1, fwd(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.send(d2, fwd(2)); err != nil {
+		t.Fatal(err)
+	}
+	expectSent(t, relay, wire.ID{1}, wire.ID{2})
+
+	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-c", Dest: "msg-a", Code: wire.AckDelivered}); d != nil {
+		t.Fatal("an ack from a server the message was not sent to ended it")
+	}
+	if d, o := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}); d != d1 || o != outTaken {
+		t.Fatalf("ack: %p %v, want %p taken", d, o, d1)
+	}
+	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}); d != nil {
+		t.Fatal("a duplicate ack ended a message again")
+	}
+	if d, o := g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckNotHere}); d != d2 || o != outNotHere {
+		t.Fatalf("not-here ack: %p %v, want %p not here", d, o, d2)
+	}
+	if n := g.unacked(); n != 0 {
+		t.Fatalf("%d unacked after every ack", n)
+	}
+}
+
+// What went over a connection that ended, and what was sent while none was
+// up, goes over the next one, in the order it was first sent.
+func TestLedgerResendsOverTheNextConnection(t *testing.T) {
+	g := testLedger(nil)
+	_ = g.send(&delivery{}, fwd(1)) // no connection yet
+	c1, relay1 := testConn(t)
+	if n := g.up(c1); n != 1 {
+		t.Fatalf("up sent %d, want 1", n)
+	}
+	_ = g.send(&delivery{}, fwd(2))
+	expectSent(t, relay1, wire.ID{1}, wire.ID{2})
+	g.down(c1)
+	_ = g.send(&delivery{}, fwd(3))
+	c2, relay2 := testConn(t)
+	if n := g.up(c2); n != 3 {
+		t.Fatalf("up sent %d, want 3", n)
+	}
+	expectSent(t, relay2, wire.ID{1}, wire.ID{2}, wire.ID{3})
+}
+
+func TestLedgerResendsWhenTheAckIsOverdue(t *testing.T) {
+	g := testLedger(func(c *Config) { c.AckTimeout = time.Minute })
+	c, relay := testConn(t)
+	g.up(c)
+	_ = g.send(&delivery{}, fwd(1))
+	_ = g.send(&delivery{}, fwd(2))
+	expectSent(t, relay, wire.ID{1}, wire.ID{2})
+	g.resendDue(time.Now())
+	expectSent(t, relay) // not due yet
+	g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b"})
+	g.resendDue(time.Now().Add(time.Minute + time.Second))
+	expectSent(t, relay, wire.ID{2})
+	if n := g.unacked(); n != 1 {
+		t.Fatalf("%d unacked, want 1", n)
+	}
+}
+
+// A NACKed message is held and retried after a backoff; a relay that keeps
+// refusing it past the give-up time ends it.
+func TestLedgerHoldsNackedMessagesThenGivesUp(t *testing.T) {
+	g := testLedger(func(c *Config) { c.NoRouteGiveUp = 100 * time.Millisecond })
+	c, relay := testConn(t)
+	g.up(c)
+	d := &delivery{}
+	_ = g.send(d, fwd(1))
+	expectSent(t, relay, wire.ID{1})
+	nack := wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b", Code: wire.NackNoRoute}
+	if got := g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-c"}); got != nil {
+		t.Fatal("a NACK for a copy sent elsewhere ended the message")
+	}
+	if got := g.nacked(nack); got != nil {
+		t.Fatal("the first NACK ended the message")
+	}
+	g.resendDue(time.Now().Add(-time.Millisecond))
+	expectSent(t, relay) // held: not due yet
+	g.resendDue(time.Now().Add(maxRetryWait))
+	expectSent(t, relay, wire.ID{1})
+
+	time.Sleep(150 * time.Millisecond)
+	if got := g.nacked(nack); got != d {
+		t.Fatalf("a NACK past the give-up time returned %p, want %p", got, d)
+	}
+	if n := g.unacked(); n != 0 {
+		t.Fatalf("%d unacked after giving up", n)
+	}
+}
+
+// A connection coming up sends held messages at once: a new relay may have
+// the route the old one had not.
+func TestLedgerSendsHeldMessagesToANewConnection(t *testing.T) {
+	g := testLedger(nil)
+	c1, relay1 := testConn(t)
+	g.up(c1)
+	_ = g.send(&delivery{}, fwd(1))
+	_ = g.send(&delivery{}, fwd(2))
+	expectSent(t, relay1, wire.ID{1}, wire.ID{2})
+	g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b"})
+	g.down(c1)
+	c2, relay2 := testConn(t)
+	if n := g.up(c2); n != 2 {
+		t.Fatalf("up sent %d, want 2", n)
+	}
+	expectSent(t, relay2, wire.ID{2}, wire.ID{1}) // held ones last
+}
+
+func TestLedgerBacklogIsBounded(t *testing.T) {
+	g := testLedger(func(c *Config) { c.MaxUnacked = 2 })
+	_ = g.send(&delivery{}, fwd(1))
+	_ = g.send(&delivery{}, fwd(2))
+	if err := g.send(&delivery{}, fwd(3)); !errors.Is(err, errBacklogFull) {
+		t.Fatalf("third send: %v, want errBacklogFull", err)
+	}
+	ds := g.abandon()
+	if len(ds) != 2 || g.unacked() != 0 {
+		t.Fatalf("abandon returned %d deliveries and left %d", len(ds), g.unacked())
+	}
+	if err := g.send(&delivery{}, fwd(3)); err != nil {
+		t.Fatalf("send after abandon: %v", err)
+	}
+}
