@@ -36,7 +36,7 @@
 set -euo pipefail
 
 : "${LAB_STAGE:?set by the Vagrantfile}" "${LAB_HOST:?}" "${LAB_IP:?}" "${LAB_ROLES:?}"
-: "${LAB_PORT_RELAY_ADMIN:?}" "${LAB_PORT_MSGSERVER_ADMIN:?}" "${LAB_PORT_REDIS:?}" "${LAB_VRRP_UNICAST:=0}"
+: "${LAB_PORT_RELAY_ADMIN:?}" "${LAB_PORT_MSGSERVER_ADMIN:?}" "${LAB_PORT_REDIS:?}"
 stage=$LAB_STAGE
 rendered=$stage/rendered
 
@@ -79,7 +79,8 @@ if has_role relay; then
 	nic=$(ip -o -4 addr show to "${LAB_IP}/32" | awk '{print $2; exit}')
 	[[ -n $nic ]] || die "no interface holds ${LAB_IP}: is the private network up?"
 fi
-# Uploads need not keep the executable bit.
+# LAB_VRRP_UNICAST, from the Vagrantfile, reaches render.sh as it is. The
+# upload need not have kept the binary's executable bit.
 chmod 0755 "$stage/build/relay"
 LAB_RELAY=$stage/build/relay LAB_TOPOLOGY=$stage/topology.json LAB_NIC=$nic \
 	bash "$stage/provision/render.sh" "$rendered"
