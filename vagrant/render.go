@@ -52,7 +52,7 @@ const (
 // sets them from what it finds on the VM and from `vagrant up`'s environment.
 // They change only keepalived.conf, on relay hosts.
 type Options struct {
-	Interface string // the NIC holding the host's lab address, when not the topology's interface
+	Interface string // the NIC holding the host's lab address; empty: the topology's interface
 	Unicast   bool   // VRRP adverts by unicast to the peer (CHATRELAY_VRRP_UNICAST=1)
 }
 
