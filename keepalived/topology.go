@@ -2,9 +2,10 @@
 // (topology.json: the VIP, the VRRP settings, the ports and the hosts) into
 // the keepalived.conf of each relay host, from one embedded template.
 //
-// The same topology.json is read by the Vagrantfile and by the failover
-// drill, so the VMs, the drill and the rendered configs cannot disagree on
-// an address or a port. README.md in this folder documents the schema and
+// The same topology.json is read by the Vagrantfile, by the failover drill
+// and by package vagrant, which renders the lab's other files from it, so
+// the VMs, the drill and the rendered configs cannot disagree on an address
+// or a port. README.md in this folder documents the schema and
 // every choice in the rendered config.
 package keepalived
 

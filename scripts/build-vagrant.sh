@@ -8,9 +8,13 @@
 #                             0600), created once and then kept, so rebuilding
 #                             does not break the links of running VMs
 #
-# DIR is vagrant/build (ignored by git) unless --out DIR is given. Each binary
-# is built to a temporary name and renamed into place, so a failed build
-# never leaves a half-written binary for the provisioner to install.
+# DIR is vagrant/build (ignored by git) unless --out DIR is given. Both
+# binaries are built by one `go build` (one compile of what they share, linked
+# in parallel) into a temporary folder and renamed into place, so a failed
+# build never leaves a half-written binary for the provisioner to install.
+# The relay binary also holds the templates each VM renders its files from
+# (vagrant/templates, keepalived/keepalived.conf.tmpl): after changing one,
+# build again.
 set -euo pipefail
 
 usage() {
@@ -45,8 +49,8 @@ tmp=$(mktemp -d "$out/.build.XXXXXX")
 trap 'rm -rf -- "$tmp"' EXIT
 
 cd "$root"
+GOOS=linux GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -o "$tmp/" ./cmd/relay ./cmd/msgserver
 for bin in relay msgserver; do
-	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -o "$tmp/$bin" "./cmd/$bin"
 	mv -f -- "$tmp/$bin" "$out/$bin"
 	echo "built $out/$bin (linux/amd64)"
 done

@@ -10,6 +10,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/keepalived"
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/vagrant"
 )
 
 // renderMain is "relay render-keepalived": it prints (or writes to --out) the
@@ -81,6 +82,83 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := writeFileAtomic(*out, conf); err != nil {
 		return fail("%v", err)
+	}
+	return 0
+}
+
+// renderLabMain is "relay render-lab": it writes the files of one Vagrant lab
+// host into --out (the provisioner runs it on each VM), or the lab's
+// Prometheus config to --prometheus. Exit codes: 0 done, 2 anything wrong
+// (flags, topology, options, writing).
+func renderLabMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("relay render-lab", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		topology   = fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
+		hostName   = fs.String("host", "", "lab host whose files to render (with --out)")
+		out        = fs.String("out", "", "folder to write the host's files into (created if missing)")
+		iface      = fs.String("interface", "", "relay hosts: network interface for the VIP and adverts; empty: the topology's")
+		unicast    = fs.Bool("unicast", false, "relay hosts: VRRP adverts by unicast to the peer relay instead of multicast")
+		prometheus = fs.String("prometheus", "", `write the lab's Prometheus config to this file ("-": stdout)`)
+	)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "relay render-lab: render the Vagrant lab's files from the topology: a host's env files,\n"+
+			"firewall.sh, redis.conf and keepalived.conf (by role), or the Prometheus config.\n\n"+
+			"Usage: relay render-lab --topology keepalived/topology.json --host msg-1 --out DIR [--interface NIC] [--unicast]\n"+
+			"       relay render-lab --topology keepalived/topology.json --prometheus health/prometheus/prometheus.yml\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "relay render-lab: "+format+"\n", a...)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fail("unexpected arguments %q (every option is a --flag)", fs.Args())
+	case *topology == "":
+		return fail("--topology is required (keepalived/topology.json in the repository)")
+	case (*hostName == "") != (*out == ""):
+		return fail("--host and --out go together: the host's files are written into the folder --out")
+	case *hostName == "" && *prometheus == "":
+		return fail("nothing to render: give --host and --out, or --prometheus")
+	}
+	t, err := keepalived.LoadTopology(*topology)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if *hostName != "" {
+		files, err := vagrant.RenderHost(t, *hostName, vagrant.Options{Interface: *iface, Unicast: *unicast})
+		if err != nil {
+			return fail("%v", err)
+		}
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return fail("%v", err)
+		}
+		for _, f := range files {
+			if err := writeFileAtomic(filepath.Join(*out, f.Name), f.Data); err != nil {
+				return fail("%v", err)
+			}
+		}
+	}
+	if *prometheus != "" {
+		conf, err := vagrant.RenderPrometheus(t)
+		if err != nil {
+			return fail("%v", err)
+		}
+		if *prometheus == "-" {
+			_, err = stdout.Write(conf)
+		} else {
+			err = writeFileAtomic(*prometheus, conf)
+		}
+		if err != nil {
+			return fail("write: %v", err)
+		}
 	}
 	return 0
 }

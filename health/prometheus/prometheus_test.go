@@ -1,5 +1,6 @@
-// Package prometheus_test checks the example Prometheus configuration and the
-// alerting rules in this folder with promtool (Debian package "prometheus").
+// Package prometheus_test checks the lab's Prometheus configuration (rendered
+// from the topology, see package vagrant) and the alerting rules in this
+// folder with promtool (Debian package "prometheus").
 package prometheus_test
 
 import (

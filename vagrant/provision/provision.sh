@@ -8,11 +8,13 @@
 #   LAB_STAGE/systemd/*.service      ../systemd
 #   LAB_STAGE/build/{relay,msgserver,link.secret}   from scripts/build-vagrant.sh
 #
-# The other LAB_* variables (this host's name, address and roles; the VIP,
-# the lab network, the relays, Redis and the ports) are set by the Vagrantfile
-# from keepalived/topology.json. Re-running (`vagrant provision`) reinstalls
-# everything and restarts the services. LAB_STAGE is removed at the end, as it
-# holds the link secret.
+# Every file that depends on the topology (env files, firewall rules, Redis
+# settings, keepalived.conf) is rendered here from LAB_STAGE/topology.json by
+# the relay binary (render.sh), then installed. The other LAB_* variables
+# (this host's name, address and roles, the ports it checks) are set by the
+# Vagrantfile from the same topology. Re-running (`vagrant provision`)
+# renders and reinstalls everything and restarts the services. LAB_STAGE is
+# removed at the end, as it holds the link secret.
 #
 # SELinux stays enforcing. What it needs here, from the RHEL 9 policy
 # (selinux-policy's keepalived.te/.fc):
@@ -33,10 +35,10 @@
 #   keepalived could neither create nor read relay.down.
 set -euo pipefail
 
-: "${LAB_STAGE:?set by the Vagrantfile}" "${LAB_HOST:?}" "${LAB_IP:?}" "${LAB_ROLES:?}" "${LAB_INTERFACE:?}"
-: "${LAB_VIP:?}" "${LAB_CIDR:?}" "${LAB_REDIS_IP:?}" "${LAB_PORT_RELAY_ADMIN:?}" "${LAB_PORT_MSGSERVER_ADMIN:?}"
-: "${LAB_PORT_REDIS:?}" "${LAB_VRRP_UNICAST:=0}"
+: "${LAB_STAGE:?set by the Vagrantfile}" "${LAB_HOST:?}" "${LAB_IP:?}" "${LAB_ROLES:?}"
+: "${LAB_PORT_RELAY_ADMIN:?}" "${LAB_PORT_MSGSERVER_ADMIN:?}" "${LAB_PORT_REDIS:?}"
 stage=$LAB_STAGE
+rendered=$stage/rendered
 
 log() { printf '[chatrelay %s] %s\n' "$LAB_HOST" "$*"; }
 die() {
@@ -58,8 +60,7 @@ fi
 if [[ $(head -c 4 "$stage/build/relay" | od -An -c | tr -d ' ') != '177ELF' ]]; then
 	die "vagrant/build/relay is not a Linux binary: rebuild it with scripts/build-vagrant.sh"
 fi
-for f in topology.json notify.sh provision/write-env.sh provision/firewall.sh provision/render-keepalived.sh \
-	systemd/chatrelay-relay.service systemd/chatrelay-msgserver.service; do
+for f in topology.json notify.sh provision/render.sh systemd/chatrelay-relay.service systemd/chatrelay-msgserver.service; do
 	[[ -s $stage/$f ]] || missing+=("$f")
 done
 if ((${#missing[@]} > 0)); then
@@ -67,6 +68,22 @@ if ((${#missing[@]} > 0)); then
 fi
 
 [[ $(id -u) -eq 0 ]] || die "run as root (Vagrant's shell provisioner does)"
+
+# --- this host's files, rendered from the topology --------------------------
+# Before anything is installed, so a topology the renderer refuses stops here.
+# On relay hosts, keepalived puts the VIP on the NIC that holds the host's lab
+# address: eth1 on the default box (the topology's interface); with another
+# box it may be named otherwise.
+nic=""
+if has_role relay; then
+	nic=$(ip -o -4 addr show to "${LAB_IP}/32" | awk '{print $2; exit}')
+	[[ -n $nic ]] || die "no interface holds ${LAB_IP}: is the private network up?"
+fi
+# LAB_VRRP_UNICAST, from the Vagrantfile, reaches render.sh as it is. The
+# upload need not have kept the binary's executable bit.
+chmod 0755 "$stage/build/relay"
+LAB_RELAY=$stage/build/relay LAB_TOPOLOGY=$stage/topology.json LAB_NIC=$nic \
+	bash "$stage/provision/render.sh" "$rendered"
 
 # --- packages ---------------------------------------------------------------
 packages=(firewalld policycoreutils-python-utils curl)
@@ -98,7 +115,12 @@ install -d -m 0755 /etc/chatrelay
 install -m 0644 "$stage/topology.json" /etc/chatrelay/topology.json
 # The secret is readable by the services' user, and nobody else.
 install -m 0640 -o root -g chatrelay "$stage/build/link.secret" /etc/chatrelay/link.secret
-LAB_ETC=/etc/chatrelay bash "$stage/provision/write-env.sh"
+# The units' EnvironmentFiles (no secrets in them).
+for f in relay.env msgserver.env; do
+	if [[ -f $rendered/$f ]]; then
+		install -m 0644 "$rendered/$f" "/etc/chatrelay/$f"
+	fi
+done
 
 # install (not mv) creates new files, which get the target folder's label.
 for bin in relay msgserver; do
@@ -110,7 +132,7 @@ done
 relabel /etc/chatrelay
 
 systemctl enable --now firewalld
-bash "$stage/provision/firewall.sh"
+bash "$rendered/firewall.sh"
 
 # unit NAME: install vagrant/systemd/NAME, enable it and (re)start it.
 unit() {
@@ -136,19 +158,11 @@ healthy() {
 
 # --- redis ------------------------------------------------------------------
 # Bound to the lab address (and loopback) without a password, protected mode
-# off: firewall.sh lets only the lab network reach the port. A production
-# Redis would have requirepass/ACLs and TLS (CHATRELAY_REDIS=rediss://:pw@...).
+# off (redis.conf says why): the firewall lets only the lab network reach it.
 if has_role redis; then
 	conf=/etc/redis/redis.conf # CentOS Stream 9's redis (6.2, or the redis:7 module)
 	[[ -f $conf ]] || die "$conf not found: is this CentOS Stream 9's redis package?"
-	cat >/etc/redis/chatrelay.conf <<EOF
-# Written by vagrant/provision/provision.sh; included at the end of $conf.
-bind ${LAB_IP} 127.0.0.1
-port ${LAB_PORT_REDIS}
-protected-mode no
-EOF
-	chown root:redis /etc/redis/chatrelay.conf
-	chmod 0640 /etc/redis/chatrelay.conf
+	install -m 0640 -o root -g redis "$rendered/redis.conf" /etc/redis/chatrelay.conf
 	# Last line, so it overrides the packaged bind/port/protected-mode.
 	grep -qxF 'include /etc/redis/chatrelay.conf' "$conf" ||
 		echo 'include /etc/redis/chatrelay.conf' >>"$conf"
@@ -203,11 +217,7 @@ if has_role relay; then
 	install -m 0755 "$stage/build/relay" /usr/local/libexec/chatrelay/relay
 	relabel /usr/local/libexec/chatrelay
 
-	# The NIC that holds this host's lab address: eth1 on the default box (the
-	# topology's interface); with another box it may be named otherwise.
-	nic=$(ip -o -4 addr show to "${LAB_IP}/32" | awk '{print $2; exit}')
-	[[ -n $nic ]] || die "no interface holds ${LAB_IP}: is the private network up?"
-	LAB_NIC=$nic LAB_TOPOLOGY=/etc/chatrelay/topology.json bash "$stage/provision/render-keepalived.sh"
+	install -m 0644 "$rendered/keepalived.conf" /etc/keepalived/keepalived.conf
 	relabel /etc/keepalived/keepalived.conf
 	keepalived -t -f /etc/keepalived/keepalived.conf ||
 		die "keepalived -t rejects the rendered /etc/keepalived/keepalived.conf"
@@ -219,4 +229,4 @@ if has_role relay; then
 	log "keepalived started; the VIP goes to the first relay whose check passes"
 fi
 
-log "done: roles ${LAB_ROLES}, ${LAB_IP} on the lab network ${LAB_CIDR}"
+log "done: roles ${LAB_ROLES}, ${LAB_IP} on the lab network"

@@ -6,13 +6,16 @@
 #
 #   cd vagrant && VAGRANT_HOME=$(mktemp -d) ruby testdata/dump-vagrantfile.rb
 #
-# vagrant_test.go compares the output with keepalived/topology.json.
+# vagrant_test.go compares the output with a golden file, and with
+# keepalived/topology.json. Uploaded files are named relative to the current
+# directory, so the output does not depend on where the repository is.
 # vagrant-libvirt is not installed where the tests run, so a stand-in config
 # class with the two settings the Vagrantfile uses (memory, cpus) is
 # registered for the libvirt provider; any other setting shows up in
 # "invalid", as it would with the real plugin for a misspelt one.
 
 require "json"
+require "pathname"
 require "tmpdir"
 require "vagrant"
 
@@ -95,7 +98,9 @@ Dir.mktmpdir("chatrelay-vagrant-data") do |data|
         %i[path args env inline privileged source destination].each do |k|
           next unless c.respond_to?(k)
           v = c.public_send(k)
-          h[k.to_s] = v unless v.nil? || v == Vagrant::Plugin::V2::Config::UNSET_VALUE
+          next if v.nil? || v == Vagrant::Plugin::V2::Config::UNSET_VALUE
+          v = Pathname.new(v).relative_path_from(Pathname.pwd).to_s if k == :source
+          h[k.to_s] = v
         end
         h
       },
