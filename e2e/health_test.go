@@ -107,7 +107,7 @@ func TestHealthzDocuments(t *testing.T) {
 
 	code, rep = healthz(t, s1.admin)
 	if code != 200 || rep.Service != "msgserver" || rep.Redis != "ok" || rep.Sessions == nil || *rep.Sessions != 1 ||
-		len(rep.Links) != 1 || !rep.Links[0].Up || rep.Links[0].Server != "relay-e2e" {
+		len(rep.Links) != 1 || !rep.Links[0].Up || rep.Links[0].Peer != "relay-e2e" {
 		t.Fatalf("msgserver /healthz %d %+v", code, rep)
 	}
 
@@ -115,7 +115,7 @@ func TestHealthzDocuments(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "relay to report msg-2 down", func() bool {
 		_, rep := healthz(t, o.relayAdmin)
 		for _, l := range rep.Links {
-			if l.Server == "msg-2" {
+			if l.Peer == "msg-2" {
 				return !l.Up
 			}
 		}

@@ -33,10 +33,10 @@ func (s Seconds) Duration() time.Duration { return time.Duration(s) }
 
 // Link is the state of one relay link, seen from either end.
 type Link struct {
-	// Server is the message server's id (on the relay) or the relay's id
-	// (on a message server).
-	Server string `json:"server"`
-	Up     bool   `json:"up"`
+	// Peer is the other end: the message server's id on the relay, the
+	// relay's on a message server. The JSON keeps the name operators know.
+	Peer string `json:"server"`
+	Up   bool   `json:"up"`
 	// Since is when the link last went up or down.
 	Since  time.Time `json:"since"`
 	Remote string    `json:"remote,omitempty"`

@@ -61,7 +61,7 @@ func TestWrongLinkSecretRefused(t *testing.T) {
 	b.Expect(map[string]any{"event": "chat", "content": "fine"})
 	a.Expect(map[string]any{"reply": "chat", "status": "relayed"})
 	for _, l := range tr.relay.Links() {
-		if l.Server == "msg-evil" {
+		if l.Peer == "msg-evil" {
 			t.Fatalf("relay accepted a link with the wrong secret: %+v", l)
 		}
 	}

@@ -103,7 +103,7 @@ func newRelayLink(cfg *Config, addr string, log *slog.Logger) *relayLink {
 		cfg:        cfg,
 		log:        log,
 		queueBytes: cfg.MaxUnacked*maxFrame + 64<<20,
-		state:      health.Link{Server: "relay", Since: time.Now(), Remote: addr},
+		state:      health.Link{Peer: "relay", Since: time.Now(), Remote: addr},
 	}
 }
 
@@ -277,7 +277,7 @@ func (l *relayLink) start(ctx context.Context, conn net.Conn, relayID string) *l
 	l.deadlineSet = time.Time{}
 	l.mu.Lock()
 	l.conn = c
-	l.state = health.Link{Server: relayID, Up: true, Since: now, Remote: c.remote}
+	l.state = health.Link{Peer: relayID, Up: true, Since: now, Remote: c.remote}
 	l.mu.Unlock()
 	go c.heartbeat(ctx, l.cfg.PingInterval)
 	return c

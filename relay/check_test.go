@@ -12,7 +12,7 @@ import (
 func TestEvaluateRule(t *testing.T) {
 	now := time.Now()
 	ago := func(d time.Duration) *time.Time { t := now.Add(-d); return &t }
-	links := []health.Link{{Server: "msg-1"}, {Server: "msg-2"}}
+	links := []health.Link{{Peer: "msg-1"}, {Peer: "msg-2"}}
 	cases := []struct {
 		name    string
 		rep     health.Report

@@ -105,7 +105,7 @@ func TestGarbageAndWrongSecretAreRefusedOthersUnaffected(t *testing.T) {
 		t.Fatalf("relay_handshake_failures_total = %v, want %v", v, want)
 	}
 	for _, l := range r.Links() {
-		if strings.Contains(l.Server, "router") || l.Server == "msg-evil" {
+		if strings.Contains(l.Peer, "router") || l.Peer == "msg-evil" {
 			t.Fatalf("refused peer listed as a link: %+v", l)
 		}
 	}

@@ -36,7 +36,7 @@ func (r *Relay) Links() []health.Link {
 	out := make([]health.Link, 0, len(r.seen))
 	for id, st := range r.seen {
 		l := health.Link{
-			Server: id,
+			Peer: id,
 			Up:     st.isUp,
 			Since:  st.since,
 			Remote: st.remote,
@@ -55,7 +55,7 @@ func (r *Relay) Links() []health.Link {
 		out = append(out, l)
 	}
 	r.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Server < out[j].Server })
+	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
 	return out
 }
 

@@ -90,7 +90,7 @@ func ConnectPeer(t testing.TB, r *InRelay, id string) *Peer {
 	}
 	Eventually(t, 2*time.Second, id+" registered", func() bool {
 		for _, l := range r.Links() {
-			if l.Server == id && l.Up {
+			if l.Peer == id && l.Up {
 				return true
 			}
 		}
