@@ -1,7 +1,15 @@
 // Package msgserver is the message server: it holds client sessions on a
 // line-oriented JSON protocol, records who is where in Redis, delivers
 // messages to local users directly and to users on other servers through its
-// uplink to the relay, and keeps messages for offline users.
+// link to the relay, and keeps messages for offline users (Redis: package store).
+//
+// Where things are: server.go runs the server and reads the relay link's
+// events; session.go and park.go a client's connection (park.go: idle ones
+// waiting in the poller); protocol.go the client protocol; chat.go routing a
+// chat message; relaylink.go the link client (dial, handshake, heartbeats,
+// redial); ledger.go the messages forwarded and not yet acknowledged;
+// loginbatch.go, release.go and inboxwatch.go the batched Redis work around
+// logins and disconnects.
 package msgserver
 
 import (

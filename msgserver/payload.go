@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
+
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // The payload of a Forward frame, opaque to the relay:
@@ -22,29 +24,20 @@ var errBadPayload = errors.New("malformed chat payload")
 
 func appendPayload(b []byte, p *payload) []byte {
 	b = slices.Grow(b, 2+min(len(p.From), 255)+min(len(p.To), 255)+8+len(p.Content))
-	b = appendStr8(b, p.From)
-	b = appendStr8(b, p.To)
+	b = wire.AppendStr8(b, p.From)
+	b = wire.AppendStr8(b, p.To)
 	b = binary.BigEndian.AppendUint64(b, uint64(p.TS))
 	return append(b, p.Content...)
 }
 
 func parsePayload(b []byte) (payload, error) {
 	var p payload
-	str := func() (string, bool) {
-		if len(b) < 1 || len(b) < 1+int(b[0]) {
-			return "", false
-		}
-		n := int(b[0])
-		s := string(b[1 : 1+n])
-		b = b[1+n:]
-		return s, true
-	}
-	var ok1, ok2 bool
-	p.From, ok1 = str()
-	p.To, ok2 = str()
+	from, b, ok1 := wire.CutStr8(b)
+	to, b, ok2 := wire.CutStr8(b)
 	if !ok1 || !ok2 || len(b) < 8 {
 		return p, errBadPayload
 	}
+	p.From, p.To = string(from), string(to)
 	p.TS = int64(binary.BigEndian.Uint64(b))
 	p.Content = string(b[8:])
 	return p, nil
@@ -54,14 +47,4 @@ func parsePayload(b []byte) (payload, error) {
 // and tests that speak the link protocol directly.
 func EncodePayload(from, to string, ts int64, content string) []byte {
 	return appendPayload(nil, &payload{From: from, To: to, TS: ts, Content: content})
-}
-
-// appendStr8 appends a length byte and s, cut to 255 bytes (names are
-// validated far below that; the cut only guards the encoding).
-func appendStr8(b []byte, s string) []byte {
-	if len(s) > 255 {
-		s = s[:255]
-	}
-	b = append(b, byte(len(s)))
-	return append(b, s...)
 }

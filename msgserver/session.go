@@ -69,7 +69,7 @@ func newSession(srv *Server, conn net.Conn) *session {
 }
 
 // queue lets fn append one line for the client. With a batch, the write
-// waits for batch.Flush (the uplink reader flushes once per read); without,
+// waits for batch.Flush (the relay link reader flushes once per read); without,
 // it is made at once. A client too slow to take it is cut.
 func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) {
 	if err := s.q.AppendTo(batch, fn); errors.Is(err, sendq.ErrFull) {

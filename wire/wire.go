@@ -180,12 +180,25 @@ func finish(b []byte, start int) []byte {
 	return b
 }
 
-func appendStr8(b []byte, s string) []byte {
+// AppendStr8 appends s as a str8: a length byte, then s, cut to MaxIDLen
+// bytes (names are validated far below that; the cut only guards the
+// encoding). Payloads use it for their own fields too.
+func AppendStr8(b []byte, s string) []byte {
 	if len(s) > MaxIDLen {
 		s = s[:MaxIDLen]
 	}
 	b = append(b, byte(len(s)))
 	return append(b, s...)
+}
+
+// CutStr8 splits a str8 off the front of b. ok is false when b is too
+// short for the length its first byte claims.
+func CutStr8(b []byte) (s, rest []byte, ok bool) {
+	if len(b) < 1 || len(b) < 1+int(b[0]) {
+		return nil, b, false
+	}
+	n := 1 + int(b[0])
+	return b[1:n], b[n:], true
 }
 
 // cursor decodes a body field by field; the first short read sticks.
@@ -255,7 +268,7 @@ type Auth struct {
 func AppendAuth(b []byte, a Auth) []byte {
 	b, s := begin(b, TypeAuth)
 	b = append(b, Version)
-	b = appendStr8(b, a.ServerID)
+	b = AppendStr8(b, a.ServerID)
 	b = append(b, a.ClientNonce[:]...)
 	b = append(b, a.MAC[:]...)
 	return finish(b, s)
@@ -299,7 +312,7 @@ func CheckMAC(got, want [MACLen]byte) bool { return hmac.Equal(got[:], want[:]) 
 // AppendWelcome appends a Welcome frame.
 func AppendWelcome(b []byte, relayID string, m [MACLen]byte) []byte {
 	b, s := begin(b, TypeWelcome)
-	b = appendStr8(b, relayID)
+	b = AppendStr8(b, relayID)
 	b = append(b, m[:]...)
 	return finish(b, s)
 }
@@ -332,8 +345,8 @@ func AppendForward(b []byte, f *Forward) []byte {
 	b = slices.Grow(b, HeaderLen+IDLen+2+min(len(f.Origin), MaxIDLen)+min(len(f.Dest), MaxIDLen)+len(f.Payload))
 	b, s := begin(b, TypeForward)
 	b = append(b, f.ID[:]...)
-	b = appendStr8(b, f.Origin)
-	b = appendStr8(b, f.Dest)
+	b = AppendStr8(b, f.Origin)
+	b = AppendStr8(b, f.Dest)
 	b = append(b, f.Payload...)
 	return finish(b, s)
 }
@@ -364,8 +377,8 @@ type Ack struct {
 func AppendAck(b []byte, typ byte, a Ack) []byte {
 	b, s := begin(b, typ)
 	b = append(b, a.ID[:]...)
-	b = appendStr8(b, a.Origin)
-	b = appendStr8(b, a.Dest)
+	b = AppendStr8(b, a.Origin)
+	b = AppendStr8(b, a.Dest)
 	b = append(b, a.Code)
 	return finish(b, s)
 }
@@ -392,10 +405,10 @@ type Kick struct {
 // AppendKick appends a Kick frame.
 func AppendKick(b []byte, k Kick) []byte {
 	b, s := begin(b, TypeKick)
-	b = appendStr8(b, k.Origin)
-	b = appendStr8(b, k.Dest)
-	b = appendStr8(b, k.User)
-	b = appendStr8(b, k.Session)
+	b = AppendStr8(b, k.Origin)
+	b = AppendStr8(b, k.Dest)
+	b = AppendStr8(b, k.User)
+	b = AppendStr8(b, k.Session)
 	return finish(b, s)
 }
 

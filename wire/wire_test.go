@@ -618,3 +618,22 @@ func BenchmarkForwardEncodeDecode(b *testing.B) {
 		}
 	}
 }
+
+func TestStr8RoundTripAndShortInput(t *testing.T) {
+	b := AppendStr8(AppendStr8(nil, "alice"), "")
+	s, rest, ok := CutStr8(b)
+	if !ok || string(s) != "alice" {
+		t.Fatalf("CutStr8 = %q, %v; want alice, true", s, ok)
+	}
+	if s, rest, ok = CutStr8(rest); !ok || len(s) != 0 || len(rest) != 0 {
+		t.Fatalf("CutStr8 of an empty str8 = %q, rest %q, %v", s, rest, ok)
+	}
+	for _, bad := range [][]byte{nil, {5, 'a', 'b'}} {
+		if _, _, ok := CutStr8(bad); ok {
+			t.Errorf("CutStr8(%q) ok, want short", bad)
+		}
+	}
+	if got := AppendStr8(nil, strings.Repeat("x", 300)); len(got) != 1+MaxIDLen || got[0] != MaxIDLen {
+		t.Errorf("AppendStr8 of 300 bytes: %d bytes, length byte %d; want cut to %d", len(got), got[0], MaxIDLen)
+	}
+}

@@ -370,10 +370,8 @@ func (n *directNode) readLink(c net.Conn) error {
 // The Forward payload: from str8, to str8, ts int64 big-endian, content:
 // the message server's layout.
 func appendDirectPayload(b []byte, from, to string, ts int64, content string) []byte {
-	b = append(b, byte(len(from)))
-	b = append(b, from...)
-	b = append(b, byte(len(to)))
-	b = append(b, to...)
+	b = wire.AppendStr8(b, from)
+	b = wire.AppendStr8(b, to)
 	b = binary.BigEndian.AppendUint64(b, uint64(ts))
 	return append(b, content...)
 }
@@ -381,18 +379,11 @@ func appendDirectPayload(b []byte, from, to string, ts int64, content string) []
 var errDirectPayload = errors.New("malformed direct payload")
 
 func parseDirectPayload(b []byte) (from, to string, ts int64, content string, err error) {
-	str := func() (string, bool) {
-		if len(b) < 1 || len(b) < 1+int(b[0]) {
-			return "", false
-		}
-		s := string(b[1 : 1+int(b[0])])
-		b = b[1+int(b[0]):]
-		return s, true
-	}
-	from, ok1 := str()
-	to, ok2 := str()
+	f, b, ok1 := wire.CutStr8(b)
+	t, b, ok2 := wire.CutStr8(b)
 	if !ok1 || !ok2 || len(b) < 8 {
 		return "", "", 0, "", errDirectPayload
 	}
+	from, to = string(f), string(t)
 	return from, to, int64(binary.BigEndian.Uint64(b)), string(b[8:]), nil
 }
