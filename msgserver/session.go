@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/sendq"
 )
 
@@ -260,29 +261,10 @@ func (s *session) finish() {
 // hang up after the server's last line.
 const lingerTime = 500 * time.Millisecond
 
-// lingerClose closes so that the last lines reach the client. Closing a
-// socket with unread input makes the kernel send a reset, and a reset can
-// destroy what the client has not read yet: typically the line saying why
-// it was disconnected (a client that sends junk is still sending). So the
-// server ends its side first, then discards input until the client hangs
-// up, for at most lingerTime.
-func (s *session) lingerClose() {
-	tc, ok := s.conn.(*net.TCPConn)
-	if !ok || tc.CloseWrite() != nil {
-		s.conn.Close()
-		return
-	}
-	_ = tc.SetReadDeadline(time.Now().Add(lingerTime))
-	var buf [512]byte
-	for n := 0; n < 1<<20; {
-		m, err := tc.Read(buf[:])
-		if err != nil {
-			break
-		}
-		n += m
-	}
-	tc.Close()
-}
+// lingerClose closes so that the last lines reach the client: the line
+// saying why it was disconnected must not be destroyed by a reset (see
+// netx.LingerClose).
+func (s *session) lingerClose() { netx.LingerClose(s.conn, lingerTime, 1<<20) }
 
 // readBufferSize is the per-session read buffer. Requests are short; a
 // longer line (up to MaxLine) is gathered in a temporary slice. The buffer

@@ -1,4 +1,5 @@
-// Package netx holds the accept loop both servers share.
+// Package netx holds the accept loop and the lingering close both servers
+// share.
 package netx
 
 import (
@@ -34,4 +35,29 @@ func Accept(ln net.Listener, log *slog.Logger, stopping func() bool) (net.Conn, 
 		}
 		return nil, fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 	}
+}
+
+// LingerClose closes conn so that what was last written to it reaches the
+// peer. Closing a socket with unread input makes the kernel send a reset,
+// and a reset can destroy what the peer has not read yet: typically the
+// message saying why it was disconnected (a peer that sends junk is still
+// sending). So LingerClose ends our side first, then discards input until
+// the peer hangs up, for at most d and maxBytes. A connection without a
+// half-close is simply closed.
+func LingerClose(conn net.Conn, d time.Duration, maxBytes int) {
+	cw, ok := conn.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		conn.Close()
+		return
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(d))
+	var buf [512]byte
+	for n := 0; n < maxBytes; {
+		m, err := conn.Read(buf[:])
+		if err != nil {
+			break
+		}
+		n += m
+	}
+	conn.Close()
 }
