@@ -122,8 +122,9 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		bin   string
 		flags []string
 	}{
-		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--admin", "--park-idle-after"}},
-		{"relay", []string{"--listen", "--admin", "--link-secret-file", "--vip", "--id"}},
+		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--link-secret-next-file", "--admin", "--park-idle-after"}},
+		{"relay", []string{"--listen", "--admin", "--link-secret-file", "--link-secret-next-file", "--vip", "--id",
+			"--max-pending-handshakes", "--max-pending-per-ip", "--forget-after", "--max-known-servers"}},
 	} {
 		p := testenv.Start(t, tc.bin, testenv.Build(t, tc.bin), "--help")
 		if code := p.Wait(10 * time.Second); code != 0 {
@@ -153,6 +154,7 @@ func TestBadConfigurationIsAClearError(t *testing.T) {
 	}{
 		{"relay without secret", relayBin, []string{"--listen", "127.0.0.1:0"}, "link secret"},
 		{"relay with short secret", relayBin, []string{"--listen", "127.0.0.1:0", "--link-secret-file", short}, "use at least 16"},
+		{"relay with short next secret", relayBin, []string{"--listen", "127.0.0.1:0", "--link-secret-file", good, "--link-secret-next-file", short}, "--link-secret-next-file: link secret in"},
 		{"relay with bad vip", relayBin, []string{"--link-secret-file", good, "--vip", "not-an-ip"}, "not an IP address"},
 		{"server with bad redis url", serverBin, []string{"--redis", "mysql://x"}, "redis url"},
 		{"server with sentinel address without port", serverBin, []string{"--redis", "redis-sentinel://h1,h2/mymaster"}, `--redis: redis url: host "h1": want host:port`},

@@ -33,8 +33,12 @@ type Config struct {
 	// RelayAddr is the relay (VIP) link address, host:port. Empty runs the
 	// server alone: only local delivery and offline storage.
 	RelayAddr string
-	// Secret is the shared link secret (at least 16 bytes).
+	// Secret is the shared link secret (at least 16 bytes): the server
+	// proves it to the relay.
 	Secret []byte
+	// NextSecret, if set, is the other secret of a rotation in progress:
+	// a relay that proves it is accepted too (README, Operations).
+	NextSecret []byte
 	// Redis holds presence, the server registry and offline inboxes
 	// (package store keeps them there).
 	Redis redis.UniversalClient
@@ -139,14 +143,17 @@ func setDefault[T comparable](p *T, v T) {
 // Validate reports every problem with the configuration.
 func (c *Config) Validate() error {
 	var errs []error
-	if !validServerID(c.ID) {
-		errs = append(errs, fmt.Errorf("server id %q must be 1..64 letters, digits, '.', '_' or '-'", c.ID))
+	if !wire.ValidServerID(c.ID) {
+		errs = append(errs, fmt.Errorf("server id %q must be %s", c.ID, wire.ServerIDRule))
 	}
 	if c.Redis == nil {
 		errs = append(errs, errors.New("a Redis client is required"))
 	}
 	if c.RelayAddr != "" && len(c.Secret) < wire.MinSecretLen {
 		errs = append(errs, fmt.Errorf("link secret must be at least %d bytes", wire.MinSecretLen))
+	}
+	if c.NextSecret != nil && len(c.NextSecret) < wire.MinSecretLen {
+		errs = append(errs, fmt.Errorf("next link secret must be at least %d bytes", wire.MinSecretLen))
 	}
 	if c.MaxContent+1024 > c.MaxLine {
 		errs = append(errs, fmt.Errorf("max line %d must leave room for max content %d plus 1 KiB", c.MaxLine, c.MaxContent))
@@ -173,17 +180,4 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("presence and registry TTLs must be at least 1s"))
 	}
 	return errors.Join(errs...)
-}
-
-func validServerID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for _, r := range id {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
-		if !ok {
-			return false
-		}
-	}
-	return true
 }

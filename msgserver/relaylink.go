@@ -245,7 +245,7 @@ func (l *relayLink) dial(ctx context.Context) (net.Conn, string, error) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	_ = conn.SetDeadline(time.Now().Add(l.cfg.DialTimeout))
-	relayID, err := wire.Greet(conn, l.cfg.Secret, l.cfg.ID)
+	relayID, err := wire.Greet(conn, l.cfg.ID, l.cfg.Secret, l.cfg.NextSecret)
 	if err != nil {
 		conn.Close()
 		return nil, "", err

@@ -40,7 +40,7 @@ func fakeRelay(t *testing.T) (addr string, conns <-chan net.Conn) {
 			if err != nil {
 				return
 			}
-			if _, err := wire.Accept(conn, wire.NewReader(conn, 4096), linkTestSecret, "relay-test"); err != nil {
+			if _, err := wire.Accept(conn, "relay-test", nil, linkTestSecret); err != nil {
 				conn.Close()
 				continue
 			}

@@ -32,25 +32,21 @@ func (l *link) close() {
 	})
 }
 
-// serveConn runs one accepted connection: handshake, then the link loops.
-func (r *Relay) serveConn(conn net.Conn) {
+// serveConn runs one accepted connection, admitted by the handshake gate p:
+// handshake (guard.go), then the link loops.
+func (r *Relay) serveConn(conn net.Conn, p *pendingConn) {
 	remote := conn.RemoteAddr().String()
-	fr := wire.NewReader(conn, r.cfg.MaxFrame)
-	_ = conn.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
-	server, err := wire.Accept(conn, fr, r.cfg.Secret, r.cfg.ID)
+	server, err := r.handshake(conn, p)
 	if err != nil {
 		if errors.Is(err, wire.ErrProbe) {
 			r.log.Debug("link port probed", "remote", remote)
 			return
 		}
-		if r.ctx.Err() == nil {
-			r.log.Warn("link refused", "remote", remote, "server", server, "err", err)
-			r.m.handshakeFailed()
-		}
+		r.refused(remote, server, err)
 		return
 	}
-	_ = conn.SetDeadline(time.Time{})
 
+	fr := wire.NewReader(conn, r.cfg.MaxFrame) // the full frame size only now
 	l := &link{r: r, conn: conn, server: server, remote: remote, stats: &wire.LinkStats{}}
 	l.stats.LastRecv.Store(time.Now().UnixNano())
 	l.q = sendq.New(r.cfg.MaxQueueBytes, func(n, items int, waited time.Duration) {

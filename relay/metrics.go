@@ -19,6 +19,7 @@ type Metrics struct {
 	droppedTotal    prometheus.Counter
 	slowLinksTotal  prometheus.Counter
 	handshakeFails  prometheus.Counter
+	pending         prometheus.Gauge
 	forwardDuration prometheus.Histogram
 	batchFrames     prometheus.Histogram
 	rttSeconds      *prometheus.GaugeVec
@@ -34,7 +35,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return &Metrics{
 		linkUpVec: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relay_link_up",
-			Help: "1 if the link to the message server is up, 0 if it is down; one series per server seen since start.",
+			Help: "1 if the link to the message server is up, 0 if it is down; one series per server the relay remembers (down ones are forgotten after --forget-after).",
 		}, []string{"server"}),
 		links: f.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_links",
@@ -64,7 +65,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		handshakeFails: f.NewCounter(prometheus.CounterOpts{
 			Name: "relay_handshake_failures_total",
-			Help: "Connections refused during the link handshake (bad secret, garbage, timeout).",
+			Help: "Connections refused during the link handshake (bad secret, bad server id, id already linked, garbage, timeout, over the pending limits).",
+		}),
+		pending: f.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_pending_handshakes",
+			Help: "Connections that have not proved the link secret yet (bounded by --max-pending-handshakes).",
 		}),
 		forwardDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "relay_forward_duration_seconds",
@@ -154,6 +159,21 @@ func (m *Metrics) handshakeFailed() {
 	if m != nil {
 		m.handshakeFails.Inc()
 	}
+}
+
+func (m *Metrics) pendingHandshakes(n int) {
+	if m != nil {
+		m.pending.Set(float64(n))
+	}
+}
+
+// forget deletes the series of a server the relay no longer remembers.
+func (m *Metrics) forget(server string) {
+	if m == nil {
+		return
+	}
+	m.linkUpVec.DeleteLabelValues(server)
+	m.rttSeconds.DeleteLabelValues(server)
 }
 
 func (m *Metrics) rtt(server string, d time.Duration) {

@@ -145,20 +145,6 @@ func TestSilentLinkIsDroppedWithinDeadAfter(t *testing.T) {
 	})
 }
 
-func TestNewerLinkReplacesOlder(t *testing.T) {
-	r, _ := startRelay(t)
-	old := testenv.ConnectPeer(t, r, "msg-a")
-	newer := testenv.ConnectPeer(t, r, "msg-a")
-	if _, _, err := old.Read(5 * time.Second); err == nil {
-		t.Fatal("older link of the same server stayed open")
-	}
-	b := testenv.ConnectPeer(t, r, "msg-b")
-	b.Write(wire.AppendForward(nil, &wire.Forward{ID: wire.ID{3}, Origin: "msg-b", Dest: "msg-a"}))
-	if typ, _ := newer.Next(); typ != wire.TypeForward {
-		t.Fatal("newer link does not get traffic")
-	}
-}
-
 func TestWritesAreCoalesced(t *testing.T) {
 	r, reg := startRelay(t)
 	a := testenv.ConnectPeer(t, r, "msg-a")

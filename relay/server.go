@@ -23,6 +23,9 @@ type Config struct {
 	ID string
 	// Secret is the shared link secret message servers must prove.
 	Secret []byte
+	// NextSecret, if set, is accepted as well as Secret: the other secret
+	// of a rotation in progress (README, Operations).
+	NextSecret []byte
 	// MaxFrame is the largest frame accepted from a link, in bytes.
 	MaxFrame int
 	// MaxQueueBytes bounds each link's unwritten outbound bytes; a link
@@ -30,6 +33,18 @@ type Config struct {
 	MaxQueueBytes int
 	// HandshakeTimeout bounds the whole handshake.
 	HandshakeTimeout time.Duration
+	// MaxPendingHandshakes bounds the connections that have not proved the
+	// secret yet; past it the oldest of them is closed (guard.go).
+	MaxPendingHandshakes int
+	// MaxPendingPerIP bounds them per source address (IPv6: per /64); a
+	// connection past it is closed at once.
+	MaxPendingPerIP int
+	// ForgetAfter is how long a server whose link is down stays in
+	// /healthz and /metrics.
+	ForgetAfter time.Duration
+	// MaxKnownServers bounds the servers remembered; past it those down
+	// longest are forgotten first (a server whose link is up never is).
+	MaxKnownServers int
 	// PingInterval is how often the relay pings each idle link.
 	PingInterval time.Duration
 	// DeadAfter closes a link that has sent nothing for this long.
@@ -47,6 +62,10 @@ const (
 	DefaultMaxFrame         = 1 << 20
 	DefaultMaxQueueBytes    = 64 << 20
 	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultMaxPending       = 1024
+	DefaultMaxPendingPerIP  = 64
+	DefaultForgetAfter      = 24 * time.Hour
+	DefaultMaxKnownServers  = 1024
 	DefaultPingInterval     = 200 * time.Millisecond
 	DefaultDeadAfter        = time.Second
 	DefaultWriteTimeout     = 5 * time.Second
@@ -61,6 +80,18 @@ func (c *Config) setDefaults() {
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.MaxPendingHandshakes == 0 {
+		c.MaxPendingHandshakes = DefaultMaxPending
+	}
+	if c.MaxPendingPerIP == 0 {
+		c.MaxPendingPerIP = DefaultMaxPendingPerIP
+	}
+	if c.ForgetAfter == 0 {
+		c.ForgetAfter = DefaultForgetAfter
+	}
+	if c.MaxKnownServers == 0 {
+		c.MaxKnownServers = DefaultMaxKnownServers
 	}
 	if c.PingInterval == 0 {
 		c.PingInterval = DefaultPingInterval
@@ -85,6 +116,12 @@ func (c *Config) Validate() error {
 	if len(c.Secret) < wire.MinSecretLen {
 		errs = append(errs, fmt.Errorf("link secret must be at least %d bytes", wire.MinSecretLen))
 	}
+	if c.NextSecret != nil && len(c.NextSecret) < wire.MinSecretLen {
+		errs = append(errs, fmt.Errorf("next link secret must be at least %d bytes", wire.MinSecretLen))
+	}
+	if c.MaxPendingHandshakes < 0 || c.MaxPendingPerIP < 0 || c.MaxKnownServers < 0 || c.ForgetAfter < 0 {
+		errs = append(errs, errors.New("pending handshake limits, max known servers and forget-after must not be negative"))
+	}
 	if c.MaxFrame < 1024 {
 		errs = append(errs, fmt.Errorf("max frame %d is below 1024 bytes", c.MaxFrame))
 	}
@@ -107,13 +144,18 @@ type Relay struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	started time.Time
+	started  time.Time
+	gate     *handshakeGate
+	refusals *refusalLog
+	// staleAfter is the silence after which a link is presumed dead when
+	// its server links again (admit).
+	staleAfter time.Duration
 
 	mu           sync.RWMutex
 	vip          *VIPWatcher        // nil when no VIP is configured
 	noLinksSince time.Time          // when the last link went down (or start); zero while links are up
 	routes       map[string]*link   // server id -> its live link
-	seen         map[string]*status // server id -> last known state, kept after it goes down
+	seen         map[string]*status // server id -> last known state, kept a while after it goes down (status.go)
 	listeners    map[net.Listener]struct{}
 	conns        map[net.Conn]struct{} // every accepted conn, for Close
 }
@@ -125,19 +167,29 @@ func New(cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Relay{
+	log := cfg.Logger.With("relay", cfg.ID)
+	r := &Relay{
 		cfg:          cfg,
-		log:          cfg.Logger.With("relay", cfg.ID),
+		log:          log,
 		m:            cfg.Metrics,
 		ctx:          ctx,
 		cancel:       cancel,
 		started:      time.Now(),
+		gate:         newHandshakeGate(cfg.MaxPendingHandshakes, cfg.MaxPendingPerIP, cfg.Metrics),
+		refusals:     newRefusalLog(log),
+		staleAfter:   min(2*cfg.PingInterval, cfg.DeadAfter),
 		noLinksSince: time.Now(),
 		routes:       make(map[string]*link),
 		seen:         make(map[string]*status),
 		listeners:    make(map[net.Listener]struct{}),
 		conns:        make(map[net.Conn]struct{}),
-	}, nil
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.forgetLoop()
+	}()
+	return r, nil
 }
 
 // Serve accepts links on ln until Close. It returns nil after Close.
@@ -156,14 +208,21 @@ func (r *Relay) Serve(ln net.Listener) error {
 		if conn == nil {
 			return err
 		}
+		p, err := r.gate.enter(conn)
+		if err != nil {
+			r.refused(conn.RemoteAddr().String(), "", err)
+			conn.Close()
+			continue
+		}
 		if !r.track(conn) {
+			r.gate.leave(p)
 			conn.Close()
 			return nil
 		}
 		go func() {
 			defer r.wg.Done()
 			defer r.untrack(conn)
-			r.serveConn(conn)
+			r.serveConn(conn, p)
 		}()
 	}
 }
@@ -200,6 +259,7 @@ func (r *Relay) Close() error {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	r.refusals.stop()
 	return nil
 }
 
@@ -225,8 +285,31 @@ func (r *Relay) DropLinks(ip net.IP) int {
 	return len(victims)
 }
 
+// errAlreadyLinked refuses a link for a server id whose link is alive.
+var errAlreadyLinked = errors.New("server id already linked")
+
+// admit decides whether an authenticated server may link now. A server id
+// has one link, and a new link for an id whose link is alive is refused:
+// the link secret alone must not let anyone take msg-1's traffic. But a
+// server whose host crashed, or whose network was cut, redials before the
+// relay has noticed its old link dead (which takes up to DeadAfter). A
+// live link hears from its server at every ping, so a link silent for two
+// ping intervals (staleAfter) is presumed dead and the newer link replaces
+// it (register closes it). A refused server retries with backoff and is
+// linked once its old link is that silent, or gone.
+func (r *Relay) admit(server string) error {
+	r.mu.RLock()
+	old := r.routes[server]
+	r.mu.RUnlock()
+	if old != nil && time.Since(time.Unix(0, old.stats.LastRecv.Load())) < r.staleAfter {
+		return errAlreadyLinked
+	}
+	return nil
+}
+
 // register makes l the route for its server, replacing (and closing) an
-// older link of the same server.
+// older link of the same server: one admit found silent, or one that won a
+// race of two handshakes for the same id.
 func (r *Relay) register(l *link) {
 	r.mu.Lock()
 	old := r.routes[l.server]
@@ -239,6 +322,7 @@ func (r *Relay) register(l *link) {
 	}
 	st.up(l)
 	r.m.linkUp(l.server, len(r.routes)) // under the lock: a late linkDown cannot overwrite it
+	r.forgetLocked(time.Now())          // one more remembered: maybe one too many
 	r.mu.Unlock()
 	if old != nil {
 		r.log.Info("link replaced by a newer one", "server", l.server, "old_remote", old.remote)

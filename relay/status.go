@@ -11,7 +11,10 @@ import (
 )
 
 // status is what the relay remembers of a message server it has seen: the
-// state of its current (or last) link. Guarded by Server.mu.
+// state of its current (or last) link. Guarded by Relay.mu. A server whose
+// link has been down for ForgetAfter is forgotten, and so are those down
+// longest while more than MaxKnownServers are remembered: the ids a relay
+// keeps are bounded, however many a holder of the secret makes up.
 type status struct {
 	isUp   bool
 	since  time.Time
@@ -24,19 +27,21 @@ func (st *status) up(l *link) {
 	st.isUp, st.since, st.remote, st.stats, st.q = true, time.Now(), l.remote, l.stats, l.q
 }
 
+// down keeps the link's counters but not its queue, whose buffer may be
+// large: a server remembered while down costs only its status.
 func (st *status) down(*link) {
-	st.isUp, st.since = false, time.Now()
+	st.isUp, st.since, st.q = false, time.Now(), nil
 }
 
 // Links returns the state of the link of every message server this relay
-// has seen since it started, sorted by server id.
+// remembers, sorted by server id.
 func (r *Relay) Links() []health.Link {
 	now := time.Now()
 	r.mu.RLock()
 	out := make([]health.Link, 0, len(r.seen))
 	for id, st := range r.seen {
 		l := health.Link{
-			Peer: id,
+			Peer:   id,
 			Up:     st.isUp,
 			Since:  st.since,
 			Remote: st.remote,
@@ -57,6 +62,53 @@ func (r *Relay) Links() []health.Link {
 	r.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
 	return out
+}
+
+// forgetLocked forgets the servers whose link has been down longer than
+// ForgetAfter, then, while more than MaxKnownServers are remembered, those
+// down longest. Their metric series go with them, so /healthz and /metrics
+// name the same servers. r.mu must be held.
+func (r *Relay) forgetLocked(now time.Time) {
+	for id, st := range r.seen {
+		if !st.isUp && now.Sub(st.since) > r.cfg.ForgetAfter {
+			r.forgetID(id)
+		}
+	}
+	for len(r.seen) > r.cfg.MaxKnownServers {
+		oldest := ""
+		for id, st := range r.seen {
+			if !st.isUp && (oldest == "" || st.since.Before(r.seen[oldest].since)) {
+				oldest = id
+			}
+		}
+		if oldest == "" {
+			return // all up: live links are never forgotten
+		}
+		r.forgetID(oldest)
+	}
+}
+
+func (r *Relay) forgetID(id string) {
+	delete(r.seen, id)
+	r.m.forget(id)
+	r.log.Info("server forgotten", "server", id)
+}
+
+// forgetLoop forgets servers down past ForgetAfter until Close, checking a
+// few times per ForgetAfter (at most every minute).
+func (r *Relay) forgetLoop() {
+	t := time.NewTicker(min(max(r.cfg.ForgetAfter/4, 10*time.Millisecond), time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case now := <-t.C:
+			r.mu.Lock()
+			r.forgetLocked(now)
+			r.mu.Unlock()
+		case <-r.ctx.Done():
+			return
+		}
+	}
 }
 
 // WatchVIP starts watching whether this host holds vip (polling every

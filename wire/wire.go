@@ -22,6 +22,9 @@
 //
 // The server proves it knows the shared link secret, and the relay proves the
 // same back, so neither a telnet user nor a stranger holding the VIP can join.
+// During a rotation either side may hold two secrets (Accept, Greet). Until
+// the Welcome the relay reads at most MaxAuthFrame bytes of one frame, and
+// server ids follow ValidServerID (handshake.go).
 // After Welcome both sides may send any of:
 //
 //	Forward  id(16) origin(str8) dest(str8) payload(rest)      route to dest

@@ -36,6 +36,7 @@ func run(args []string) int {
 		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port); empty runs without a relay")
 		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://host:6379/0, rediss://, redis-sentinel://h1:26379,h2:26379/mymaster, redis-cluster://h1:7000,h2:7000; go-redis options as query parameters (?dial_timeout=1s&pool_size=50)")
 		secretFile  = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes); needed with --relay")
+		nextFile    = fs.String("link-secret-next-file", "", "file holding a second link secret: a relay proving it is accepted too (the other secret of a rotation in progress)")
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages kept per user (oldest dropped)")
@@ -63,9 +64,9 @@ func run(args []string) int {
 		return 2
 	}
 	store.SetLogger(log) // go-redis's own lines too, in --log-format
-	var secret []byte
+	var secret, next []byte
 	if *relayAddr != "" {
-		if secret, err = cli.ReadSecret(*secretFile); err != nil {
+		if secret, next, err = cli.ReadSecrets(*secretFile, *nextFile); err != nil {
 			fmt.Fprintln(os.Stderr, "msgserver:", err)
 			return 2
 		}
@@ -94,6 +95,7 @@ func run(args []string) int {
 		AdvertiseAddr: adv,
 		RelayAddr:     *relayAddr,
 		Secret:        secret,
+		NextSecret:    next,
 		Redis:         rdb,
 		PresenceTTL:   *presenceTTL,
 		InboxMax:      *inboxMax,

@@ -41,12 +41,17 @@ func run(args []string) int {
 		admin      = fs.String("admin", relay.DefaultAdminAddr, "admin HTTP address for /healthz and /metrics; empty disables it")
 		id         = fs.String("id", host, "relay id shown to message servers and in logs")
 		secretFile = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes)")
+		nextFile   = fs.String("link-secret-next-file", "", "file holding a second link secret, also accepted: the other secret of a rotation in progress")
 		vip        = fs.String("vip", "", "the keepalived virtual IP; the relay reports whether it holds it and drops links on it when it loses it")
 		vipPoll    = fs.Duration("vip-poll", 100*time.Millisecond, "how often to check whether this host holds the VIP")
 		maxFrame   = fs.Int("max-frame", relay.DefaultMaxFrame, "largest link frame accepted, bytes")
 		maxQueue   = fs.Int("max-queue", relay.DefaultMaxQueueBytes, "outbound bytes queued per link before it is cut as too slow")
 		ping       = fs.Duration("ping", relay.DefaultPingInterval, "heartbeat interval on each link")
 		deadAfter  = fs.Duration("dead-after", relay.DefaultDeadAfter, "drop a link silent for this long")
+		maxPending = fs.Int("max-pending-handshakes", relay.DefaultMaxPending, "connections that have not proved the link secret yet; past it the oldest of them is closed")
+		pendingIP  = fs.Int("max-pending-per-ip", relay.DefaultMaxPendingPerIP, "such connections per source address (IPv6: per /64); past it a new one is closed at once")
+		forget     = fs.Duration("forget-after", relay.DefaultForgetAfter, "forget a message server whose link has been down this long (it leaves /healthz and /metrics)")
+		maxKnown   = fs.Int("max-known-servers", relay.DefaultMaxKnownServers, "message servers remembered; past it those down longest are forgotten")
 		pprofOn    = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
 		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat  = fs.String("log-format", "text", "text or json")
@@ -63,7 +68,7 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		return 2
 	}
-	secret, err := cli.ReadSecret(*secretFile)
+	secret, next, err := cli.ReadSecrets(*secretFile, *nextFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		return 2
@@ -87,6 +92,12 @@ func run(args []string) int {
 		DeadAfter:     *deadAfter,
 		Logger:        log,
 		Metrics:       metrics,
+
+		NextSecret:           next,
+		MaxPendingHandshakes: *maxPending,
+		MaxPendingPerIP:      *pendingIP,
+		ForgetAfter:          *forget,
+		MaxKnownServers:      *maxKnown,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)

@@ -1,5 +1,5 @@
 // Package cli holds what the binaries share: flags from the environment,
-// logging set-up, reading the link secret, serving the admin address and
+// logging set-up, reading the link secrets, serving the admin address and
 // running until a signal.
 package cli
 
@@ -88,11 +88,26 @@ func NewLogger(level, format string) (*slog.Logger, error) {
 	}
 }
 
-// ReadSecret reads the link secret from path, trimming surrounding space.
-func ReadSecret(path string) ([]byte, error) {
+// ReadSecrets reads the link secret from path (--link-secret-file) and,
+// when nextPath (--link-secret-next-file) is given, the other secret of a
+// rotation in progress; next is nil without it. Surrounding space is
+// trimmed; each must be at least wire.MinSecretLen bytes.
+func ReadSecrets(path, nextPath string) (secret, next []byte, err error) {
 	if path == "" {
-		return nil, errors.New("no link secret file given (--link-secret-file)")
+		return nil, nil, errors.New("no link secret file given (--link-secret-file)")
 	}
+	if secret, err = readSecret(path); err != nil {
+		return nil, nil, err
+	}
+	if nextPath != "" {
+		if next, err = readSecret(nextPath); err != nil {
+			return nil, nil, fmt.Errorf("--link-secret-next-file: %w", err)
+		}
+	}
+	return secret, next, nil
+}
+
+func readSecret(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read link secret: %w", err)
