@@ -30,6 +30,7 @@ type Server struct {
 	store    *store.Store
 	watches  inboxWatches // logins in progress here (see inboxWatch)
 	logins   *loginBatcher
+	auth     *verifier // nil: logins are not authenticated
 	releases *releaser
 	relay    *relayLink     // nil when no relay is configured
 	ledger   *ledger        // messages forwarded through relay until acked; nil without relay
@@ -88,6 +89,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("seed message ids: %w", err)
 	}
 	s.redisOK.Store(true)
+	if cfg.AuthKey != nil {
+		s.auth = newVerifier(cfg.AuthKey, cfg.AuthLeeway, cfg.AuthAudience, cfg.AuthIssuer)
+		s.log.Info("logins need a signed token", "alg", cfg.AuthKey.Algorithm())
+	} else {
+		s.log.Warn("clients are not authenticated: anyone who reaches the client port can log in under any name (no auth key)")
+	}
 	if cfg.ParkIdleAfter > 0 {
 		p, err := poller.New()
 		if err != nil {
@@ -211,6 +218,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 	if e := checkName(r.Name, s.cfg.MaxNameLen); e != nil {
 		return e
 	}
+	if e := s.authenticate(sess, r.Name, r.Token); e != nil {
+		return e
+	}
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
@@ -276,6 +286,24 @@ func (s *Server) login(sess *session, r request) *clientError {
 		}
 	}
 	return nil
+}
+
+// authenticate checks a login's token, when the server checks tokens,
+// against the name as validated. It runs before the login touches anything:
+// a refused login claims no presence, kicks no one and reads no inbox. The
+// client is told only that authentication failed; the log and
+// msgserver_auth_failures_total say why.
+func (s *Server) authenticate(sess *session, name, token string) *clientError {
+	if s.auth == nil {
+		return nil
+	}
+	ae := s.auth.verify(token, name)
+	if ae == nil {
+		return nil
+	}
+	s.m.authFailure(ae.reason)
+	s.log.Debug("login refused", "user", name, "session", sess.id, "remote", sess.remote, "reason", ae.reason, "err", truncate(ae.err.Error(), 200))
+	return errorf(CodeAuthFailed, "authentication failed: a valid, unexpired token for this name is required")
 }
 
 // logout ends the session's login; the connection stays open.
