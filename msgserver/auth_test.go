@@ -505,3 +505,13 @@ func TestTokenCheckedBeforeRedis(t *testing.T) {
 		t.Fatalf("msgserver_client_errors_total{code=auth_failed} = %v, want 4", got)
 	}
 }
+
+func TestDecodeLoginToken(t *testing.T) {
+	r, cerr := decodeRequest([]byte(`{"cmd":"login","name":"alice","token":"a.b.c"}`))
+	if cerr != nil || r.Name != "alice" || r.Token != "a.b.c" {
+		t.Fatalf("decoded %+v, %v", r, cerr)
+	}
+	if _, cerr := decodeRequest([]byte(`{"cmd":"login","name":"alice","token":{"sub":"alice"}}`)); cerr == nil || cerr.code != CodeBadJSON {
+		t.Fatalf("a token that is not a string: %v, want %s", cerr, CodeBadJSON)
+	}
+}

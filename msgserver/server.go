@@ -207,7 +207,8 @@ func (s *Server) local(user string) *session {
 	return s.sessions[user]
 }
 
-// login binds the session to a name: presence first (so the user is
+// login binds the session to a name, once the name, and its token when the
+// server checks tokens, are good: presence first (so the user is
 // reachable), then the local map, then the takeover of any older session,
 // then the reply and the offline inbox. The presence claim and the inbox
 // take share one Redis round trip with the other logins in progress.
