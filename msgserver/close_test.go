@@ -222,18 +222,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // disconnects returns msgserver_disconnects_total by reason label.
 func disconnects(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 	t.Helper()
+	return counters(t, reg, "msgserver_disconnects_total", "reason")
+}
+
+// counters returns the counter vector name by the value of its label.
+func counters(t *testing.T, reg *prometheus.Registry, name, label string) map[string]float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := make(map[string]float64)
 	for _, mf := range mfs {
-		if mf.GetName() != "msgserver_disconnects_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" {
+				if l.GetName() == label {
 					n[l.GetValue()] = m.GetCounter().GetValue()
 				}
 			}

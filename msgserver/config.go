@@ -9,7 +9,7 @@
 // chat message; relaylink.go the link client (dial, handshake, heartbeats,
 // redial); ledger.go the messages forwarded and not yet acknowledged;
 // loginbatch.go, release.go and inboxwatch.go the batched Redis work around
-// logins and disconnects.
+// logins and disconnects; auth.go the keys and the check of signed logins.
 package msgserver
 
 import (
@@ -72,6 +72,13 @@ type Config struct {
 	BackoffMax    time.Duration // longest redial delay (default 1s)
 	DedupWindow   int           // message ids remembered to drop resent duplicates (default 2*MaxUnacked)
 
+	// AuthKey, if set, makes every login prove its name with a token
+	// signed for it (auth.go); nil keeps the article's name-only login.
+	AuthKey      *AuthKey
+	AuthLeeway   time.Duration // clock skew allowed on a token's exp and nbf (default 30s)
+	AuthAudience string        // if set, a token's aud must include it
+	AuthIssuer   string        // if set, a token's iss must be it
+
 	// Logger receives the server's events; nil means slog.Default().
 	Logger *slog.Logger
 	// Metrics, if not nil, records the server's metrics.
@@ -102,6 +109,7 @@ const (
 	DefaultDeadAfter         = time.Second
 	DefaultBackoffMin        = 20 * time.Millisecond
 	DefaultBackoffMax        = time.Second
+	DefaultAuthLeeway        = 30 * time.Second
 )
 
 func (c *Config) setDefaults() {
@@ -128,6 +136,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.BackoffMin, DefaultBackoffMin)
 	setDefault(&c.BackoffMax, DefaultBackoffMax)
 	setDefault(&c.DedupWindow, 2*c.MaxUnacked)
+	setDefault(&c.AuthLeeway, DefaultAuthLeeway)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -171,10 +180,14 @@ func (c *Config) Validate() error {
 		name string
 		v    time.Duration
 	}{{"idle timeout", c.IdleTimeout}, {"write timeout", c.WriteTimeout}, {"redis timeout", c.RedisTimeout},
-		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval}} {
+		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval},
+		{"auth leeway", c.AuthLeeway}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %s must not be negative", d.name, d.v))
 		}
+	}
+	if c.AuthKey == nil && (c.AuthAudience != "" || c.AuthIssuer != "") {
+		errs = append(errs, errors.New("an auth audience or issuer is set but no auth key: tokens would not be checked"))
 	}
 	if c.PresenceTTL < time.Second || c.RegistryTTL < time.Second {
 		errs = append(errs, errors.New("presence and registry TTLs must be at least 1s"))

@@ -22,6 +22,7 @@ type Metrics struct {
 	nackedTotal     prometheus.Counter
 	redisErrors     prometheus.Counter
 	clientErrors    *prometheus.CounterVec
+	authFailures    *prometheus.CounterVec
 	disconnects     *prometheus.CounterVec
 	duplicates      prometheus.Counter
 	deliveryLatency prometheus.Histogram
@@ -71,6 +72,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "msgserver_client_errors_total",
 			Help: "Error replies sent to clients, by error code.",
 		}, []string{"code"}),
+		authFailures: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "msgserver_auth_failures_total",
+			Help: "Logins refused with auth_failed, by why (missing, malformed, algorithm, signature, expired, no_expiry, not_yet_valid, subject, audience, issuer, too_long, claims); the client is told only auth_failed.",
+		}, []string{"reason"}),
 		disconnects: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "msgserver_disconnects_total",
 			Help: "Client connections closed by the server, by reason code.",
@@ -160,6 +165,12 @@ func (m *Metrics) redisError() {
 func (m *Metrics) clientError(code string) {
 	if m != nil {
 		m.clientErrors.WithLabelValues(code).Inc()
+	}
+}
+
+func (m *Metrics) authFailure(reason string) {
+	if m != nil {
+		m.authFailures.WithLabelValues(reason).Inc()
 	}
 }
 

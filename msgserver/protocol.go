@@ -14,6 +14,7 @@ import (
 // Requests (from the article, plus ping and logout):
 //
 //	{"cmd":"login","name":"zhima201"}
+//	{"cmd":"login","name":"zhima201","token":"<JWT>"}   when the server checks tokens (auth.go)
 //	{"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you","ref":"optional"}
 //	{"cmd":"ping"}
 //	{"cmd":"logout"}
@@ -42,6 +43,7 @@ const (
 	CodeNotLoggedIn    = "not_logged_in" // chat before login
 	CodeAlreadyIn      = "already_logged_in"
 	CodeBadName        = "bad_name"        // empty, too long, or has control characters
+	CodeAuthFailed     = "auth_failed"     // no valid, unexpired token for the name; which part failed is not said
 	CodeSenderMismatch = "sender_mismatch" // "send" is not the logged-in name
 	CodeBadRecipient   = "bad_recipient"
 	CodeContentTooLong = "content_too_long"
@@ -66,6 +68,7 @@ const (
 type request struct {
 	Cmd     string `json:"cmd"`
 	Name    string `json:"name"`
+	Token   string `json:"token"`
 	Send    string `json:"send"`
 	Recv    string `json:"recv"`
 	Content string `json:"content"`
@@ -143,6 +146,8 @@ func decodeRequest(line []byte) (request, *clientError) {
 			dst = &r.Cmd
 		case "name":
 			dst = &r.Name
+		case "token":
+			dst = &r.Token
 		case "send":
 			dst = &r.Send
 		case "recv":

@@ -30,6 +30,7 @@ type Server struct {
 	store    *store.Store
 	watches  inboxWatches // logins in progress here (see inboxWatch)
 	logins   *loginBatcher
+	auth     *verifier // nil: logins are not authenticated
 	releases *releaser
 	relay    *relayLink     // nil when no relay is configured
 	ledger   *ledger        // messages forwarded through relay until acked; nil without relay
@@ -88,6 +89,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("seed message ids: %w", err)
 	}
 	s.redisOK.Store(true)
+	if cfg.AuthKey != nil {
+		s.auth = newVerifier(cfg.AuthKey, cfg.AuthLeeway, cfg.AuthAudience, cfg.AuthIssuer)
+		s.log.Info("logins need a signed token", "alg", cfg.AuthKey.Algorithm())
+	} else {
+		s.log.Warn("clients are not authenticated: anyone who reaches the client port can log in under any name (no auth key)")
+	}
 	if cfg.ParkIdleAfter > 0 {
 		p, err := poller.New()
 		if err != nil {
@@ -200,7 +207,8 @@ func (s *Server) local(user string) *session {
 	return s.sessions[user]
 }
 
-// login binds the session to a name: presence first (so the user is
+// login binds the session to a name, once the name, and its token when the
+// server checks tokens, are good: presence first (so the user is
 // reachable), then the local map, then the takeover of any older session,
 // then the reply and the offline inbox. The presence claim and the inbox
 // take share one Redis round trip with the other logins in progress.
@@ -209,6 +217,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 		return errorf(CodeAlreadyIn, "already logged in as %q; log out first", sess.name)
 	}
 	if e := checkName(r.Name, s.cfg.MaxNameLen); e != nil {
+		return e
+	}
+	if e := s.authenticate(sess, r.Name, r.Token); e != nil {
 		return e
 	}
 	s.mu.Lock()
@@ -276,6 +287,24 @@ func (s *Server) login(sess *session, r request) *clientError {
 		}
 	}
 	return nil
+}
+
+// authenticate checks a login's token, when the server checks tokens,
+// against the name as validated. It runs before the login touches anything:
+// a refused login claims no presence, kicks no one and reads no inbox. The
+// client is told only that authentication failed; the log and
+// msgserver_auth_failures_total say why.
+func (s *Server) authenticate(sess *session, name, token string) *clientError {
+	if s.auth == nil {
+		return nil
+	}
+	ae := s.auth.verify(token, name)
+	if ae == nil {
+		return nil
+	}
+	s.m.authFailure(ae.reason)
+	s.log.Debug("login refused", "user", name, "session", sess.id, "remote", sess.remote, "reason", ae.reason, "err", truncate(ae.err.Error(), 200))
+	return errorf(CodeAuthFailed, "authentication failed: a valid, unexpired token for this name is required")
 }
 
 // logout ends the session's login; the connection stays open.

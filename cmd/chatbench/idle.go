@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/msgserver"
 )
 
 // idle mode: open many logged-in, idle sessions on one message server and
@@ -40,6 +41,7 @@ type idleConfig struct {
 	OpenTimeout time.Duration
 	Prefix      string
 	SourceIPs   string // "auto", "none" or a comma-separated list
+	KeyFile     string // signs a token for each login (as msgserver token does); empty: name-only logins
 	Progress    io.Writer
 }
 
@@ -101,16 +103,24 @@ type idleResult struct {
 	NoFileLimit     uint64   `json:"nofile_limit"`
 	Notes           []string `json:"notes,omitempty"`
 	Cores           int      `json:"cores"`
+
+	// ServerCPUMsPer1k is the server's CPU time (user+system) while the
+	// sessions were opened, per 1 000 logins.
+	ServerCPUMsPer1k float64 `json:"server_cpu_ms_per_1k_logins"`
+	Tokens           string  `json:"tokens,omitempty"` // the tokens' algorithm, when logins carry them
 }
 
 func (r *idleResult) table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tsessions\tlogged in\tfailed\topen s\tlogins/s\tRSS before MiB\tRSS after MiB\tKB/session\tdropped\tcores\t")
-	fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.0f\t%.1f\t%.1f\t%.2f\t%d\t%d\t\n",
-		r.Mode, r.Sessions, r.LoggedIn, r.Failed, r.OpenSeconds, r.LoginsPerSec,
+	fmt.Fprintln(tw, "mode\tsessions\tlogged in\tfailed\topen s\tlogins/s\tserver CPU ms/1k logins\tRSS before MiB\tRSS after MiB\tKB/session\tdropped\tcores\t")
+	fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.0f\t%.0f\t%.1f\t%.1f\t%.2f\t%d\t%d\t\n",
+		r.Mode, r.Sessions, r.LoggedIn, r.Failed, r.OpenSeconds, r.LoginsPerSec, r.ServerCPUMsPer1k,
 		float64(r.RSSBeforeBytes)/(1<<20), float64(r.RSSAfterBytes)/(1<<20), r.RSSPerSessionKB,
 		r.Dropped, r.Cores)
 	tw.Flush()
+	if r.Tokens != "" {
+		fmt.Fprintf(w, "every login carried a %s token\n", r.Tokens)
+	}
 	if r.ServerSessions != nil {
 		fmt.Fprintf(w, "server reports msgserver_sessions %d after opening\n", *r.ServerSessions)
 	}
@@ -137,6 +147,7 @@ func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.PingEvery, "ping-every", 30*time.Second, "each held session sends {\"cmd\":\"ping\"} this often")
 	fs.DurationVar(&cfg.OpenTimeout, "open-timeout", 5*time.Minute, "give up opening sessions after this long")
 	fs.StringVar(&cfg.Prefix, "prefix", "idle", "user name prefix (a random run id is added)")
+	fs.StringVar(&cfg.KeyFile, "key-file", "", "sign a login token for each session with this key (msgserver token's --key-file), for servers run with --auth-key-file")
 	fs.StringVar(&cfg.SourceIPs, "source-ips", "auto", `local addresses to dial from, round-robin: comma-separated, "none", or "auto" (127.0.0.2, .3, ... one per 25000 sessions when the server is on loopback and one address would run out of ports)`)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
@@ -232,6 +243,7 @@ type idleRun struct {
 	cfg     idleConfig
 	dialers []*net.Dialer
 	runID   string
+	tokens  []string // session i's login token, when KeyFile is set
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -265,6 +277,12 @@ func runIdle(cfg idleConfig) (*idleResult, error) {
 		return nil, err
 	}
 	r := &idleRun{cfg: cfg, runID: randomRunID()}
+	if cfg.KeyFile != "" {
+		// Made before the clock starts: signing is the issuer's cost, not the server's.
+		if res.Tokens, err = r.makeTokens(); err != nil {
+			return nil, err
+		}
+	}
 	if len(ips) == 0 {
 		r.dialers = []*net.Dialer{{Timeout: 5 * time.Second}}
 		if cfg.Sessions > perSourceIP {
@@ -286,9 +304,16 @@ func runIdle(cfg idleConfig) (*idleResult, error) {
 	res.RSSBeforeBytes = before
 
 	defer r.closeAll()
+	cpu := r.cpuReader()
+	cpu0, cpuErr := cpu()
 	start := time.Now()
 	r.open()
 	res.LoggedIn, res.Failed = r.loggedIn.Load(), r.failed.Load()
+	if cpu1, err := cpu(); errors.Join(cpuErr, err) != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("server CPU not read: %v", errors.Join(cpuErr, err)))
+	} else if res.LoggedIn > 0 {
+		res.ServerCPUMsPer1k = (cpu1 - cpu0).Seconds() * 1e3 / (float64(res.LoggedIn) / 1e3)
+	}
 	if last := r.lastLogin.Load(); last > 0 {
 		res.OpenSeconds = time.Unix(0, last).Sub(start).Seconds()
 		if res.OpenSeconds > 0 {
@@ -322,6 +347,45 @@ func runIdle(cfg idleConfig) (*idleResult, error) {
 	r.hold(cfg.Hold)
 	res.Dropped = r.dropped.Load()
 	return res, nil
+}
+
+// name is session i's user name.
+func (r *idleRun) name(i int) string { return fmt.Sprintf("%s-%s-%d", r.cfg.Prefix, r.runID, i) }
+
+// makeTokens signs a login token for every session with KeyFile and
+// returns their algorithm.
+func (r *idleRun) makeTokens() (string, error) {
+	data, err := os.ReadFile(r.cfg.KeyFile)
+	if err != nil {
+		return "", err
+	}
+	key, err := msgserver.ParseSigningKey(data)
+	if err != nil {
+		return "", fmt.Errorf("--key-file %s: %w", r.cfg.KeyFile, err)
+	}
+	r.tokens = make([]string, r.cfg.Sessions)
+	for i := range r.tokens {
+		if r.tokens[i], err = key.Token(r.name(i), r.cfg.OpenTimeout+r.cfg.Settle+time.Hour, "", ""); err != nil {
+			return "", err
+		}
+	}
+	return key.Algorithm(), nil
+}
+
+// cpuReader returns how to read the server's CPU time: from /proc with
+// --pid, else process_cpu_seconds_total from --metrics.
+func (r *idleRun) cpuReader() func() (time.Duration, error) {
+	if pid := r.cfg.PID; pid != 0 {
+		return func() (time.Duration, error) { return procCPU(pid) }
+	}
+	url := r.cfg.Metrics
+	return func() (time.Duration, error) {
+		v, ok, err := scrapeMetric(url, "process_cpu_seconds_total")
+		if err == nil && !ok {
+			err = fmt.Errorf("%s has no process_cpu_seconds_total", url)
+		}
+		return time.Duration(v * float64(time.Second)), err
+	}
 }
 
 func randomRunID() string {
@@ -397,9 +461,14 @@ func (r *idleRun) login(i int) error {
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", r.cfg.Server, err)
 	}
-	name := fmt.Sprintf("%s-%s-%d", r.cfg.Prefix, r.runID, i)
+	name := r.name(i)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q}\n", name); err != nil {
+	if r.tokens != nil {
+		_, err = fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q,\"token\":%q}\n", name, r.tokens[i])
+	} else {
+		_, err = fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q}\n", name)
+	}
+	if err != nil {
 		c.Close()
 		return fmt.Errorf("login %s: %w", name, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +41,45 @@ func TestIdleAgainstRealServer(t *testing.T) {
 		t.Errorf("logins/s %.0f, RSS %d -> %d: not measured", res.LoginsPerSec, res.RSSBeforeBytes, res.RSSAfterBytes)
 	}
 	// runIdle closes everything before it returns; the server notices at once.
+	testenv.Eventually(t, 5*time.Second, "sessions to end", func() bool { return srv.Sessions() == 0 })
+}
+
+// With --key-file every login carries a token the server checks, and the
+// server's CPU per login is reported.
+func TestIdleWithTokens(t *testing.T) {
+	key := []byte("idle-test-hmac-key-0123456789abcdef0123456789")
+	authKey, err := msgserver.ParseAuthKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "auth.key")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rds := testenv.StartRedis(t)
+	srv := testenv.StartServer(t, rds.Addr, msgserver.Config{ID: "msg-idle", AuthKey: authKey})
+	res, err := runIdle(idleConfig{
+		Server:      srv.Addr,
+		Sessions:    40,
+		PID:         os.Getpid(),
+		Concurrency: 8,
+		PingEvery:   time.Second,
+		OpenTimeout: 30 * time.Second,
+		Prefix:      "idle-token",
+		SourceIPs:   "none",
+		KeyFile:     keyFile,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.LoggedIn != 40 || res.Failed != 0 || res.Tokens != "HS256" {
+		t.Fatalf("logged in %d, failed %d (%s), tokens %q; want 40, 0, HS256", res.LoggedIn, res.Failed, res.FirstError, res.Tokens)
+	}
+	for _, n := range res.Notes {
+		if strings.Contains(n, "CPU") { // the figure itself may round to 0 over 40 logins
+			t.Errorf("server CPU per 1k logins not measured: %s", n)
+		}
+	}
 	testenv.Eventually(t, 5*time.Second, "sessions to end", func() bool { return srv.Sessions() == 0 })
 }
 

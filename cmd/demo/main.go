@@ -3,6 +3,7 @@
 // message servers, then prints how to chat across them with telnet.
 //
 //	go run ./cmd/demo
+//	go run ./cmd/demo --auth   (logins need a signed token; it prints one per example user)
 package main
 
 import (
@@ -39,6 +40,7 @@ func run(args []string) int {
 		port2     = fs.Int("port2", 7002, "client port of message server msg-2")
 		adminPort = fs.Int("admin-port", 9100, "relay admin port; msg-1 and msg-2 use the next two; 0 picks free ports")
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
+		auth      = fs.Bool("auth", false, "turn on signed logins: generate an HS256 key, give it to both message servers and print a token for each example user")
 	)
 	if err := cli.Parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -60,7 +62,7 @@ func run(args []string) int {
 			return 2
 		}
 	}
-	if err := demo(log, ropts, *redisURL, *relayPort, *port1, *port2, *adminPort); err != nil {
+	if err := demo(log, ropts, *redisURL, *relayPort, *port1, *port2, *adminPort, *auth); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
@@ -68,8 +70,9 @@ func run(args []string) int {
 }
 
 // demo runs until a signal, with the Redis of ropts (described by
-// redisDesc), or an embedded one when ropts is nil.
-func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, port1, port2, adminPort int) error {
+// redisDesc), or an embedded one when ropts is nil; with auth, logins
+// need a token.
+func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, port1, port2, adminPort int, auth bool) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 
@@ -84,6 +87,15 @@ func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, p
 	}
 
 	secret := []byte(randomSecret())
+	var demoAuth *demoAuth
+	if auth {
+		a, err := newDemoAuth()
+		if err != nil {
+			return err
+		}
+		defer os.Remove(a.keyFile)
+		demoAuth = a
+	}
 	relayReg := health.NewRegistry()
 	rl, err := relay.New(relay.Config{ID: "relay-demo", Secret: secret, Logger: log, Metrics: relay.NewMetrics(relayReg)})
 	if err != nil {
@@ -137,7 +149,7 @@ func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, p
 		reg := health.NewRegistry()
 		srv, err := msgserver.New(msgserver.Config{
 			ID: id, AdvertiseAddr: addr, RelayAddr: relayAddr, Secret: secret, Redis: rdb,
-			Logger: log, Metrics: msgserver.NewMetrics(reg),
+			AuthKey: demoAuth.verifyKey(), Logger: log, Metrics: msgserver.NewMetrics(reg),
 		})
 		if err != nil {
 			ln.Close()
@@ -154,21 +166,35 @@ func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, p
 		}
 	}
 
+	login1, login2, authNote := `{"cmd":"login","name":"zhima201"}`, `{"cmd":"login","name":"zhima202"}`, ""
+	if demoAuth != nil {
+		var err error
+		if login1, err = demoAuth.login("zhima201"); err != nil {
+			return err
+		}
+		if login2, err = demoAuth.login("zhima202"); err != nil {
+			return err
+		}
+		authNote = fmt.Sprintf(`
+Logins need a token signed with the HS256 key in %s (valid %s);
+another user's: go run ./cmd/msgserver token --key-file %s --name NAME
+`, demoAuth.keyFile, demoTokenTTL, demoAuth.keyFile)
+	}
 	fmt.Printf(`
 chat relay demo is running (Redis: %s)
   relay      127.0.0.1:%d   health: curl http://%s/healthz
   msg-1      127.0.0.1:%d   health: curl http://%s/healthz
   msg-2      127.0.0.1:%d   health: curl http://%s/healthz
-
+%s
 In one terminal:   telnet 127.0.0.1 %d
-  {"cmd":"login","name":"zhima201"}
+  %s
 In another:        telnet 127.0.0.1 %d
-  {"cmd":"login","name":"zhima202"}
+  %s
 Then, in the first:
   {"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you"}
 
 Ctrl-C stops everything.
-`, redisDesc, relayPort, admins[0], port1, admins[1], port2, admins[2], port1, port2)
+`, redisDesc, relayPort, admins[0], port1, admins[1], port2, admins[2], authNote, port1, login1, port2, login2)
 
 	<-ctx.Done()
 	log.Info("stopping")
@@ -178,6 +204,60 @@ Ctrl-C stops everything.
 		_ = s.Shutdown(sctx)
 	}
 	return nil
+}
+
+// demoTokenTTL is how long the demo's tokens are valid.
+const demoTokenTTL = 24 * time.Hour
+
+// demoAuth is the demo's signed-login set-up: a random HS256 key, kept in
+// a file while the demo runs so that more tokens can be made with
+// msgserver token.
+type demoAuth struct {
+	keyFile string
+	verify  *msgserver.AuthKey
+	sign    *msgserver.SigningKey
+}
+
+func newDemoAuth() (*demoAuth, error) {
+	key := []byte(randomSecret() + randomSecret()) // 64 hex digits
+	f, err := os.CreateTemp("", "chatrelay-demo-*.key")
+	if err != nil {
+		return nil, fmt.Errorf("auth key file: %w", err)
+	}
+	_, err = f.Write(append(key, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("auth key file: %w", err)
+	}
+	a := &demoAuth{keyFile: f.Name()}
+	if a.verify, err = msgserver.ParseAuthKey(key); err == nil {
+		a.sign, err = msgserver.ParseSigningKey(key)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return a, nil
+}
+
+// verifyKey is the message servers' AuthKey: nil (no auth) without --auth.
+func (a *demoAuth) verifyKey() *msgserver.AuthKey {
+	if a == nil {
+		return nil
+	}
+	return a.verify
+}
+
+// login returns the login line for name, with its token.
+func (a *demoAuth) login(name string) (string, error) {
+	tok, err := a.sign.Token(name, demoTokenTTL, "", "")
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`{"cmd":"login","name":%q,"token":%q}`, name, tok), nil
 }
 
 func randomSecret() string {

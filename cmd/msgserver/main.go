@@ -3,7 +3,9 @@
 // other message servers.
 //
 //	msgserver --id msg-1 --listen :7001 --relay 192.168.56.100:7000 \
-//	  --redis redis://127.0.0.1:6379/0 --link-secret-file /etc/chatrelay/link.secret
+//	  --redis redis://127.0.0.1:6379/0 --link-secret-file /etc/chatrelay/link.secret \
+//	  --auth-key-file /etc/chatrelay/auth.pub
+//	msgserver token --key-file auth.key --name alice --ttl 1h   (a login token, for labs and tests)
 package main
 
 import (
@@ -23,12 +25,17 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "token" {
+		os.Exit(tokenMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	os.Exit(run(os.Args[1:]))
+}
 
 func run(args []string) int {
 	host, _ := os.Hostname()
 	fs := flag.NewFlagSet("msgserver", flag.ContinueOnError)
-	cli.Usage(fs, "msgserver: a chat message server.\n\nUsage: msgserver [flags]")
+	cli.Usage(fs, "msgserver: a chat message server.\n\nUsage: msgserver [flags]\n       msgserver token --help   (make a login token)")
 	var (
 		id          = fs.String("id", host, "server id, unique among message servers (letters, digits, . _ -)")
 		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
@@ -37,6 +44,10 @@ func run(args []string) int {
 		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://host:6379/0, rediss://, redis-sentinel://h1:26379,h2:26379/mymaster, redis-cluster://h1:7000,h2:7000; go-redis options as query parameters (?dial_timeout=1s&pool_size=50)")
 		secretFile  = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes); needed with --relay")
 		nextFile    = fs.String("link-secret-next-file", "", "file holding a second link secret: a relay proving it is accepted too (the other secret of a rotation in progress)")
+		authKeyFile = fs.String("auth-key-file", "", "key that checks login tokens: a PEM public key (Ed25519, RSA, ECDSA: EdDSA, RS256, ES256) or an HS256 shared key (text, at least 32 bytes); empty: logins are not authenticated")
+		authLeeway  = fs.Duration("auth-leeway", msgserver.DefaultAuthLeeway, "clock skew allowed when checking a token's exp and nbf")
+		authAud     = fs.String("auth-audience", "", "if set, a login token's aud must include it")
+		authIss     = fs.String("auth-issuer", "", "if set, a login token's iss must be it")
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages kept per user (oldest dropped)")
@@ -68,6 +79,13 @@ func run(args []string) int {
 	if *relayAddr != "" {
 		if secret, next, err = cli.ReadSecrets(*secretFile, *nextFile); err != nil {
 			fmt.Fprintln(os.Stderr, "msgserver:", err)
+			return 2
+		}
+	}
+	var authKey *msgserver.AuthKey
+	if *authKeyFile != "" {
+		if authKey, err = readAuthKey(*authKeyFile); err != nil {
+			fmt.Fprintln(os.Stderr, "msgserver: --auth-key-file:", err)
 			return 2
 		}
 	}
@@ -105,6 +123,10 @@ func run(args []string) int {
 		ParkIdleAfter: *park,
 		MaxUnacked:    *maxUnacked,
 		NoRouteGiveUp: *noRoute,
+		AuthKey:       authKey,
+		AuthLeeway:    *authLeeway,
+		AuthAudience:  *authAud,
+		AuthIssuer:    *authIss,
 		Logger:        log,
 		Metrics:       msgserver.NewMetrics(reg),
 	})

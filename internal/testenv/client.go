@@ -114,8 +114,19 @@ func matches(m Msg, want map[string]any) bool {
 // Login logs in as name and waits for the ok reply.
 func (c *Client) Login(name string) Msg {
 	c.t.Helper()
+	return c.LoginWithToken(name, "")
+}
+
+// LoginWithToken logs in as name with a signed token (none if token is
+// empty) and waits for the ok reply.
+func (c *Client) LoginWithToken(name, token string) Msg {
+	c.t.Helper()
 	c.Name = name
-	c.Send(map[string]string{"cmd": "login", "name": name})
+	req := map[string]string{"cmd": "login", "name": name}
+	if token != "" {
+		req["token"] = token
+	}
+	c.Send(req)
 	m := c.Next()
 	if m["ok"] != true || m.S("reply") != "login" {
 		c.t.Fatalf("login %s: %v", name, m)
