@@ -67,7 +67,7 @@ func TestCloseReasonsFinalLine(t *testing.T) {
 		{closeRefusedPerIP, `{"event":"closing","code":"too_many_connections","reason":"too many connections from your address (the limit is 1000)"}`, "too_many_connections"},
 		{closeLoginTimeout, `{"event":"closing","code":"login_timeout","reason":"not logged in within 30s"}`, "login_timeout"},
 		{closeLineTimeout, `{"event":"closing","code":"line_timeout","reason":"line not completed within 10s"}`, "line_timeout"},
-		{closeLoginRateLimited, `{"event":"closing","code":"rate_limited","reason":"too many logins from your address; try again later"}`, "rate_limited"},
+		{closeLoginRateLimit, `{"event":"closing","code":"rate_limited","reason":"too many logins from your address; try again later"}`, "rate_limited"},
 		{closeSlowConsumer, "", "slow_consumer"},
 		{closeClientGone, "", ""},
 		{closeWriteFailed, "", ""},

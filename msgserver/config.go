@@ -9,7 +9,8 @@
 // chat message; relaylink.go the link client (dial, handshake, heartbeats,
 // redial); ledger.go the messages forwarded and not yet acknowledged;
 // loginbatch.go, release.go and inboxwatch.go the batched Redis work around
-// logins and disconnects.
+// logins and disconnects; limits.go what a connection or a source address
+// may cost.
 package msgserver
 
 import (
@@ -40,14 +41,10 @@ type Config struct {
 	// (package store keeps them there).
 	Redis redis.UniversalClient
 
-	MaxLine    int // longest client line in bytes (default 8 KiB)
-	MaxContent int // longest chat content in bytes (default 4 KiB)
-	MaxNameLen int // longest user name in bytes (default 64)
-	// MaxSessions is the most client connections at once (default
-	// 200000). The server lowers it at start to what its descriptor limit
-	// allows (RLIMIT_NOFILE less FDHeadroom), so that a full server says
-	// server_full instead of failing to accept.
-	MaxSessions       int
+	MaxLine           int           // longest client line in bytes (default 8 KiB)
+	MaxContent        int           // longest chat content in bytes (default 4 KiB)
+	MaxNameLen        int           // longest user name in bytes (default 64)
+	MaxSessions       int           // connected clients (default 200000; lowered at start to the descriptor limit less FDHeadroom)
 	SessionQueueBytes int           // unwritten bytes per client before it is cut (default 1 MiB)
 	IdleTimeout       time.Duration // client silence before disconnect (default 2m)
 	// ParkIdleAfter is the client silence after which a session gives up
@@ -71,7 +68,9 @@ type Config struct {
 	// test speaks for many clients; an empty non-nil slice exempts none.
 	PerIPExempt []netip.Prefix
 	// FDHeadroom is how many descriptors are kept out of MaxSessions for
-	// Redis, the relay link, the admin port and the listeners (default 256).
+	// Redis, the relay link, the admin port and the listeners (default
+	// 256), so that a server short of descriptors says server_full rather
+	// than failing to accept.
 	FDHeadroom int
 
 	PresenceTTL   time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it

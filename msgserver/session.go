@@ -106,21 +106,21 @@ func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) { s.queue(batch, e
 type closeReason uint8
 
 const (
-	closeClientGone       closeReason = iota // the reader ended: the client hung up, or reading failed
-	closeWriteFailed                         // a write to the client failed (reset, or the write timeout)
-	closeTooManyErrors                       // maxConsecutiveErrors bad requests in a row
-	closeIdleTimeout                         // no request for IdleTimeout
-	closeKickedLocal                         // the user logged in again on this server
-	closeKickedRemote                        // the user logged in on another server (a Kick, or presence says so)
-	closeShutdown                            // Server.Shutdown tells every client before it stops
-	closeSlowConsumer                        // the client does not read: SessionQueueBytes are queued
-	closeServerClosed                        // Server.Close stops everything at once
-	closeRefusedFull                         // refused at accept: MaxSessions clients are connected
-	closeRefusedDraining                     // refused at accept: the server is shutting down
-	closeRefusedPerIP                        // refused at accept: MaxConnsPerIP clients are connected from its source
-	closeLoginTimeout                        // not logged in within LoginTimeout of connecting
-	closeLineTimeout                         // a line not complete within LineTimeout of its first byte
-	closeLoginRateLimited                    // a login request over LoginRatePerIP for its source
+	closeClientGone      closeReason = iota // the reader ended: the client hung up, or reading failed
+	closeWriteFailed                        // a write to the client failed (reset, or the write timeout)
+	closeTooManyErrors                      // maxConsecutiveErrors bad requests in a row
+	closeIdleTimeout                        // no request for IdleTimeout
+	closeKickedLocal                        // the user logged in again on this server
+	closeKickedRemote                       // the user logged in on another server (a Kick, or presence says so)
+	closeShutdown                           // Server.Shutdown tells every client before it stops
+	closeSlowConsumer                       // the client does not read: SessionQueueBytes are queued
+	closeServerClosed                       // Server.Close stops everything at once
+	closeRefusedFull                        // refused at accept: MaxSessions clients are connected
+	closeRefusedDraining                    // refused at accept: the server is shutting down
+	closeRefusedPerIP                       // refused at accept: MaxConnsPerIP clients are connected from its source
+	closeLoginTimeout                       // not logged in within LoginTimeout of connecting
+	closeLineTimeout                        // a line not complete within LineTimeout of its first byte
+	closeLoginRateLimit                     // a login request over LoginRatePerIP for its source
 )
 
 // closeRule is what a close does for one reason.
@@ -209,7 +209,7 @@ var closeRules = [...]closeRule{
 		event: "closing", why: func(cfg *Config) string { return "line not completed within " + cfg.LineTimeout.String() },
 		msg: "disconnecting client", level: slog.LevelDebug,
 	},
-	closeLoginRateLimited: {
+	closeLoginRateLimit: {
 		name: "login_rate_limited", code: CodeRateLimited,
 		event: "closing", why: text("too many logins from your address; try again later"),
 		msg: "disconnecting client", level: slog.LevelDebug,
@@ -591,7 +591,7 @@ func (s *session) handle(line []byte, at time.Time) *clientError {
 		if !s.srv.ips.allowLogin(s.ip) {
 			cerr = errorf(CodeRateLimited, "too many logins from your address; try again later")
 			s.fail(r.Cmd, r.Ref, cerr)
-			s.close(closeLoginRateLimited)
+			s.close(closeLoginRateLimit)
 			return cerr
 		}
 		if cerr = s.srv.login(s, r); cerr == nil {
