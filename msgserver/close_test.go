@@ -64,6 +64,10 @@ func TestCloseReasonsFinalLine(t *testing.T) {
 		{closeShutdown, `{"event":"closing","code":"shutting_down","reason":"server shutting down; reconnect to another server"}`, "shutting_down"},
 		{closeRefusedFull, `{"event":"closing","code":"server_full","reason":"server is at its limit of 1 connections"}`, "server_full"},
 		{closeRefusedDraining, `{"event":"closing","code":"shutting_down","reason":"server shutting down"}`, "shutting_down"},
+		{closeRefusedPerIP, `{"event":"closing","code":"too_many_connections","reason":"too many connections from your address (the limit is 1000)"}`, "too_many_connections"},
+		{closeLoginTimeout, `{"event":"closing","code":"login_timeout","reason":"not logged in within 30s"}`, "login_timeout"},
+		{closeLineTimeout, `{"event":"closing","code":"line_timeout","reason":"line not completed within 10s"}`, "line_timeout"},
+		{closeLoginRateLimit, `{"event":"closing","code":"rate_limited","reason":"too many logins from your address; try again later"}`, "rate_limited"},
 		{closeSlowConsumer, "", "slow_consumer"},
 		{closeClientGone, "", ""},
 		{closeWriteFailed, "", ""},
@@ -130,7 +134,7 @@ func TestRefusedWhenFull(t *testing.T) {
 
 // newBareServer returns a server with no relay and a Redis that does not
 // answer (nothing here needs it). It is closed at cleanup.
-func newBareServer(t *testing.T, cfg Config) *Server {
+func newBareServer(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 50 * time.Millisecond})
 	cfg.ID, cfg.Redis = "t", rdb
@@ -149,7 +153,7 @@ func newBareServer(t *testing.T, cfg Config) *Server {
 
 // startBareServer is newBareServer serving clients on a free port, with
 // its metrics in the registry it returns.
-func startBareServer(t *testing.T, cfg Config) (*Server, string, *prometheus.Registry) {
+func startBareServer(t testing.TB, cfg Config) (*Server, string, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Metrics = NewMetrics(reg)

@@ -9,13 +9,15 @@
 // chat message; relaylink.go the link client (dial, handshake, heartbeats,
 // redial); ledger.go the messages forwarded and not yet acknowledged;
 // loginbatch.go, release.go and inboxwatch.go the batched Redis work around
-// logins and disconnects; auth.go the keys and the check of signed logins.
+// logins and disconnects; auth.go the keys and the check of signed logins;
+// limits.go what a connection or a source address may cost.
 package msgserver
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -46,7 +48,7 @@ type Config struct {
 	MaxLine           int           // longest client line in bytes (default 8 KiB)
 	MaxContent        int           // longest chat content in bytes (default 4 KiB)
 	MaxNameLen        int           // longest user name in bytes (default 64)
-	MaxSessions       int           // connected clients (default 200000)
+	MaxSessions       int           // connected clients (default 200000; lowered at start to the descriptor limit less FDHeadroom)
 	SessionQueueBytes int           // unwritten bytes per client before it is cut (default 1 MiB)
 	IdleTimeout       time.Duration // client silence before disconnect (default 2m)
 	// ParkIdleAfter is the client silence after which a session gives up
@@ -54,6 +56,26 @@ type Config struct {
 	// negative: never). See park.go.
 	ParkIdleAfter time.Duration
 	WriteTimeout  time.Duration // per write to a client or the relay (default 10s)
+
+	// What one client or one source address may cost (limits.go). The
+	// per-address limits count IPv4 sources by address and IPv6 sources by
+	// /64, the block one subscriber usually has.
+	LoginTimeout    time.Duration // a connection must log in within this (default 30s)
+	LineTimeout     time.Duration // a line must be complete within this of its first byte (default 10s)
+	RequestRate     float64       // requests per second a connection may sustain (default 500; negative: no limit)
+	RequestBurst    int           // requests a connection may send at once above that rate (default 1000)
+	MaxConnsPerIP   int           // open connections per source address (default 1000; negative: no cap)
+	LoginRatePerIP  float64       // login requests per second per source address (default 50; negative: no limit)
+	LoginBurstPerIP int           // login requests a source address may send at once (default 500)
+	// PerIPExempt are the source networks the per-address limits skip: nil
+	// means loopback (127.0.0.0/8 and ::1), where a local proxy or a load
+	// test speaks for many clients; an empty non-nil slice exempts none.
+	PerIPExempt []netip.Prefix
+	// FDHeadroom is how many descriptors are kept out of MaxSessions for
+	// Redis, the relay link, the admin port and the listeners (default
+	// 256), so that a server short of descriptors says server_full rather
+	// than failing to accept.
+	FDHeadroom int
 
 	PresenceTTL   time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
 	RegistryTTL   time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
@@ -95,6 +117,14 @@ const (
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultParkIdleAfter     = 5 * time.Second
 	DefaultWriteTimeout      = 10 * time.Second
+	DefaultLoginTimeout      = 30 * time.Second
+	DefaultLineTimeout       = 10 * time.Second
+	DefaultRequestRate       = 500
+	DefaultRequestBurst      = 1000
+	DefaultMaxConnsPerIP     = 1000
+	DefaultLoginRatePerIP    = 50
+	DefaultLoginBurstPerIP   = 500
+	DefaultFDHeadroom        = 256
 	DefaultPresenceTTL       = 30 * time.Second
 	DefaultRegistryTTL       = 6 * time.Second
 	DefaultInboxMax          = 200
@@ -121,6 +151,17 @@ func (c *Config) setDefaults() {
 	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&c.ParkIdleAfter, DefaultParkIdleAfter)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.LoginTimeout, DefaultLoginTimeout)
+	setDefault(&c.LineTimeout, DefaultLineTimeout)
+	setDefault(&c.RequestRate, DefaultRequestRate)
+	setDefault(&c.RequestBurst, DefaultRequestBurst)
+	setDefault(&c.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	setDefault(&c.LoginRatePerIP, DefaultLoginRatePerIP)
+	setDefault(&c.LoginBurstPerIP, DefaultLoginBurstPerIP)
+	setDefault(&c.FDHeadroom, DefaultFDHeadroom)
+	if c.PerIPExempt == nil {
+		c.PerIPExempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
 	setDefault(&c.PresenceTTL, DefaultPresenceTTL)
 	setDefault(&c.RegistryTTL, DefaultRegistryTTL)
 	setDefault(&c.InboxMax, DefaultInboxMax)
@@ -181,13 +222,19 @@ func (c *Config) Validate() error {
 		v    time.Duration
 	}{{"idle timeout", c.IdleTimeout}, {"write timeout", c.WriteTimeout}, {"redis timeout", c.RedisTimeout},
 		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval},
-		{"auth leeway", c.AuthLeeway}} {
+		{"auth leeway", c.AuthLeeway}, {"login timeout", c.LoginTimeout}, {"line timeout", c.LineTimeout}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %s must not be negative", d.name, d.v))
 		}
 	}
 	if c.AuthKey == nil && (c.AuthAudience != "" || c.AuthIssuer != "") {
 		errs = append(errs, errors.New("an auth audience or issuer is set but no auth key: tokens would not be checked"))
+	}
+	if c.RequestBurst < 1 || c.LoginBurstPerIP < 1 {
+		errs = append(errs, fmt.Errorf("request burst %d and login burst %d must be at least 1", c.RequestBurst, c.LoginBurstPerIP))
+	}
+	if c.FDHeadroom < 0 {
+		errs = append(errs, fmt.Errorf("descriptor headroom %d must not be negative", c.FDHeadroom))
 	}
 	if c.PresenceTTL < time.Second || c.RegistryTTL < time.Second {
 		errs = append(errs, errors.New("presence and registry TTLs must be at least 1s"))

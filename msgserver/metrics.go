@@ -11,6 +11,8 @@ import (
 // records nothing.
 type Metrics struct {
 	sessions        prometheus.Gauge
+	connections     prometheus.Gauge
+	connLimit       prometheus.Gauge
 	parkedSessions  prometheus.Gauge
 	messages        *prometheus.CounterVec
 	local, relayed  prometheus.Counter
@@ -35,6 +37,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sessions: f.NewGauge(prometheus.GaugeOpts{
 			Name: "msgserver_sessions",
 			Help: "Logged-in client sessions on this server.",
+		}),
+		connections: f.NewGauge(prometheus.GaugeOpts{
+			Name: "msgserver_connections",
+			Help: "Open client connections, logged in or not.",
+		}),
+		connLimit: f.NewGauge(prometheus.GaugeOpts{
+			Name: "msgserver_connection_limit",
+			Help: "Client connections taken before server_full: --max-sessions, or less if the descriptor limit is lower.",
 		}),
 		parkedSessions: f.NewGauge(prometheus.GaugeOpts{
 			Name: "msgserver_parked_sessions",
@@ -107,6 +117,19 @@ func (m *Metrics) parked(delta int) {
 func (m *Metrics) setSessions(n int) {
 	if m != nil {
 		m.sessions.Set(float64(n))
+	}
+}
+
+// setConns is called with the server's lock held, as setSessions is.
+func (m *Metrics) setConns(n int) {
+	if m != nil {
+		m.connections.Set(float64(n))
+	}
+}
+
+func (m *Metrics) setConnLimit(n int) {
+	if m != nil {
+		m.connLimit.Set(float64(n))
 	}
 }
 

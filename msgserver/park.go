@@ -10,7 +10,9 @@ import "time"
 // memory of an idle session. Everything else works as before while parked:
 // messages to the user are written by the sender's goroutine, a close
 // (kick, shutdown...) takes it back from the poller (unpark), and a timer
-// enforces the idle timeout.
+// enforces the idle timeout (or the login deadline, if that comes first).
+// A session with part of a line read does not park: it waits on its
+// goroutine, for at most the line timeout.
 
 // The rules that keep this safe: a session's closed flag is set before
 // anyone looks at cancelWait, park registers only under pmu and only if the
@@ -21,9 +23,9 @@ import "time"
 // was closed (and maybe reused).
 
 // park hands the session to the poller and reports whether it did; the
-// calling reader goroutine then ends. idleLeft is the time to the idle
-// timeout.
-func (s *session) park(idleLeft time.Duration) bool {
+// calling reader goroutine then ends. left is the time to the idle timeout
+// or the login deadline, whichever is first (parkFor).
+func (s *session) park(left time.Duration) bool {
 	s.pmu.Lock()
 	defer s.pmu.Unlock()
 	if s.isClosed() {
@@ -35,7 +37,7 @@ func (s *session) park(idleLeft time.Duration) bool {
 		return false
 	}
 	s.cancelWait = cancel
-	s.idleTimer = time.AfterFunc(idleLeft, s.parkedIdleExpired)
+	s.idleTimer = time.AfterFunc(left, s.parkedIdleExpired)
 	s.srv.m.parked(1)
 	return true
 }
@@ -79,9 +81,11 @@ func (s *session) unpark(closeConn bool) {
 	}
 }
 
-// parkedIdleExpired is the idle timer of a parked session. It takes the
-// session back from the poller first: a session the poller has just handed
-// to a reader (its client spoke at the deadline) is left to that reader.
+// parkedIdleExpired is the idle timer of a parked session: the idle
+// timeout, or the login deadline of a session that has not logged in. It
+// takes the session back from the poller first: a session the poller has
+// just handed to a reader (its client spoke at the deadline) is left to
+// that reader.
 func (s *session) parkedIdleExpired() {
 	s.pmu.Lock()
 	cancel := s.cancelWait
@@ -92,7 +96,11 @@ func (s *session) parkedIdleExpired() {
 	}
 	s.pmu.Unlock()
 	if taken {
-		s.close(closeIdleTimeout)
+		r := closeIdleTimeout
+		if by, ok := s.loginDeadline(); ok && !time.Now().Before(by) {
+			r = closeLoginTimeout
+		}
+		s.close(r)
 		s.finish() // this timer goroutine is the session's last
 	}
 }

@@ -129,6 +129,7 @@ func TestParkedClientThatNeverReadsIsCut(t *testing.T) {
 		parkFast(c)
 		c.WriteTimeout = 300 * time.Millisecond
 		c.SessionQueueBytes = 64 << 20 // so the write timeout, not the queue limit, cuts it
+		c.RequestRate = -1             // the flood comes from one connection
 	})
 	slow := testenv.Dial(t, tr.a.Addr)
 	slow.Login("sloth")

@@ -39,7 +39,7 @@ import (
 const (
 	CodeBadJSON        = "bad_json"      // the line is not a JSON object
 	CodeUnknownCmd     = "unknown_cmd"   // cmd missing or not one of the above
-	CodeLineTooLong    = "line_too_long" // the line exceeds the limit; it was discarded
+	CodeLineTooLong    = "line_too_long" // the line exceeds the limit: sent once it does, the line is discarded up to its newline
 	CodeNotLoggedIn    = "not_logged_in" // chat before login
 	CodeAlreadyIn      = "already_logged_in"
 	CodeBadName        = "bad_name"        // empty, too long, or has control characters
@@ -53,6 +53,10 @@ const (
 	CodeShuttingDown   = "shutting_down"
 	CodeTooManyErrors  = "too_many_errors"
 	CodeIdleTimeout    = "idle_timeout"
+	CodeRateLimited    = "rate_limited"         // over the connection's request rate, or its address's login rate
+	CodeTooManyConns   = "too_many_connections" // its address has the most connections allowed
+	CodeLoginTimeout   = "login_timeout"        // not logged in within the login timeout of connecting
+	CodeLineTimeout    = "line_timeout"         // a line not completed within the line timeout of its first byte
 	CodeSlowConsumer   = "slow_consumer"
 	CodeKicked         = "logged_in_elsewhere"
 	CodeInternal       = "internal"

@@ -72,8 +72,11 @@ func TestStreamOfJunkIsDisconnected(t *testing.T) {
 	login(t, tr.a, "still-works")
 }
 
+// The flood below comes from one connection as fast as it can write, which
+// the per-connection request rate would stop: it is lifted, this test is
+// about the client that does not read.
 func TestClientThatNeverReadsIsCutAndOthersUnaffected(t *testing.T) {
-	tr := startTier(t, func(c *msgserver.Config) { c.SessionQueueBytes = 64 << 10 })
+	tr := startTier(t, func(c *msgserver.Config) { c.SessionQueueBytes = 64 << 10; c.RequestRate = -1 })
 	slow := testenv.Dial(t, tr.a.Addr)
 	slow.Login("sloth")
 	if tcp, ok := slow.Conn().(*net.TCPConn); ok {
@@ -201,8 +204,13 @@ func TestGracefulShutdownTellsClientsAndRemovesPresence(t *testing.T) {
 
 // A client whose socket stays full past the write timeout is disconnected
 // (and its presence released), not kept as a session that swallows messages.
+// The sender floods from one connection, so its request rate is lifted.
 func TestStuckClientIsCutAtTheWriteTimeout(t *testing.T) {
-	tr := startTier(t, func(c *msgserver.Config) { c.SessionQueueBytes = 64 << 20; c.WriteTimeout = 300 * time.Millisecond })
+	tr := startTier(t, func(c *msgserver.Config) {
+		c.SessionQueueBytes = 64 << 20
+		c.WriteTimeout = 300 * time.Millisecond
+		c.RequestRate = -1
+	})
 	stuck := testenv.Dial(t, tr.a.Addr)
 	stuck.Login("stuck")
 	if tcp, ok := stuck.Conn().(*net.TCPConn); ok {

@@ -35,6 +35,7 @@ type Server struct {
 	relay    *relayLink     // nil when no relay is configured
 	ledger   *ledger        // messages forwarded through relay until acked; nil without relay
 	poller   *poller.Poller // parked idle sessions; nil when parking is off
+	ips      *ipLimits      // connections and logins per source address
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -63,6 +64,9 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("message server config: %w", err)
 	}
+	maxSessions := cfg.MaxSessions
+	var fds uint64
+	cfg.MaxSessions, fds = connLimit(maxSessions, cfg.FDHeadroom)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		started:   time.Now(),
@@ -77,6 +81,10 @@ func New(cfg Config) (*Server, error) {
 		routes:    routeCache{ttl: cfg.RouteCacheTTL, m: make(map[string]routeEntry)},
 		dedup:     newDedup(cfg.DedupWindow),
 	}
+	s.ips = newIPLimits(&s.cfg)
+	s.log.Info("client limits", "connections", cfg.MaxSessions, "max_sessions", maxSessions,
+		"fd_limit", fds, "fd_headroom", cfg.FDHeadroom, "per_ip", cfg.MaxConnsPerIP, "exempt", cfg.PerIPExempt)
+	s.m.setConnLimit(cfg.MaxSessions)
 	s.store = store.New(cfg.Redis, store.Config{
 		PresenceTTL: cfg.PresenceTTL,
 		RegistryTTL: cfg.RegistryTTL,
@@ -161,19 +169,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		sess := newSession(s, conn)
-		s.mu.Lock()
-		full := len(s.conns) >= s.cfg.MaxSessions
-		refused := s.draining || full
-		if !refused {
-			s.conns[sess] = struct{}{}
-			s.wg.Add(1)
-		}
-		s.mu.Unlock()
-		if refused {
-			reason := closeRefusedDraining
-			if full {
-				reason = closeRefusedFull
-			}
+		if reason, ok := s.admit(sess); !ok {
 			sess.close(reason) // tells the client, closes the connection; the session never runs
 			continue
 		}
@@ -181,10 +177,34 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// admit counts a new connection in, or says why it is refused: the server
+// is at its connection limit, or shutting down, or the connection's source
+// address has its most connections.
+func (s *Server) admit(sess *session) (closeReason, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) >= s.cfg.MaxSessions {
+		return closeRefusedFull, false
+	}
+	if s.draining {
+		return closeRefusedDraining, false
+	}
+	ip, ok := s.ips.open(sess.conn.RemoteAddr())
+	if !ok {
+		return closeRefusedPerIP, false
+	}
+	sess.ip = ip
+	s.conns[sess] = struct{}{}
+	s.m.setConns(len(s.conns))
+	s.wg.Add(1)
+	return 0, true
+}
+
 // endSession forgets a finished session and releases its presence.
 func (s *Server) endSession(sess *session) {
 	s.mu.Lock()
 	delete(s.conns, sess)
+	s.m.setConns(len(s.conns))
 	name := sess.name
 	mine := name != "" && s.sessions[name] == sess
 	if mine {
@@ -192,6 +212,7 @@ func (s *Server) endSession(sess *session) {
 	}
 	s.m.setSessions(len(s.sessions))
 	s.mu.Unlock()
+	s.ips.close(sess.ip)
 	if !mine {
 		return
 	}

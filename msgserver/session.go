@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/netx"
+	"golang.org/x/time/rate"
+
 	"github.com/chatrelay/chatrelay/internal/sendq"
 )
 
@@ -41,7 +43,17 @@ type session struct {
 	// goroutines find sessions through Server.sessions.
 	name string
 	// badInARow counts bad requests in a row, across parks; reader only.
-	badInARow int
+	badInARow int32
+	// loginBy is the login deadline, in whole seconds since the server
+	// started (rounded up), and 0 once the session has logged in; reader
+	// only (and the idle timer of a parked session).
+	loginBy int32
+	// reqs is the session's request bucket; reader only. A parked session
+	// whose bucket is full holds none: a new one is the same.
+	reqs *rate.Limiter
+	// ip is the session's source address in the per-address counts; nil
+	// if none counts it (an exempt network).
+	ip *ipSource
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
@@ -59,6 +71,8 @@ func newSession(srv *Server, conn net.Conn) *session {
 		conn:   conn,
 		id:     randomHex(8),
 		remote: conn.RemoteAddr().String(),
+		// Rounded up, so at least 1: 0 means logged in.
+		loginBy: int32((time.Since(srv.started) + srv.cfg.LoginTimeout + time.Second - 1) / time.Second),
 	}
 	if sc, ok := conn.(syscall.Conn); ok && srv.poller != nil {
 		s.raw, _ = sc.SyscallConn()
@@ -104,6 +118,10 @@ const (
 	closeServerClosed                       // Server.Close stops everything at once
 	closeRefusedFull                        // refused at accept: MaxSessions clients are connected
 	closeRefusedDraining                    // refused at accept: the server is shutting down
+	closeRefusedPerIP                       // refused at accept: MaxConnsPerIP clients are connected from its source
+	closeLoginTimeout                       // not logged in within LoginTimeout of connecting
+	closeLineTimeout                        // a line not complete within LineTimeout of its first byte
+	closeLoginRateLimit                     // a login request over LoginRatePerIP for its source
 )
 
 // closeRule is what a close does for one reason.
@@ -174,6 +192,28 @@ var closeRules = [...]closeRule{
 		name: "refused_draining", code: CodeShuttingDown, drop: true,
 		event: "closing", why: text("server shutting down"),
 		msg: "refusing client", level: slog.LevelDebug,
+	},
+	closeRefusedPerIP: {
+		name: "refused_per_ip", code: CodeTooManyConns, drop: true,
+		event: "closing", why: func(cfg *Config) string {
+			return fmt.Sprintf("too many connections from your address (the limit is %d)", cfg.MaxConnsPerIP)
+		},
+		msg: "refusing client", level: slog.LevelDebug,
+	},
+	closeLoginTimeout: {
+		name: "login_timeout", code: CodeLoginTimeout,
+		event: "closing", why: func(cfg *Config) string { return "not logged in within " + cfg.LoginTimeout.String() },
+		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeLineTimeout: {
+		name: "line_timeout", code: CodeLineTimeout,
+		event: "closing", why: func(cfg *Config) string { return "line not completed within " + cfg.LineTimeout.String() },
+		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeLoginRateLimit: {
+		name: "login_rate_limited", code: CodeRateLimited,
+		event: "closing", why: text("too many logins from your address; try again later"),
+		msg: "disconnecting client", level: slog.LevelDebug,
 	},
 }
 
@@ -272,74 +312,124 @@ func (s *session) lingerClose() { netx.LingerClose(s.conn, lingerTime, 1<<20) }
 // holds none.
 const readBufferSize = 512
 
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+// lineReader is a session's read buffer with the clock of the line being
+// read, for the line timeout.
+type lineReader struct {
+	br  *bufio.Reader // reads from src
+	src timedConn
+}
+
+// timedConn notes when reads bring bytes: the latest read, and the one
+// that brought the first byte of the line not yet complete.
+type timedConn struct {
+	conn        net.Conn
+	last, start time.Time // start is zero while no line is begun
+}
+
+func (c *timedConn) Read(p []byte) (int, error) {
+	n, err := c.conn.Read(p)
+	if n > 0 {
+		c.last = time.Now()
+		if c.start.IsZero() {
+			c.start = c.last
+		}
+	}
+	return n, err
+}
+
+var lineReaders = sync.Pool{New: func() any {
+	lr := &lineReader{}
+	lr.br = bufio.NewReaderSize(&lr.src, readBufferSize)
+	return lr
+}}
+
+func (lr *lineReader) reset(conn net.Conn) {
+	lr.src = timedConn{conn: conn}
+	lr.br.Reset(&lr.src)
+}
+
+// lineDone restarts the line clock after a complete line: what is still
+// buffered, the next line's beginning, came with the latest read.
+func (lr *lineReader) lineDone() {
+	if lr.br.Buffered() == 0 {
+		lr.src.start = time.Time{}
+	} else {
+		lr.src.start = lr.src.last
+	}
+}
 
 // readLoop reads and handles requests until the connection ends (false)
 // or the session has parked (true).
 func (s *session) readLoop() (parked bool) {
 	cfg := &s.srv.cfg
-	br := readers.Get().(*bufio.Reader)
-	br.Reset(s.conn)
+	lr := lineReaders.Get().(*lineReader)
+	lr.reset(s.conn)
 	defer func() {
-		br.Reset(nil)
-		readers.Put(br)
+		lr.reset(nil)
+		lineReaders.Put(lr)
 	}()
+	br := lr.br
 	canPark := s.raw != nil && cfg.ParkIdleAfter > 0 && cfg.ParkIdleAfter < cfg.IdleTimeout
 	var long []byte // a line longer than the buffer, gathered so far
 	tooLong := false
 	var deadlineSet time.Time
-	lastInput := time.Now()
+	// now is the time of the latest read (lr.src.last), or of the latest
+	// wake-up: reading the clock costs as much as taking a token, so the
+	// loop reads it once per read, not per line.
+	now := time.Now()
+	lastInput := now
 	for {
-		// Wait for input until the idle timeout, or until it is time to
-		// park. Moving the deadline costs a timer update: at most once a
-		// second.
-		if now := time.Now(); now.Sub(deadlineSet) > time.Second {
+		// Wait for input until the next deadline (wakeAt). Moving it costs
+		// a timer update: at most once a second, unless a wake-up has just
+		// found a line begun.
+		if now.Sub(deadlineSet) > time.Second {
 			deadlineSet = now
-			d := lastInput.Add(cfg.IdleTimeout)
-			if p := now.Add(cfg.ParkIdleAfter); canPark && p.Before(d) {
-				d = p
-			}
-			_ = s.conn.SetReadDeadline(d)
+			_ = s.conn.SetReadDeadline(s.wakeAt(now, lastInput, lr.src.start, canPark))
 			if s.isClosed() {
 				return false // close's wake-up deadline was just overwritten
 			}
 		}
 		frag, err := br.ReadSlice('\n')
 		if err != nil && isTimeout(err) && !s.isClosed() {
-			if idle := time.Since(lastInput); idle < cfg.IdleTimeout {
-				// Silent, but not yet for the idle timeout: park, or wait on.
-				if canPark && len(frag) == 0 && long == nil && !tooLong && s.park(cfg.IdleTimeout-idle) {
-					return true
-				}
-				long, tooLong = gather(long, frag, tooLong, cfg.MaxLine) // a partial line
-				deadlineSet = time.Time{}
-				continue
+			now = time.Now()
+			if r, ok := s.overdue(now, lastInput, lr.src.start); ok {
+				s.close(r)
+				return false
 			}
+			// Not yet: park, or wait on.
+			if canPark && len(frag) == 0 && long == nil && !tooLong && s.park(s.parkFor(now, lastInput)) {
+				return true
+			}
+			long, tooLong = s.gather(long, frag, tooLong) // a partial line
+			if s.tooManyErrors(s.badInARow) {
+				return false
+			}
+			deadlineSet = time.Time{}
+			continue
 		}
-		if err == nil || len(frag) > 0 {
-			lastInput = time.Now()
-		}
+		now = lr.src.last
 		if errors.Is(err, bufio.ErrBufferFull) {
-			long, tooLong = gather(long, frag, tooLong, cfg.MaxLine)
+			long, tooLong = s.gather(long, frag, tooLong)
+			if s.tooManyErrors(s.badInARow) {
+				return false
+			}
 			continue
 		}
 		if err != nil && !(errors.Is(err, io.EOF) && len(frag)+len(long) > 0) {
 			s.readFailed(err)
 			return false
 		}
+		lastInput = now
+		lr.lineDone()
 		line := frag
 		if long != nil {
 			long = append(long, frag...)
 			line = long
 		}
-		if len(line) > cfg.MaxLine {
-			tooLong = true
-		}
-		if tooLong {
-			s.badInARow++
-			s.fail("error", "", errorf(CodeLineTooLong, "line exceeds %d bytes; it was discarded", cfg.MaxLine))
-		} else if line = bytes.TrimSpace(line); len(line) > 0 {
-			if cerr := s.handle(line); cerr != nil {
+		if !tooLong && len(line) > cfg.MaxLine {
+			s.lineTooLong() // passed the limit with its last piece
+		} else if line = bytes.TrimSpace(line); !tooLong && len(line) > 0 {
+			if cerr := s.handle(line, now); cerr != nil {
 				s.badInARow++
 			} else {
 				s.badInARow = 0
@@ -352,13 +442,88 @@ func (s *session) readLoop() (parked bool) {
 	}
 }
 
-// gather adds frag to a line being gathered, or, once the line is over
-// maxLine, drops it and marks it too long (the rest is discarded too).
-func gather(long, frag []byte, tooLong bool, maxLine int) ([]byte, bool) {
-	if tooLong || len(long)+len(frag) > maxLine {
+// wakeAt is when a reader waiting for input must look up: at the idle
+// timeout, the time to park, the login deadline, or the line deadline, of
+// the line begun (lineStart) or of one that may begin while it waits.
+func (s *session) wakeAt(now, lastInput, lineStart time.Time, canPark bool) time.Time {
+	cfg := &s.srv.cfg
+	if lineStart.IsZero() {
+		lineStart = now
+	}
+	d := earliest(lastInput.Add(cfg.IdleTimeout), lineStart.Add(cfg.LineTimeout))
+	if canPark {
+		d = earliest(d, now.Add(cfg.ParkIdleAfter))
+	}
+	if by, ok := s.loginDeadline(); ok {
+		d = earliest(d, by)
+	}
+	return d
+}
+
+// overdue says why a reader that woke up without a complete line must
+// close the session, if it must.
+func (s *session) overdue(now, lastInput, lineStart time.Time) (closeReason, bool) {
+	cfg := &s.srv.cfg
+	if !lineStart.IsZero() && now.Sub(lineStart) >= cfg.LineTimeout {
+		return closeLineTimeout, true
+	}
+	if by, ok := s.loginDeadline(); ok && !now.Before(by) {
+		return closeLoginTimeout, true
+	}
+	if now.Sub(lastInput) >= cfg.IdleTimeout {
+		return closeIdleTimeout, true
+	}
+	return 0, false
+}
+
+// parkFor is how long a session parking now may wait in the poller: until
+// the idle timeout or the login deadline. Its request bucket, if full, is
+// dropped on the way.
+func (s *session) parkFor(now, lastInput time.Time) time.Duration {
+	if s.reqs != nil && s.reqs.TokensAt(now) >= float64(s.srv.cfg.RequestBurst) {
+		s.reqs = nil
+	}
+	d := s.srv.cfg.IdleTimeout - now.Sub(lastInput)
+	if by, ok := s.loginDeadline(); ok {
+		d = min(d, by.Sub(now))
+	}
+	return d
+}
+
+// loginDeadline is when the session must have logged in; false once it has.
+func (s *session) loginDeadline() (time.Time, bool) {
+	if s.loginBy == 0 {
+		return time.Time{}, false
+	}
+	return s.srv.started.Add(time.Duration(s.loginBy) * time.Second), true
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// gather adds frag to a line being gathered. The moment the line passes
+// MaxLine the client is told (lineTooLong), without waiting for a newline
+// that may never come, and the rest of the line, up to its newline, is
+// discarded.
+func (s *session) gather(long, frag []byte, tooLong bool) ([]byte, bool) {
+	if tooLong {
+		return nil, true
+	}
+	if len(long)+len(frag) > s.srv.cfg.MaxLine {
+		s.lineTooLong()
 		return nil, true
 	}
 	return append(long, frag...), false
+}
+
+// lineTooLong tells the client its line is over MaxLine: a bad request.
+func (s *session) lineTooLong() {
+	s.badInARow++
+	s.fail("error", "", errorf(CodeLineTooLong, "line exceeds %d bytes; it is discarded up to its newline", s.srv.cfg.MaxLine))
 }
 
 func isTimeout(err error) bool {
@@ -366,7 +531,7 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func (s *session) tooManyErrors(n int) bool {
+func (s *session) tooManyErrors(n int32) bool {
 	if n < maxConsecutiveErrors {
 		return false
 	}
@@ -374,12 +539,10 @@ func (s *session) tooManyErrors(n int) bool {
 	return true
 }
 
+// readFailed ends a read that failed: the client hung up or reset, or the
+// session was closed (which wakes its reader with a deadline).
 func (s *session) readFailed(err error) {
 	if s.isClosed() {
-		return
-	}
-	if isTimeout(err) {
-		s.close(closeIdleTimeout)
 		return
 	}
 	if !errors.Is(err, io.EOF) {
@@ -387,8 +550,8 @@ func (s *session) readFailed(err error) {
 	}
 }
 
-// handle runs one request line and sends its reply.
-func (s *session) handle(line []byte) *clientError {
+// handle runs one request line, read at the time given, and sends its reply.
+func (s *session) handle(line []byte, at time.Time) *clientError {
 	r, cerr := decodeRequest(line)
 	if cerr != nil {
 		cmd := r.Cmd
@@ -398,11 +561,24 @@ func (s *session) handle(line []byte) *clientError {
 		s.fail(truncate(cmd, 32), "", cerr)
 		return cerr
 	}
+	if !s.allowRequest(at) {
+		cerr = errorf(CodeRateLimited, "over %g requests per second; slow down", s.srv.cfg.RequestRate)
+		s.fail(r.Cmd, r.Ref, cerr)
+		return cerr
+	}
 	switch r.Cmd {
 	case "ping":
 		s.sendReply(nil, reply{Reply: "ping", OK: true})
 	case "login":
-		cerr = s.srv.login(s, r)
+		if !s.srv.ips.allowLogin(s.ip) {
+			cerr = errorf(CodeRateLimited, "too many logins from your address; try again later")
+			s.fail(r.Cmd, r.Ref, cerr)
+			s.close(closeLoginRateLimit)
+			return cerr
+		}
+		if cerr = s.srv.login(s, r); cerr == nil {
+			s.loginBy = 0 // logged in: no deadline any more
+		}
 	case "chat":
 		cerr = s.srv.chat(s, r)
 	case "logout":
@@ -412,6 +588,19 @@ func (s *session) handle(line []byte) *clientError {
 		s.fail(r.Cmd, r.Ref, cerr)
 	}
 	return cerr
+}
+
+// allowRequest takes a request read at the time given from the session's
+// bucket, and reports whether there was one.
+func (s *session) allowRequest(at time.Time) bool {
+	cfg := &s.srv.cfg
+	if cfg.RequestRate < 0 {
+		return true
+	}
+	if s.reqs == nil {
+		s.reqs = rate.NewLimiter(rate.Limit(cfg.RequestRate), cfg.RequestBurst)
+	}
+	return s.reqs.AllowN(at, 1)
 }
 
 // fail sends an error reply.

@@ -14,7 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
@@ -52,8 +54,17 @@ func run(args []string) int {
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages kept per user (oldest dropped)")
 		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
-		maxSessions = fs.Int("max-sessions", msgserver.DefaultMaxSessions, "most client connections at once")
+		maxSessions = fs.Int("max-sessions", msgserver.DefaultMaxSessions, "most client connections at once (lowered at start to the descriptor limit less --fd-headroom)")
+		fdHeadroom  = fs.Int("fd-headroom", msgserver.DefaultFDHeadroom, "descriptors kept out of the client connections, for Redis, the relay link and the admin port")
 		idle        = fs.Duration("idle-timeout", msgserver.DefaultIdleTimeout, "disconnect a client silent for this long (clients send ping)")
+		loginTO     = fs.Duration("login-timeout", msgserver.DefaultLoginTimeout, "disconnect a client not logged in this long after connecting")
+		lineTO      = fs.Duration("line-timeout", msgserver.DefaultLineTimeout, "disconnect a client whose line is not complete this long after its first byte")
+		reqRate     = fs.Float64("request-rate", msgserver.DefaultRequestRate, "requests per second a connection may sustain; over it a request gets rate_limited; negative: no limit")
+		reqBurst    = fs.Int("request-burst", msgserver.DefaultRequestBurst, "requests a connection may send at once above --request-rate")
+		perIP       = fs.Int("max-conns-per-ip", msgserver.DefaultMaxConnsPerIP, "open client connections per source address (IPv6: per /64); negative: no cap")
+		loginRate   = fs.Float64("login-rate-per-ip", msgserver.DefaultLoginRatePerIP, "login requests per second per source address; negative: no limit")
+		loginBurst  = fs.Int("login-burst-per-ip", msgserver.DefaultLoginBurstPerIP, "login requests a source address may send at once above --login-rate-per-ip")
+		exempt      = fs.String("per-ip-exempt", "127.0.0.0/8,::1/128", "comma-separated networks the per-address limits skip (a local proxy, load tests); empty: none")
 		park        = fs.Duration("park-idle-after", msgserver.DefaultParkIdleAfter, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
 		maxUnacked  = fs.Int("max-unacked", msgserver.DefaultMaxUnacked, "forwarded messages kept for resending until acked")
 		noRoute     = fs.Duration("no-route-timeout", msgserver.DefaultNoRouteGiveUp, "keep retrying a message whose destination server has no relay link this long, then store it offline")
@@ -89,6 +100,11 @@ func run(args []string) int {
 			return 2
 		}
 	}
+	exemptNets, err := parsePrefixes(*exempt)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "msgserver: --per-ip-exempt:", err)
+		return 2
+	}
 	ropts, err := store.ParseURL(*redisURL)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "msgserver: --redis:", err)
@@ -119,6 +135,7 @@ func run(args []string) int {
 		InboxMax:      *inboxMax,
 		InboxTTL:      *inboxTTL,
 		MaxSessions:   *maxSessions,
+		FDHeadroom:    *fdHeadroom,
 		IdleTimeout:   *idle,
 		ParkIdleAfter: *park,
 		MaxUnacked:    *maxUnacked,
@@ -127,8 +144,18 @@ func run(args []string) int {
 		AuthLeeway:    *authLeeway,
 		AuthAudience:  *authAud,
 		AuthIssuer:    *authIss,
-		Logger:        log,
-		Metrics:       msgserver.NewMetrics(reg),
+
+		LoginTimeout:    *loginTO,
+		LineTimeout:     *lineTO,
+		RequestRate:     *reqRate,
+		RequestBurst:    *reqBurst,
+		MaxConnsPerIP:   *perIP,
+		LoginRatePerIP:  *loginRate,
+		LoginBurstPerIP: *loginBurst,
+		PerIPExempt:     exemptNets,
+
+		Logger:  log,
+		Metrics: msgserver.NewMetrics(reg),
 	})
 	if err != nil {
 		ln.Close()
@@ -166,6 +193,28 @@ func run(args []string) int {
 		_ = adminSrv.Shutdown(sctx)
 	}
 	return code
+}
+
+// parsePrefixes reads comma-separated networks (10.0.0.0/8) or addresses
+// (one address is its own network). Empty is none, not nil: the server's
+// default (loopback) applies only to nil.
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	out := []netip.Prefix{}
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		if a, err := netip.ParseAddr(f); err == nil {
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a network (10.0.0.0/8) nor an address", f)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // defaultAdvertise is this host's private IP (as go-sockaddr finds it) with
