@@ -34,10 +34,13 @@ func (s *Server) chat(sess *session, r request) *clientError {
 		return errorf(CodeNotLoggedIn, "log in first: {\"cmd\":\"login\",\"name\":\"...\"}")
 	}
 	if r.Send != "" && r.Send != sess.name {
-		s.log.Warn("refused chat with a forged sender", "user", sess.name, "claimed", truncate(r.Send, 64), "remote", sess.remote)
-		return errorf(CodeSenderMismatch, "send %q is not the logged-in user %q", truncate(r.Send, 64), sess.name)
+		if send, e := normalizeName(r.Send, s.cfg.MaxNameLen); e != nil || send != sess.name {
+			s.log.Warn("refused chat with a forged sender", "user", sess.name, "claimed", truncate(r.Send, 64), "remote", sess.remote)
+			return errorf(CodeSenderMismatch, "send %q is not the logged-in user %q", truncate(r.Send, 64), sess.name)
+		}
 	}
-	if e := checkName(r.Recv, s.cfg.MaxNameLen); e != nil {
+	recv, e := normalizeName(r.Recv, s.cfg.MaxNameLen)
+	if e != nil {
 		return errorf(CodeBadRecipient, "recv: %s", e.msg)
 	}
 	if len(r.Content) > s.cfg.MaxContent {
@@ -51,7 +54,7 @@ func (s *Server) chat(sess *session, r request) *clientError {
 		id:       s.newID(),
 		accepted: now,
 	}
-	d.ev = chatEvent{Event: "chat", ID: d.id.String(), From: sess.name, To: r.Recv, Content: r.Content, TS: now.UnixMilli()}
+	d.ev = chatEvent{Event: "chat", ID: d.id.String(), From: sess.name, To: recv, Content: r.Content, TS: now.UnixMilli()}
 	return d.route(true)
 }
 

@@ -208,9 +208,11 @@ func (s *Server) login(sess *session, r request) *clientError {
 	if sess.name != "" {
 		return errorf(CodeAlreadyIn, "already logged in as %q; log out first", sess.name)
 	}
-	if e := checkName(r.Name, s.cfg.MaxNameLen); e != nil {
+	name, e := normalizeName(r.Name, s.cfg.MaxNameLen)
+	if e != nil {
 		return e
 	}
+	r.Name = name // the one form presence, inboxes and sessions know
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
