@@ -122,7 +122,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		bin   string
 		flags []string
 	}{
-		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--admin", "--park-idle-after"}},
+		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--admin", "--park-idle-after",
+			"--inbox-max", "--offline-max-bytes", "--offline-rate"}},
 		{"relay", []string{"--listen", "--admin", "--link-secret-file", "--vip", "--id"}},
 	} {
 		p := testenv.Start(t, tc.bin, testenv.Build(t, tc.bin), "--help")

@@ -48,6 +48,9 @@ const (
 	CodeContentTooLong = "content_too_long"
 	CodeUnavailable    = "presence_unavailable" // Redis unreachable: try again
 	CodeBacklogFull    = "backlog_full"         // too many messages await their ack
+	CodeInboxFull      = "inbox_full"           // the recipient's offline inbox is full: not stored
+	CodeOfflineFull    = "offline_full"         // offline storage (Redis) is over its cap: not stored
+	CodeRateLimited    = "rate_limited"         // over a rate limit: the request was not done
 	CodeServerFull     = "server_full"
 	CodeShuttingDown   = "shutting_down"
 	CodeTooManyErrors  = "too_many_errors"

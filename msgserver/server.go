@@ -53,6 +53,7 @@ type Server struct {
 	idBase  [8]byte
 	idSeq   atomic.Uint64
 	redisOK atomic.Bool
+	offline offlineUse // what the offline storage cap knows of Redis
 }
 
 // New checks cfg and starts the server's background work: the relay link,
@@ -129,6 +130,13 @@ func New(cfg Config) (*Server, error) {
 		defer s.wg.Done()
 		releaseMemory(ctx, s.log, s.Parked)
 	}()
+	if cfg.OfflineMaxBytes > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchOfflineStorage(ctx)
+		}()
+	}
 	return s, nil
 }
 
@@ -233,6 +241,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
 	sess.name = r.Name
+	inbox := s.inboxEvents(r.Name, c.Inbox)
 	// The reply and the offline messages are queued in the same critical
 	// section that publishes the session: deliveries find sessions under
 	// this lock, so no live event can overtake them, and whoever sees the
@@ -242,8 +251,8 @@ func (s *Server) login(sess *session, r request) *clientError {
 	var batch sendq.Batch
 	s.mu.Lock()
 	sess.sendReply(&batch, reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
-	for _, l := range c.Inbox {
-		sess.queue(&batch, func(b []byte) []byte { return append(append(b, l...), '\n') })
+	for _, e := range inbox {
+		sess.queue(&batch, e.appendLine)
 	}
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
@@ -273,8 +282,8 @@ func (s *Server) login(sess *session, r request) *clientError {
 			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
 			return nil
 		}
-		for _, l := range lines {
-			sess.send(append([]byte(l), '\n'))
+		for _, e := range s.inboxEvents(r.Name, lines) {
+			sess.send(e.appendLine(nil))
 		}
 	}
 	return nil

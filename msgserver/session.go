@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/chatrelay/chatrelay/internal/sendq"
 )
 
@@ -41,6 +43,9 @@ type session struct {
 	name string
 	// badInARow counts bad requests in a row, across parks; reader only.
 	badInARow int
+	// offlineRate is the bucket offline messages from this connection
+	// take from, made at the first (offline.go).
+	offlineRate atomic.Pointer[rate.Limiter]
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session

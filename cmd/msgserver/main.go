@@ -38,8 +38,10 @@ func run(args []string) int {
 		secretFile  = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes); needed with --relay")
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
-		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages kept per user (oldest dropped)")
+		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
 		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
+		offlineMax  = fs.Int64("offline-max-bytes", msgserver.DefaultOfflineMaxBytes, "refuse offline messages (offline_full) while Redis's used_memory is above this (read every second); set it below Redis's maxmemory; negative: no cap")
+		offlineRate = fs.Int("offline-rate", msgserver.DefaultOfflineRate, "offline messages one client connection may store per minute, at once or spread out (rate_limited beyond); negative: no limit")
 		maxSessions = fs.Int("max-sessions", msgserver.DefaultMaxSessions, "most client connections at once")
 		idle        = fs.Duration("idle-timeout", msgserver.DefaultIdleTimeout, "disconnect a client silent for this long (clients send ping)")
 		park        = fs.Duration("park-idle-after", msgserver.DefaultParkIdleAfter, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
@@ -105,6 +107,9 @@ func run(args []string) int {
 		NoRouteGiveUp: *noRoute,
 		Logger:        log,
 		Metrics:       msgserver.NewMetrics(reg),
+
+		OfflineMaxBytes: *offlineMax,
+		OfflineRate:     *offlineRate,
 	})
 	if err != nil {
 		ln.Close()
