@@ -122,7 +122,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		bin   string
 		flags []string
 	}{
-		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--link-secret-next-file", "--admin", "--park-idle-after"}},
+		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--link-secret-next-file", "--admin", "--park-idle-after",
+			"--inbox-max", "--offline-max-bytes", "--offline-rate"}},
 		{"relay", []string{"--listen", "--admin", "--link-secret-file", "--link-secret-next-file", "--vip", "--id",
 			"--max-pending-handshakes", "--max-pending-per-ip", "--forget-after", "--max-known-servers"}},
 	} {

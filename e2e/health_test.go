@@ -149,7 +149,8 @@ func TestMetricsPassPromtool(t *testing.T) {
 			"relay_link_rtt_seconds{server=\"msg-2\"}", "process_resident_memory_bytes", "go_goroutines"},
 		s1.admin: {"msgserver_sessions 1", "msgserver_messages_total{path=\"relayed\"} 1", "msgserver_messages_total{path=\"offline\"} 1",
 			"msgserver_relay_link_up 1", "msgserver_relay_reconnects_total 0", "msgserver_unacked_frames 0",
-			"msgserver_redis_errors_total 0", "msgserver_delivery_latency_seconds_count 2", "process_resident_memory_bytes"},
+			"msgserver_redis_errors_total 0", "msgserver_delivery_latency_seconds_count 2", "process_resident_memory_bytes",
+			"msgserver_offline_full 0", "msgserver_redis_used_memory_bytes"},
 	}
 	testenv.Eventually(t, 5*time.Second, "the first link round trips to be measured", func() bool {
 		_, body := get(t, "http://"+o.relayAdmin+"/metrics")

@@ -3,6 +3,7 @@ package msgserver
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"sync"
 	"time"
 
@@ -34,10 +35,13 @@ func (s *Server) chat(sess *session, r request) *clientError {
 		return errorf(CodeNotLoggedIn, "log in first: {\"cmd\":\"login\",\"name\":\"...\"}")
 	}
 	if r.Send != "" && r.Send != sess.name {
-		s.log.Warn("refused chat with a forged sender", "user", sess.name, "claimed", truncate(r.Send, 64), "remote", sess.remote)
-		return errorf(CodeSenderMismatch, "send %q is not the logged-in user %q", truncate(r.Send, 64), sess.name)
+		if send, e := normalizeName(r.Send, s.cfg.MaxNameLen); e != nil || send != sess.name {
+			s.log.Warn("refused chat with a forged sender", "user", sess.name, "claimed", truncate(r.Send, 64), "remote", sess.remote)
+			return errorf(CodeSenderMismatch, "send %q is not the logged-in user %q", truncate(r.Send, 64), sess.name)
+		}
 	}
-	if e := checkName(r.Recv, s.cfg.MaxNameLen); e != nil {
+	recv, e := normalizeName(r.Recv, s.cfg.MaxNameLen)
+	if e != nil {
 		return errorf(CodeBadRecipient, "recv: %s", e.msg)
 	}
 	if len(r.Content) > s.cfg.MaxContent {
@@ -51,8 +55,16 @@ func (s *Server) chat(sess *session, r request) *clientError {
 		id:       s.newID(),
 		accepted: now,
 	}
-	d.ev = chatEvent{Event: "chat", ID: d.id.String(), From: sess.name, To: r.Recv, Content: r.Content, TS: now.UnixMilli()}
-	return d.route(true)
+	d.ev = chatEvent{Event: "chat", ID: d.id.String(), From: sess.name, To: recv, Content: r.Content, TS: now.UnixMilli()}
+	e = d.route(true)
+	if e != nil && (e.code == CodeInboxFull || e.code == CodeOfflineFull) {
+		// Refused for the recipient's or the server's state, not for
+		// anything wrong in the request: not a bad request towards
+		// too_many_errors.
+		sess.fail("chat", r.Ref, e)
+		return nil
+	}
+	return e
 }
 
 // route sends the message to where the recipient is. cached says whether a
@@ -123,14 +135,35 @@ func (d *delivery) forwarded(o outcome, b *sendq.Batch) {
 	}
 }
 
+// storeOffline keeps the message in the recipient's inbox and tells the
+// sender, or refuses it: Redis is over the offline storage cap, the
+// sender's offline rate is spent, or the inbox is full. A refused message
+// is not stored anywhere, and nothing stored before is dropped for it.
 func (d *delivery) storeOffline() *clientError {
-	ctx, cancel := context.WithTimeout(d.srv.ctx, d.srv.cfg.RedisTimeout)
+	s := d.srv
+	ev := &d.ev
+	if s.offlineFull() {
+		return errorf(CodeOfflineFull, "message not stored: offline storage is full; send it when %q is logged in", ev.To)
+	}
+	limit := d.sender.offlineLimiter(&s.cfg)
+	if limit != nil && limit.Tokens() < 1 {
+		return errorf(CodeRateLimited, "message not stored: over %d offline messages a minute; try again later", s.cfg.OfflineRate)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	ev := d.ev
-	ev.Offline = true
-	line := appendJSONLine(nil, ev)
-	if err := d.srv.storeOffline(ctx, ev.To, line[:len(line)-1]); err != nil {
-		d.srv.log.Warn("offline store failed", "user", ev.From, "recipient", ev.To, "err", err)
+	entry := appendInboxEntry(nil, d.id, &payload{From: ev.From, To: ev.To, TS: ev.TS, Content: ev.Content})
+	err := s.storeOffline(ctx, ev.To, entry)
+	if err == nil {
+		s.offline.stored(len(entry))
+		if limit != nil {
+			limit.Allow() // only stored messages count against the rate
+		}
+	}
+	if errors.Is(err, store.ErrInboxFull) {
+		return errorf(CodeInboxFull, "message not stored: the offline inbox of %q is full (%d messages); it empties when they log in", ev.To, s.cfg.InboxMax)
+	}
+	if err != nil {
+		s.log.Warn("offline store failed", "user", ev.From, "recipient", ev.To, "err", err)
 		return errorf(CodeUnavailable, "message not stored: offline store unavailable, try again shortly")
 	}
 	d.finish(nil, StatusOffline)

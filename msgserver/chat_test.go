@@ -142,7 +142,12 @@ func TestOfflineMessagesKeptBoundedAndDeliveredInOrder(t *testing.T) {
 	sender := login(t, tr.a, "gina")
 	for i := 1; i <= 8; i++ {
 		sender.Chat("henry", fmt.Sprintf("m%d", i))
-		sender.Expect(map[string]any{"reply": "chat", "ok": true, "status": "offline"})
+		if i <= 5 {
+			sender.Expect(map[string]any{"reply": "chat", "ok": true, "status": "offline"})
+		} else {
+			// A full inbox refuses; nothing stored is dropped for it.
+			sender.Expect(map[string]any{"reply": "chat", "ok": false, "code": "inbox_full"})
+		}
 	}
 	if n, _ := tr.redis.Command("LLEN", "chatrelay:inbox:henry"); n != ":5" {
 		t.Fatalf("inbox length = %s, want :5 (bounded)", n)
@@ -151,7 +156,7 @@ func TestOfflineMessagesKeptBoundedAndDeliveredInOrder(t *testing.T) {
 		t.Fatalf("inbox TTL = %s, want a TTL", ttl)
 	}
 	henry := login(t, tr.b, "henry")
-	for i := 4; i <= 8; i++ {
+	for i := 1; i <= 5; i++ {
 		ev := henry.Next()
 		if ev.S("content") != fmt.Sprintf("m%d", i) || ev["offline"] != true {
 			t.Fatalf("offline message %d = %v", i, ev)

@@ -5,12 +5,14 @@
 //
 // Where things are: server.go runs the server and reads the relay link's
 // events; session.go and park.go a client's connection (park.go: idle ones
-// waiting in the poller); protocol.go the client protocol; chat.go routing a
-// chat message; relaylink.go the link client (dial, handshake, heartbeats,
-// redial); ledger.go the messages forwarded and not yet acknowledged;
-// loginbatch.go, release.go and inboxwatch.go the batched Redis work around
-// logins and disconnects; auth.go the keys and the check of signed logins;
-// limits.go what a connection or a source address may cost.
+// waiting in the poller); protocol.go the client protocol and names.go its
+// rules for user names; chat.go routing a chat message and offline.go how
+// one is kept for an offline user, within which limits; relaylink.go the
+// link client (dial, handshake, heartbeats, redial); ledger.go the messages
+// forwarded and not yet acknowledged; loginbatch.go, release.go and
+// inboxwatch.go the batched Redis work around logins and disconnects;
+// auth.go the keys and the check of signed logins; limits.go what a
+// connection or a source address may cost.
 package msgserver
 
 import (
@@ -79,10 +81,20 @@ type Config struct {
 
 	PresenceTTL   time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
 	RegistryTTL   time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
-	InboxMax      int           // offline messages kept per user (default 200, oldest dropped)
+	InboxMax      int           // offline messages an inbox holds; more are refused with inbox_full (default 200)
 	InboxTTL      time.Duration // how long an offline inbox lives (default 7 days)
 	RouteCacheTTL time.Duration // how long a looked-up location is trusted (default 10s)
 	RedisTimeout  time.Duration // per Redis call from a client request (default 1s)
+
+	// OfflineMaxBytes is the Redis memory use (INFO used_memory, read
+	// every second) above which offline messages are refused with
+	// offline_full (default 256 MiB; negative: no cap). offline.go says
+	// why it is Redis's own figure.
+	OfflineMaxBytes int64
+	// OfflineRate is how many offline messages one client connection may
+	// store per minute, at once or spread out; more are refused with
+	// rate_limited (default 300; negative: no limit).
+	OfflineRate int
 
 	MaxUnacked    int           // forwarded messages awaiting their ack (default 100000)
 	AckTimeout    time.Duration // resend a forwarded message not acked by then (default 2s)
@@ -129,6 +141,8 @@ const (
 	DefaultRegistryTTL       = 6 * time.Second
 	DefaultInboxMax          = 200
 	DefaultInboxTTL          = 7 * 24 * time.Hour
+	DefaultOfflineMaxBytes   = 256 << 20
+	DefaultOfflineRate       = 300
 	DefaultRouteCacheTTL     = 10 * time.Second
 	DefaultRedisTimeout      = time.Second
 	DefaultMaxUnacked        = 100000
@@ -166,6 +180,8 @@ func (c *Config) setDefaults() {
 	setDefault(&c.RegistryTTL, DefaultRegistryTTL)
 	setDefault(&c.InboxMax, DefaultInboxMax)
 	setDefault(&c.InboxTTL, DefaultInboxTTL)
+	setDefault(&c.OfflineMaxBytes, DefaultOfflineMaxBytes)
+	setDefault(&c.OfflineRate, DefaultOfflineRate)
 	setDefault(&c.RouteCacheTTL, DefaultRouteCacheTTL)
 	setDefault(&c.RedisTimeout, DefaultRedisTimeout)
 	setDefault(&c.MaxUnacked, DefaultMaxUnacked)
@@ -210,6 +226,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxNameLen > wire.MaxIDLen {
 		errs = append(errs, fmt.Errorf("max name length %d is above %d", c.MaxNameLen, wire.MaxIDLen))
+	}
+	if c.InboxMax < 1 {
+		errs = append(errs, fmt.Errorf("inbox max %d must be at least 1", c.InboxMax))
 	}
 	if c.PingInterval >= c.DeadAfter {
 		errs = append(errs, fmt.Errorf("ping interval %s must be shorter than dead-after %s", c.PingInterval, c.DeadAfter))

@@ -31,25 +31,25 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 
 		name := string(line)
-		if e := checkName(name, maxName); e == nil {
-			if len(name) < 1 || len(name) > maxName {
-				t.Fatalf("checkName accepted a %d-byte name", len(name))
+		if n, e := normalizeName(name, maxName); e == nil {
+			if len(n) < 1 || len(n) > maxName {
+				t.Fatalf("normalizeName accepted %q as a %d-byte name", name, len(n))
 			}
-			if !utf8.ValidString(name) {
-				t.Fatalf("checkName accepted invalid UTF-8 %q", name)
+			if !utf8.ValidString(n) {
+				t.Fatalf("normalizeName accepted invalid UTF-8 %q", name)
 			}
-			for _, c := range name {
+			for _, c := range n {
 				if unicode.IsControl(c) || c == utf8.RuneError {
-					t.Fatalf("checkName accepted %q with control or replacement character %U", name, c)
+					t.Fatalf("normalizeName accepted %q with control or replacement character %U", name, c)
 				}
 			}
 		} else if e.code != CodeBadName {
-			t.Fatalf("checkName(%q): code %q, want %s", name, e.code, CodeBadName)
+			t.Fatalf("normalizeName(%q): code %q, want %s", name, e.code, CodeBadName)
 		}
 		// Fields of a decoded request go through the same check.
 		for _, s := range []string{r.Name, r.Send, r.Recv} {
-			if checkName(s, maxName) == nil && (!utf8.ValidString(s) || len(s) > maxName) {
-				t.Fatalf("checkName accepted decoded field %q", s)
+			if n, e := normalizeName(s, maxName); e == nil && (!utf8.ValidString(n) || len(n) > maxName) {
+				t.Fatalf("normalizeName accepted decoded field %q", s)
 			}
 		}
 	})

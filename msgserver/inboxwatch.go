@@ -75,7 +75,7 @@ func (ws *inboxWatches) noteStore(user string) (done func()) {
 	}
 }
 
-// storeOffline appends an event line to user's offline inbox, under the
+// storeOffline appends an entry (offline.go) to user's offline inbox, under the
 // watch of any login of user in progress here.
 func (s *Server) storeOffline(ctx context.Context, user string, line []byte) error {
 	defer s.watches.noteStore(user)()

@@ -28,6 +28,8 @@ type Metrics struct {
 	disconnects     *prometheus.CounterVec
 	duplicates      prometheus.Counter
 	deliveryLatency prometheus.Histogram
+	redisMemory     prometheus.Gauge
+	offlineFull     prometheus.Gauge
 }
 
 // NewMetrics registers the message server's metrics on reg.
@@ -98,6 +100,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name:    "msgserver_delivery_latency_seconds",
 			Help:    "Time from accepting a message to knowing the recipient has it (local write, end-to-end ack, or offline store).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 4, 10),
+		}),
+		redisMemory: f.NewGauge(prometheus.GaugeOpts{
+			Name: "msgserver_redis_used_memory_bytes",
+			Help: "Redis's used_memory as last read for the offline storage cap (read every second while the cap is on).",
+		}),
+		offlineFull: f.NewGauge(prometheus.GaugeOpts{
+			Name: "msgserver_offline_full",
+			Help: "1 while Redis uses more than --offline-max-bytes and offline messages are refused (offline_full), else 0.",
 		}),
 	}
 	m.local = m.messages.WithLabelValues("local")
@@ -206,5 +216,21 @@ func (m *Metrics) disconnect(reason string) {
 func (m *Metrics) duplicate() {
 	if m != nil {
 		m.duplicates.Inc()
+	}
+}
+
+func (m *Metrics) setRedisMemory(bytes int64) {
+	if m != nil {
+		m.redisMemory.Set(float64(bytes))
+	}
+}
+
+func (m *Metrics) setOfflineFull(full bool) {
+	if m != nil {
+		v := 0.0
+		if full {
+			v = 1
+		}
+		m.offlineFull.Set(v)
 	}
 }

@@ -1,6 +1,7 @@
 package msgserver
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -42,18 +43,20 @@ const (
 	CodeLineTooLong    = "line_too_long" // the line exceeds the limit: sent once it does, the line is discarded up to its newline
 	CodeNotLoggedIn    = "not_logged_in" // chat before login
 	CodeAlreadyIn      = "already_logged_in"
-	CodeBadName        = "bad_name"        // empty, too long, or has control characters
+	CodeBadName        = "bad_name"        // not a valid name: see normalizeName
 	CodeAuthFailed     = "auth_failed"     // no valid, unexpired token for the name; which part failed is not said
 	CodeSenderMismatch = "sender_mismatch" // "send" is not the logged-in name
 	CodeBadRecipient   = "bad_recipient"
 	CodeContentTooLong = "content_too_long"
 	CodeUnavailable    = "presence_unavailable" // Redis unreachable: try again
 	CodeBacklogFull    = "backlog_full"         // too many messages await their ack
+	CodeInboxFull      = "inbox_full"           // the recipient's offline inbox is full: not stored
+	CodeOfflineFull    = "offline_full"         // offline storage (Redis) is over its cap: not stored
 	CodeServerFull     = "server_full"
 	CodeShuttingDown   = "shutting_down"
 	CodeTooManyErrors  = "too_many_errors"
 	CodeIdleTimeout    = "idle_timeout"
-	CodeRateLimited    = "rate_limited"         // over the connection's request rate, or its address's login rate
+	CodeRateLimited    = "rate_limited"         // over the connection's request rate, its address's login rate or its offline-message rate
 	CodeTooManyConns   = "too_many_connections" // its address has the most connections allowed
 	CodeLoginTimeout   = "login_timeout"        // not logged in within the login timeout of connecting
 	CodeLineTimeout    = "line_timeout"         // a line not completed within the line timeout of its first byte
@@ -142,6 +145,9 @@ func decodeRequest(line []byte) (request, *clientError) {
 	if err != nil {
 		return r, errorf(CodeBadJSON, "line is not a JSON object: it is %s", v.Type())
 	}
+	if loneSurrogate(line) {
+		return r, errorf(CodeBadJSON, `line has a \u escape of half a UTF-16 surrogate pair (\ud800-\udfff)`)
+	}
 	var notString string
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		var dst *string
@@ -190,6 +196,60 @@ func decodeRequest(line []byte) (request, *clientError) {
 	}
 }
 
+// loneSurrogate reports whether line has a \u escape of a UTF-16
+// surrogate that is not the first of a high-low pair. fastjson keeps such
+// an escape as its six characters, so "\ud800" would name the same user
+// as "\\ud800", and it drops a character after a high surrogate without
+// its pair; encoding/json would make U+FFFD of either. A backslash outside
+// a string is a syntax error, which the parser has refused already, so
+// the scan need not know where strings are.
+func loneSurrogate(line []byte) bool {
+	for i := 0; ; {
+		j := bytes.IndexByte(line[i:], '\\')
+		if j < 0 {
+			return false
+		}
+		i += j
+		u, ok := hexEscape(line[i:])
+		switch {
+		case !ok || u < 0xd800 || u > 0xdfff:
+			i += 2 // any escape is at least two bytes; a \\ is skipped whole
+		case u >= 0xdc00:
+			return true // a low surrogate first
+		default:
+			lo, ok := hexEscape(line[i+6:])
+			if !ok || lo < 0xdc00 || lo > 0xdfff {
+				return true // a high surrogate alone
+			}
+			i += 12
+		}
+		if i >= len(line) {
+			return false
+		}
+	}
+}
+
+// hexEscape reads the \uXXXX escape b starts with.
+func hexEscape(b []byte) (rune, bool) {
+	if len(b) < 6 || b[0] != '\\' || b[1] != 'u' {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[2:6] {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
 // internCmd returns the known commands without allocating a string.
 func internCmd(b []byte) string {
 	switch string(b) {
@@ -203,22 +263,6 @@ func internCmd(b []byte) string {
 		return "logout"
 	}
 	return string(b)
-}
-
-// checkName reports why name cannot be a user name, or nil.
-func checkName(name string, maxLen int) *clientError {
-	if name == "" {
-		return errorf(CodeBadName, "name is empty")
-	}
-	if len(name) > maxLen {
-		return errorf(CodeBadName, "name is %d bytes, the limit is %d", len(name), maxLen)
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
-			return errorf(CodeBadName, "name contains a control or invalid character")
-		}
-	}
-	return nil
 }
 
 func truncate(s string, n int) string {

@@ -24,6 +24,11 @@ func TestDecodeRequest(t *testing.T) {
 		{"surrounding space", " \t{\"cmd\":\"ping\"} \r", request{Cmd: "ping"}, ""},
 		{"chinese name", `{"cmd":"login","name":"芝麻201"}`, request{Cmd: "login", Name: "芝麻201"}, ""},
 		{"escaped name", `{"cmd":"login","name":"\u829d\u9ebb201"}`, request{Cmd: "login", Name: "芝麻201"}, ""},
+		{"surrogate pair", `{"cmd":"login","name":"\ud83d\ude00"}`, request{Cmd: "login", Name: "😀"}, ""},
+		{"upper-case surrogate pair", `{"cmd":"login","name":"\uD83D\uDE00"}`, request{Cmd: "login", Name: "😀"}, ""},
+		{"escaped backslash before u", `{"cmd":"login","name":"\\ud800"}`, request{Cmd: "login", Name: `\ud800`}, ""},
+		{"escaped backslash before a pair", `{"cmd":"login","name":"\\\ud83d\ude00"}`, request{Cmd: "login", Name: `\😀`}, ""},
+		{"other escapes", `{"cmd":"chat","recv":"b","content":"\"\\\/\b\f\n\r\t\u0041"}`, request{Cmd: "chat", Recv: "b", Content: "\"\\/\b\f\n\r\tA"}, ""},
 
 		{"empty line", ``, request{}, CodeBadJSON},
 		{"not json", `login zhima201`, request{}, CodeBadJSON},
@@ -38,6 +43,15 @@ func TestDecodeRequest(t *testing.T) {
 		{"json number", `42`, request{}, CodeBadJSON},
 		{"cmd is a number", `{"cmd":123}`, request{}, CodeBadJSON},
 		{"name is an object", `{"cmd":"login","name":{}}`, request{}, CodeBadJSON},
+		{"lone high surrogate", `{"cmd":"login","name":"\ud800"}`, request{}, CodeBadJSON},
+		{"lone low surrogate", `{"cmd":"login","name":"a\udc00"}`, request{}, CodeBadJSON},
+		{"high surrogate then a letter", `{"cmd":"login","name":"\ud800x"}`, request{}, CodeBadJSON},
+		{"high surrogate then another escape", `{"cmd":"login","name":"\ud800\u0041"}`, request{}, CodeBadJSON},
+		{"two high surrogates", `{"cmd":"login","name":"\ud800\ud800"}`, request{}, CodeBadJSON},
+		{"reversed pair", `{"cmd":"login","name":"\ude00\ud83d"}`, request{}, CodeBadJSON},
+		{"high surrogate at the end", `{"cmd":"login","name":"x\uDBFF"}`, request{}, CodeBadJSON},
+		{"lone surrogate in content", `{"cmd":"chat","recv":"b","content":"hi \ud83d"}`, request{}, CodeBadJSON},
+		{"lone surrogate in an unknown field", `{"cmd":"ping","x":"\udfff"}`, request{}, CodeBadJSON},
 		{"deeply nested", strings.Repeat("[", 20000) + strings.Repeat("]", 20000), request{}, CodeBadJSON},
 
 		{"missing cmd", `{"name":"zhima201"}`, request{}, CodeUnknownCmd},
@@ -112,16 +126,16 @@ func TestCheckName(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cerr := checkName(tt.in, max)
+			_, cerr := normalizeName(tt.in, max)
 			if tt.ok && cerr != nil {
-				t.Fatalf("checkName(%q) = %v, want nil", tt.in, cerr)
+				t.Fatalf("normalizeName(%q) = %v, want nil", tt.in, cerr)
 			}
 			if !tt.ok {
 				if cerr == nil {
-					t.Fatalf("checkName(%q) = nil, want %s", tt.in, CodeBadName)
+					t.Fatalf("normalizeName(%q) = nil, want %s", tt.in, CodeBadName)
 				}
 				if cerr.code != CodeBadName {
-					t.Fatalf("checkName(%q): code %s, want %s", tt.in, cerr.code, CodeBadName)
+					t.Fatalf("normalizeName(%q): code %s, want %s", tt.in, cerr.code, CodeBadName)
 				}
 			}
 		})

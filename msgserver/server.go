@@ -55,6 +55,7 @@ type Server struct {
 	idBase  [8]byte
 	idSeq   atomic.Uint64
 	redisOK atomic.Bool
+	offline offlineUse // what the offline storage cap knows of Redis
 }
 
 // New checks cfg and starts the server's background work: the relay link,
@@ -144,6 +145,13 @@ func New(cfg Config) (*Server, error) {
 		defer s.wg.Done()
 		releaseMemory(ctx, s.log, s.Parked)
 	}()
+	if cfg.OfflineMaxBytes > 0 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.watchOfflineStorage(ctx)
+		}()
+	}
 	return s, nil
 }
 
@@ -237,9 +245,11 @@ func (s *Server) login(sess *session, r request) *clientError {
 	if sess.name != "" {
 		return errorf(CodeAlreadyIn, "already logged in as %q; log out first", sess.name)
 	}
-	if e := checkName(r.Name, s.cfg.MaxNameLen); e != nil {
+	name, e := normalizeName(r.Name, s.cfg.MaxNameLen)
+	if e != nil {
 		return e
 	}
+	r.Name = name // the one form presence, inboxes, sessions and tokens know
 	if e := s.authenticate(sess, r.Name, r.Token); e != nil {
 		return e
 	}
@@ -263,6 +273,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
 	sess.name = r.Name
+	inbox := s.inboxEvents(r.Name, c.Inbox)
 	// The reply and the offline messages are queued in the same critical
 	// section that publishes the session: deliveries find sessions under
 	// this lock, so no live event can overtake them, and whoever sees the
@@ -272,8 +283,8 @@ func (s *Server) login(sess *session, r request) *clientError {
 	var batch sendq.Batch
 	s.mu.Lock()
 	sess.sendReply(&batch, reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
-	for _, l := range c.Inbox {
-		sess.queue(&batch, func(b []byte) []byte { return append(append(b, l...), '\n') })
+	for _, e := range inbox {
+		sess.queue(&batch, e.appendLine)
 	}
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
@@ -303,8 +314,8 @@ func (s *Server) login(sess *session, r request) *clientError {
 			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
 			return nil
 		}
-		for _, l := range lines {
-			sess.send(append([]byte(l), '\n'))
+		for _, e := range s.inboxEvents(r.Name, lines) {
+			sess.send(e.appendLine(nil))
 		}
 	}
 	return nil

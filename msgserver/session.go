@@ -54,6 +54,9 @@ type session struct {
 	// ip is the session's source address in the per-address counts; nil
 	// if none counts it (an exempt network).
 	ip *ipSource
+	// offlineRate is the bucket offline messages from this connection
+	// take from, made at the first (offline.go).
+	offlineRate atomic.Pointer[rate.Limiter]
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session

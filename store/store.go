@@ -6,7 +6,7 @@
 // Redis keys. Each command touches one key, so a Redis Cluster works too.
 //
 //	chatrelay:user:<name>    "<server id> <session id>", TTL Config.PresenceTTL
-//	chatrelay:inbox:<name>   list of chat event lines, oldest first, TTL Config.InboxTTL
+//	chatrelay:inbox:<name>   list of offline message entries, oldest first, at most Config.InboxMax, TTL Config.InboxTTL
 //	chatrelay:server:<id>    the server's advertised client address, TTL Config.RegistryTTL
 package store
 
@@ -28,7 +28,7 @@ const (
 type Config struct {
 	PresenceTTL time.Duration // TTL of a user's presence record
 	RegistryTTL time.Duration // TTL of a server's registry entry
-	InboxMax    int           // offline messages kept per user, oldest dropped
+	InboxMax    int           // offline messages an inbox holds; PushInbox refuses more
 	InboxTTL    time.Duration // how long an offline inbox lives
 	// OnError, if not nil, is called once for every Redis command that
 	// fails (a missing key is not a failure), for the error metric.

@@ -52,8 +52,10 @@ func run(args []string) int {
 		authIss     = fs.String("auth-issuer", "", "if set, a login token's iss must be it")
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
-		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages kept per user (oldest dropped)")
+		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
 		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
+		offlineMax  = fs.Int64("offline-max-bytes", msgserver.DefaultOfflineMaxBytes, "refuse offline messages (offline_full) while Redis's used_memory is above this (read every second); set it below Redis's maxmemory; negative: no cap")
+		offlineRate = fs.Int("offline-rate", msgserver.DefaultOfflineRate, "offline messages one client connection may store per minute, at once or spread out (rate_limited beyond); negative: no limit")
 		maxSessions = fs.Int("max-sessions", msgserver.DefaultMaxSessions, "most client connections at once (lowered at start to the descriptor limit less --fd-headroom)")
 		fdHeadroom  = fs.Int("fd-headroom", msgserver.DefaultFDHeadroom, "descriptors kept out of the client connections, for Redis, the relay link and the admin port")
 		idle        = fs.Duration("idle-timeout", msgserver.DefaultIdleTimeout, "disconnect a client silent for this long (clients send ping)")
@@ -153,6 +155,9 @@ func run(args []string) int {
 		LoginRatePerIP:  *loginRate,
 		LoginBurstPerIP: *loginBurst,
 		PerIPExempt:     exemptNets,
+
+		OfflineMaxBytes: *offlineMax,
+		OfflineRate:     *offlineRate,
 
 		Logger:  log,
 		Metrics: msgserver.NewMetrics(reg),
