@@ -13,9 +13,11 @@
 package msgserver
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,6 +40,17 @@ type Config struct {
 	// Redis holds presence, the server registry and offline inboxes
 	// (package store keeps them there).
 	Redis redis.UniversalClient
+
+	// TLS, if set, makes the client port serve TLS (certs.ServerConfig,
+	// whose certificate is reloaded on renewal); nil serves plaintext.
+	TLS *tls.Config
+	// HandshakeTimeout bounds a client's TLS handshake (default 5s).
+	HandshakeTimeout time.Duration
+	// LinkTLS, if set, dials the relay over TLS: RootCAs verifies the
+	// relay's certificate, for ServerName (empty: RelayAddr's host), and a
+	// client certificate (GetClientCertificate) is shown to a relay that
+	// asks for one. Nil dials plaintext.
+	LinkTLS *tls.Config
 
 	MaxLine           int           // longest client line in bytes (default 8 KiB)
 	MaxContent        int           // longest chat content in bytes (default 4 KiB)
@@ -80,6 +93,7 @@ const (
 	DefaultMaxContent        = 4 << 10
 	DefaultMaxNameLen        = 64
 	DefaultMaxSessions       = 200000
+	DefaultHandshakeTimeout  = 5 * time.Second
 	DefaultSessionQueueBytes = 1 << 20
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultParkIdleAfter     = 5 * time.Second
@@ -105,6 +119,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.MaxContent, DefaultMaxContent)
 	setDefault(&c.MaxNameLen, DefaultMaxNameLen)
 	setDefault(&c.MaxSessions, DefaultMaxSessions)
+	setDefault(&c.HandshakeTimeout, DefaultHandshakeTimeout)
 	setDefault(&c.SessionQueueBytes, DefaultSessionQueueBytes)
 	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&c.ParkIdleAfter, DefaultParkIdleAfter)
@@ -148,6 +163,11 @@ func (c *Config) Validate() error {
 	if c.RelayAddr != "" && len(c.Secret) < wire.MinSecretLen {
 		errs = append(errs, fmt.Errorf("link secret must be at least %d bytes", wire.MinSecretLen))
 	}
+	if c.RelayAddr != "" && c.LinkTLS != nil && c.LinkTLS.ServerName == "" {
+		if _, _, err := net.SplitHostPort(c.RelayAddr); err != nil {
+			errs = append(errs, fmt.Errorf("relay address %q: no host to verify the relay's certificate for: %w", c.RelayAddr, err))
+		}
+	}
 	if c.MaxContent+1024 > c.MaxLine {
 		errs = append(errs, fmt.Errorf("max line %d must leave room for max content %d plus 1 KiB", c.MaxLine, c.MaxContent))
 	}
@@ -164,7 +184,8 @@ func (c *Config) Validate() error {
 		name string
 		v    time.Duration
 	}{{"idle timeout", c.IdleTimeout}, {"write timeout", c.WriteTimeout}, {"redis timeout", c.RedisTimeout},
-		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval}} {
+		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval},
+		{"handshake timeout", c.HandshakeTimeout}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %s must not be negative", d.name, d.v))
 		}

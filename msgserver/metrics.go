@@ -25,6 +25,7 @@ type Metrics struct {
 	disconnects     *prometheus.CounterVec
 	duplicates      prometheus.Counter
 	deliveryLatency prometheus.Histogram
+	tlsFailures     prometheus.Counter
 }
 
 // NewMetrics registers the message server's metrics on reg.
@@ -83,6 +84,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name:    "msgserver_delivery_latency_seconds",
 			Help:    "Time from accepting a message to knowing the recipient has it (local write, end-to-end ack, or offline store).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 4, 10),
+		}),
+		tlsFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_tls_handshake_failures_total",
+			Help: "Client connections to the TLS port that failed their handshake (plaintext, wrong CA, timeout); each is logged at debug level only.",
 		}),
 	}
 	m.local = m.messages.WithLabelValues("local")
@@ -172,5 +177,11 @@ func (m *Metrics) disconnect(reason string) {
 func (m *Metrics) duplicate() {
 	if m != nil {
 		m.duplicates.Inc()
+	}
+}
+
+func (m *Metrics) tlsHandshakeFailed() {
+	if m != nil {
+		m.tlsFailures.Inc()
 	}
 }

@@ -142,7 +142,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
-	s.log.Info("accepting clients", "addr", ln.Addr().String())
+	s.log.Info("accepting clients", "addr", ln.Addr().String(), "tls", s.cfg.TLS != nil)
 	stopping := func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -153,25 +153,35 @@ func (s *Server) Serve(ln net.Listener) error {
 		if conn == nil {
 			return err
 		}
-		sess := newSession(s, conn)
-		s.mu.Lock()
-		full := len(s.conns) >= s.cfg.MaxSessions
-		refused := s.draining || full
-		if !refused {
-			s.conns[sess] = struct{}{}
-			s.wg.Add(1)
-		}
-		s.mu.Unlock()
-		if refused {
-			reason := closeRefusedDraining
-			if full {
-				reason = closeRefusedFull
-			}
-			sess.close(reason) // tells the client, closes the connection; the session never runs
+		if s.cfg.TLS != nil {
+			s.handshake(conn) // admits it once the handshake is done, on a goroutine of its own (tls.go)
 			continue
 		}
-		go sess.run() // the session's finish calls s.wg.Done
+		s.admit(conn)
 	}
+}
+
+// admit makes a session of a new connection and runs it, or refuses it
+// (server full or draining), telling the client why.
+func (s *Server) admit(conn net.Conn) {
+	sess := newSession(s, conn)
+	s.mu.Lock()
+	full := len(s.conns) >= s.cfg.MaxSessions
+	refused := s.draining || full
+	if !refused {
+		s.conns[sess] = struct{}{}
+		s.wg.Add(1)
+	}
+	s.mu.Unlock()
+	if refused {
+		reason := closeRefusedDraining
+		if full {
+			reason = closeRefusedFull
+		}
+		sess.close(reason) // tells the client, closes the connection; the session never runs
+		return
+	}
+	go sess.run() // the session's finish calls s.wg.Done
 }
 
 // endSession forgets a finished session and releases its presence.

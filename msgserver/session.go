@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/sendq"
 )
 
@@ -30,7 +32,7 @@ const maxConsecutiveErrors = 20
 type session struct {
 	srv    *Server
 	conn   net.Conn
-	raw    syscall.RawConn // for the poller; nil if conn has no descriptor
+	raw    syscall.RawConn // the TCP socket (under TLS too), for the poller; nil without one
 	id     string
 	remote string
 	q      *sendq.Queue
@@ -59,7 +61,11 @@ func newSession(srv *Server, conn net.Conn) *session {
 		id:     randomHex(8),
 		remote: conn.RemoteAddr().String(),
 	}
-	if sc, ok := conn.(syscall.Conn); ok && srv.poller != nil {
+	// Under TLS the poller waits on the TCP socket too: a TLS read that
+	// times out has no plaintext buffered (crypto/tls reads the socket only
+	// when it has none, and a read timeout leaves the connection usable),
+	// so the socket's readability is what the next read waits for.
+	if sc, ok := netConn(conn).(syscall.Conn); ok && srv.poller != nil {
 		s.raw, _ = sc.SyscallConn()
 	}
 	s.q = sendq.NewWriter(srv.cfg.SessionQueueBytes, conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
@@ -161,7 +167,8 @@ var closeRules = [...]closeRule{
 	},
 	closeServerClosed: {name: "server_closed", drop: true},
 	// A refused connection has no reader: its line is written at once (a
-	// new socket takes it whole) and the connection closed.
+	// new socket takes it whole; over TLS, by the queue's writer) and the
+	// connection closed once it is out.
 	closeRefusedFull: {
 		name: "refused_full", code: CodeServerFull, drop: true,
 		event: "closing", why: func(cfg *Config) string {
@@ -218,6 +225,15 @@ func (s *session) close(r closeReason) {
 		}
 		s.closed.Store(true)
 		if c.drop {
+			if c.event != "" && !s.q.Finished() {
+				// A refusal over TLS: the queue's writer goroutine has
+				// the closing line (a plain socket took it already).
+				go func() {
+					<-s.q.Done()
+					s.unpark(true)
+				}()
+				return
+			}
 			s.unpark(true) // out of the poller, if parked, then the connection is closed
 			return
 		}
@@ -250,7 +266,7 @@ func (s *session) finish() {
 	<-s.q.Done()             // everything queued is written (bounded by the write timeout)
 	if err := s.q.Err(); err != nil {
 		s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote, "err", err)
-		s.conn.Close()
+		_ = netx.CloseNow(s.conn)
 		return
 	}
 	s.lingerClose()
@@ -265,11 +281,16 @@ const lingerTime = 500 * time.Millisecond
 // destroy what the client has not read yet: typically the line saying why
 // it was disconnected (a client that sends junk is still sending). So the
 // server ends its side first, then discards input until the client hangs
-// up, for at most lingerTime.
+// up, for at most lingerTime. Over TLS the server's end is a close_notify
+// alert, then the TCP half-close, and the input discarded is the raw bytes
+// under the TLS layer.
 func (s *session) lingerClose() {
-	tc, ok := s.conn.(*net.TCPConn)
+	if tlsConn, ok := s.conn.(*tls.Conn); ok {
+		_ = tlsConn.CloseWrite() // bounded: crypto/tls gives the alert 5 s
+	}
+	tc, ok := netConn(s.conn).(*net.TCPConn)
 	if !ok || tc.CloseWrite() != nil {
-		s.conn.Close()
+		_ = netx.CloseNow(s.conn)
 		return
 	}
 	_ = tc.SetReadDeadline(time.Now().Add(lingerTime))

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -28,16 +29,20 @@ type link struct {
 func (l *link) close() {
 	l.closeOnce.Do(func() {
 		l.q.Close()
-		l.conn.Close()
+		_ = netx.CloseNow(l.conn)
 	})
 }
 
 // serveConn runs one accepted connection: handshake, then the link loops.
 func (r *Relay) serveConn(conn net.Conn) {
 	remote := conn.RemoteAddr().String()
-	fr := wire.NewReader(conn, r.cfg.MaxFrame)
 	_ = conn.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
-	server, err := wire.Accept(conn, fr, r.cfg.Secret, r.cfg.ID)
+	conn, ok := r.startTLS(conn, remote) // tls.go
+	if !ok {
+		return
+	}
+	fr := wire.NewReader(conn, r.cfg.MaxFrame)
+	server, err := wire.Accept(conn, fr, r.cfg.Secret, r.cfg.ID, certifiedID(conn))
 	if err != nil {
 		if errors.Is(err, wire.ErrProbe) {
 			r.log.Debug("link port probed", "remote", remote)
@@ -58,7 +63,7 @@ func (r *Relay) serveConn(conn net.Conn) {
 		l.stats.FramesOut.Add(uint64(items))
 		r.m.flushed(n, items, waited)
 	})
-	l.q.Start(conn, r.cfg.WriteTimeout) // written inline by the readers that route to it
+	l.q.Start(conn, r.cfg.WriteTimeout) // written inline by the readers that route to it (over TLS, by its writer goroutine)
 	r.register(l)
 	r.log.Info("link up", "server", server, "remote", remote)
 

@@ -26,8 +26,10 @@ var (
 // Welcome that proves the secret back. It returns the authenticated server
 // id. A refused peer is sent a Reject with the reason before the error is
 // returned; the server id is returned with the error when one was claimed.
-// The caller owns deadlines.
-func Accept(rw io.ReadWriter, fr *Reader, secret []byte, relayID string) (serverID string, err error) {
+// Each check, once the secret is proven, may still refuse the id it claims
+// (the relay binds ids to client certificates so): its error is the
+// Reject's reason. The caller owns deadlines.
+func Accept(rw io.ReadWriter, fr *Reader, secret []byte, relayID string, checks ...func(serverID string) error) (serverID string, err error) {
 	var nonce [NonceLen]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return "", fmt.Errorf("make nonce: %w", err)
@@ -59,6 +61,11 @@ func Accept(rw io.ReadWriter, fr *Reader, secret []byte, relayID string) (server
 	if !CheckMAC(a.MAC, AuthMAC(secret, nonce, a.ServerID)) {
 		const why = "authentication failed: wrong link secret"
 		return reject(a.ServerID, why, errors.New(why))
+	}
+	for _, check := range checks {
+		if err := check(a.ServerID); err != nil {
+			return reject(a.ServerID, err.Error(), err)
+		}
 	}
 	if _, err := rw.Write(AppendWelcome(nil, relayID, WelcomeMAC(secret, a.ClientNonce, relayID))); err != nil {
 		return a.ServerID, fmt.Errorf("send welcome: %w", err)

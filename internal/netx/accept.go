@@ -1,4 +1,5 @@
-// Package netx holds the accept loop both servers share.
+// Package netx holds what both servers share about connections: the accept
+// loop, and closing a connection at once (TLS included).
 package netx
 
 import (
