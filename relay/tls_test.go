@@ -179,5 +179,3 @@ func TestCheckProbesTLSLinkPort(t *testing.T) {
 		t.Fatalf("probes counted as %v link handshake failures", v)
 	}
 }
-
-
