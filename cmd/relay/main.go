@@ -3,6 +3,7 @@
 //
 //	relay --listen :7000 --admin :9100 --link-secret-file /etc/chatrelay/link.secret --vip 192.168.56.100
 //	relay check [--admin 127.0.0.1:9100]   (the keepalived vrrp_script check)
+//	relay gen-certs --topology keepalived/topology.json --out vagrant/build/pki   (the lab's CA and certificates)
 package main
 
 import (
@@ -31,6 +32,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "render-lab" {
 		os.Exit(renderLabMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "gen-certs" {
+		os.Exit(genCertsMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	os.Exit(run(os.Args[1:]))
 }
