@@ -46,7 +46,7 @@ type Options struct {
 	RedisCA      string   // optional: CA file that verifies a rediss:// RedisURL (--redis-ca-file)
 	LinkTLS      bool     // the link port serves TLS: the check probes it over TLS (--link-tls)
 	CheckCert    string   // optional: with CheckKey, the client certificate the probe shows a mutual-TLS link port (--link-cert)
-	CheckKey     string
+	CheckKey     string   // its key (--link-key)
 	ExtraGlobal  []string // optional lines added to global_defs, one keyword each
 }
 
