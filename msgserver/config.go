@@ -5,7 +5,8 @@
 //
 // Where things are: server.go runs the server and reads the relay link's
 // events; session.go and park.go a client's connection (park.go: idle ones
-// waiting in the poller); protocol.go the client protocol; chat.go routing a
+// waiting in the poller); tls.go the TLS handshake of a client port that
+// serves TLS; protocol.go the client protocol; chat.go routing a
 // chat message; relaylink.go the link client (dial, handshake, heartbeats,
 // redial); ledger.go the messages forwarded and not yet acknowledged;
 // loginbatch.go, release.go and inboxwatch.go the batched Redis work around

@@ -36,7 +36,9 @@ import (
 // In every form the user info is the data nodes' login; a Sentinel's own
 // is given as sentinel_username and sentinel_password. Every host in a
 // list needs its port. An error never quotes the URL, which may hold a
-// password.
+// password. Over TLS every connection checks the certificate of the host
+// it dials, against the system's roots or the CA UseCA sets, and needs
+// TLS 1.2 or later.
 func ParseURL(raw string) (*Options, error) {
 	o, err := parseURL(raw)
 	if err != nil {
