@@ -822,3 +822,51 @@ func TestRenderCommand(t *testing.T) {
 		t.Errorf("--help: exit %d: %s", code, stderr)
 	}
 }
+
+// With a TLS link port the check probes it over TLS, with the check's
+// client certificate for mutual TLS, and reads a rediss:// Redis with the
+// lab's CA; keepalived -t accepts the longer script line. The TLS options
+// are checked like the paths: together, absolute, safe.
+func TestRenderTLSCheck(t *testing.T) {
+	topo := loadTopology(t)
+	dir, relayBin, notify := scriptDir(t)
+	o := keepalived.Options{
+		RelayBin: relayBin, NotifyScript: notify, TrackFile: filepath.Join(dir, "relay.down"), ScriptUser: "root",
+		RedisURL: "rediss://192.168.56.21:6379/0", RedisCA: "/etc/chatrelay/tls/ca.pem",
+		LinkTLS: true, CheckCert: "/etc/chatrelay/tls/check.pem", CheckKey: "/etc/chatrelay/tls/check-key.pem",
+	}
+	conf, err := keepalived.Render(topo, "relay-a", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `script "` + relayBin + ` check --admin 127.0.0.1:9100 --link 127.0.0.1:7000 --timeout 400ms --grace 3s` +
+		` --link-tls --link-cert /etc/chatrelay/tls/check.pem --link-key /etc/chatrelay/tls/check-key.pem` +
+		` --redis rediss://192.168.56.21:6379/0 --redis-ca-file /etc/chatrelay/tls/ca.pem"`
+	if !strings.Contains(string(conf), want) {
+		t.Fatalf("no %s in:\n%s", want, conf)
+	}
+	h, _ := topo.Host("relay-a")
+	if code, out := configTest(t, conf, topo.Interface, h.IP+"/24"); code != 0 || out != "" {
+		t.Fatalf("keepalived -t exit %d, output:\n%s", code, out)
+	}
+
+	for _, c := range []struct {
+		name string
+		edit func(*keepalived.Options)
+		want string
+	}{
+		{"certificate without key", func(o *keepalived.Options) { o.CheckKey = "" }, "client certificate and key go together"},
+		{"certificate without TLS", func(o *keepalived.Options) { o.LinkTLS = false }, "set LinkTLS"},
+		{"CA without Redis", func(o *keepalived.Options) { o.RedisURL = "" }, "a Redis CA file without a Redis URL"},
+		{"relative certificate", func(o *keepalived.Options) { o.CheckCert = "tls/check.pem" }, `check certificate "tls/check.pem" is not an absolute path`},
+		{"blank in the CA path", func(o *keepalived.Options) { o.RedisCA = "/etc/my ca.pem" }, `Redis CA file "/etc/my ca.pem" has a blank`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bad := o
+			c.edit(&bad)
+			if _, err := keepalived.Render(topo, "relay-a", bad); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("want an error saying %q, got %v", c.want, err)
+			}
+		})
+	}
+}

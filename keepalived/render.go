@@ -43,6 +43,10 @@ type Options struct {
 	Interface    string   // overrides the topology's interface
 	Unicast      bool     // VRRP adverts by unicast to the peer instead of multicast
 	RedisURL     string   // optional: the check counts registered message servers there (--redis)
+	RedisCA      string   // optional: CA file that verifies a rediss:// RedisURL (--redis-ca-file)
+	LinkTLS      bool     // the link port serves TLS: the check probes it over TLS (--link-tls)
+	CheckCert    string   // optional: with CheckKey, the client certificate the probe shows a mutual-TLS link port (--link-cert)
+	CheckKey     string   // its key (--link-key)
 	ExtraGlobal  []string // optional lines added to global_defs, one keyword each
 }
 
@@ -71,17 +75,33 @@ var (
 
 func (o Options) validate() []string {
 	var p []string
-	for _, f := range []struct{ name, path string }{
-		{"relay binary", o.RelayBin},
-		{"notify script", o.NotifyScript},
-		{"track file", o.TrackFile},
+	for _, f := range []struct {
+		name, path string
+		optional   bool
+	}{
+		{"relay binary", o.RelayBin, false},
+		{"notify script", o.NotifyScript, false},
+		{"track file", o.TrackFile, false},
+		{"Redis CA file", o.RedisCA, true},
+		{"check certificate", o.CheckCert, true},
+		{"check key", o.CheckKey, true},
 	} {
 		switch {
+		case f.optional && f.path == "":
 		case !filepath.IsAbs(f.path):
 			p = append(p, fmt.Sprintf("%s %q is not an absolute path (keepalived runs scripts without a working directory)", f.name, f.path))
 		case strings.ContainsAny(f.path, unsafeConfChars):
 			p = append(p, fmt.Sprintf("%s %q has a blank or one of %q, which keepalived.conf cannot carry in a script line", f.name, f.path, strings.TrimSpace(unsafeConfChars)))
 		}
+	}
+	if (o.CheckCert == "") != (o.CheckKey == "") {
+		p = append(p, "the check's client certificate and key go together")
+	}
+	if o.CheckCert != "" && !o.LinkTLS {
+		p = append(p, "a check client certificate is for a TLS link port: set LinkTLS")
+	}
+	if o.RedisCA != "" && o.RedisURL == "" {
+		p = append(p, "a Redis CA file without a Redis URL")
 	}
 	if !userRE.MatchString(o.ScriptUser) {
 		p = append(p, fmt.Sprintf("script user %q is not a user name", o.ScriptUser))
@@ -153,8 +173,17 @@ func Render(t *Topology, host string, o Options) ([]byte, error) {
 		"--admin", "127.0.0.1:" + strconv.Itoa(t.Ports.RelayAdmin),
 		"--link", "127.0.0.1:" + strconv.Itoa(t.Ports.RelayLink),
 		"--timeout", CheckTimeout, "--grace", CheckGrace}
+	if o.LinkTLS {
+		check = append(check, "--link-tls")
+	}
+	if o.CheckCert != "" {
+		check = append(check, "--link-cert", o.CheckCert, "--link-key", o.CheckKey)
+	}
 	if o.RedisURL != "" {
 		check = append(check, "--redis", o.RedisURL)
+	}
+	if o.RedisCA != "" {
+		check = append(check, "--redis-ca-file", o.RedisCA)
 	}
 	// RFC 5798: Master_Down_Interval = 3 * advert + (256 - priority) * advert / 256,
 	// computed with the priority of the relay that waits: the peer.

@@ -5,7 +5,8 @@
 //
 // Where things are: server.go runs the server and reads the relay link's
 // events; session.go and park.go a client's connection (park.go: idle ones
-// waiting in the poller); protocol.go the client protocol and names.go its
+// waiting in the poller); tls.go the TLS handshake of a client port that
+// serves TLS; protocol.go the client protocol and names.go its
 // rules for user names; chat.go routing a chat message and offline.go how
 // one is kept for an offline user, within which limits; relaylink.go the
 // link client (dial, handshake, heartbeats, redial); ledger.go the messages
@@ -16,9 +17,11 @@
 package msgserver
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"time"
 
@@ -46,6 +49,17 @@ type Config struct {
 	// Redis holds presence, the server registry and offline inboxes
 	// (package store keeps them there).
 	Redis redis.UniversalClient
+
+	// TLS, if set, makes the client port serve TLS (certs.ServerConfig,
+	// whose certificate is reloaded on renewal); nil serves plaintext.
+	TLS *tls.Config
+	// HandshakeTimeout bounds a client's TLS handshake (default 5s).
+	HandshakeTimeout time.Duration
+	// LinkTLS, if set, dials the relay over TLS: RootCAs verifies the
+	// relay's certificate, for ServerName (empty: RelayAddr's host), and a
+	// client certificate (GetClientCertificate) is shown to a relay that
+	// asks for one. Nil dials plaintext.
+	LinkTLS *tls.Config
 
 	MaxLine           int           // longest client line in bytes (default 8 KiB)
 	MaxContent        int           // longest chat content in bytes (default 4 KiB)
@@ -125,6 +139,7 @@ const (
 	DefaultMaxContent        = 4 << 10
 	DefaultMaxNameLen        = 64
 	DefaultMaxSessions       = 200000
+	DefaultHandshakeTimeout  = 5 * time.Second
 	DefaultSessionQueueBytes = 1 << 20
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultParkIdleAfter     = 5 * time.Second
@@ -161,6 +176,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.MaxContent, DefaultMaxContent)
 	setDefault(&c.MaxNameLen, DefaultMaxNameLen)
 	setDefault(&c.MaxSessions, DefaultMaxSessions)
+	setDefault(&c.HandshakeTimeout, DefaultHandshakeTimeout)
 	setDefault(&c.SessionQueueBytes, DefaultSessionQueueBytes)
 	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&c.ParkIdleAfter, DefaultParkIdleAfter)
@@ -221,6 +237,11 @@ func (c *Config) Validate() error {
 	if c.NextSecret != nil && len(c.NextSecret) < wire.MinSecretLen {
 		errs = append(errs, fmt.Errorf("next link secret must be at least %d bytes", wire.MinSecretLen))
 	}
+	if c.RelayAddr != "" && c.LinkTLS != nil && c.LinkTLS.ServerName == "" {
+		if _, _, err := net.SplitHostPort(c.RelayAddr); err != nil {
+			errs = append(errs, fmt.Errorf("relay address %q: no host to verify the relay's certificate for: %w", c.RelayAddr, err))
+		}
+	}
 	if c.MaxContent+1024 > c.MaxLine {
 		errs = append(errs, fmt.Errorf("max line %d must leave room for max content %d plus 1 KiB", c.MaxLine, c.MaxContent))
 	}
@@ -241,7 +262,8 @@ func (c *Config) Validate() error {
 		v    time.Duration
 	}{{"idle timeout", c.IdleTimeout}, {"write timeout", c.WriteTimeout}, {"redis timeout", c.RedisTimeout},
 		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval},
-		{"auth leeway", c.AuthLeeway}, {"login timeout", c.LoginTimeout}, {"line timeout", c.LineTimeout}} {
+		{"auth leeway", c.AuthLeeway}, {"login timeout", c.LoginTimeout}, {"line timeout", c.LineTimeout},
+		{"handshake timeout", c.HandshakeTimeout}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %s must not be negative", d.name, d.v))
 		}

@@ -30,6 +30,7 @@ type Metrics struct {
 	deliveryLatency prometheus.Histogram
 	redisMemory     prometheus.Gauge
 	offlineFull     prometheus.Gauge
+	tlsFailures     prometheus.Counter
 }
 
 // NewMetrics registers the message server's metrics on reg.
@@ -108,6 +109,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		offlineFull: f.NewGauge(prometheus.GaugeOpts{
 			Name: "msgserver_offline_full",
 			Help: "1 while Redis uses more than --offline-max-bytes and offline messages are refused (offline_full), else 0.",
+		}),
+		tlsFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_tls_handshake_failures_total",
+			Help: "Client connections to the TLS port that failed their handshake (plaintext, wrong CA, timeout); each is logged at debug level only.",
 		}),
 	}
 	m.local = m.messages.WithLabelValues("local")
@@ -232,5 +237,11 @@ func (m *Metrics) setOfflineFull(full bool) {
 			v = 1
 		}
 		m.offlineFull.Set(v)
+	}
+}
+
+func (m *Metrics) tlsHandshakeFailed() {
+	if m != nil {
+		m.tlsFailures.Inc()
 	}
 }

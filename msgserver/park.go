@@ -1,6 +1,10 @@
 package msgserver
 
-import "time"
+import (
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/netx"
+)
 
 // Parking: a session whose client has been silent for ParkIdleAfter gives
 // up its reader goroutine (and the goroutine's stack, 4 KB or more, and its
@@ -70,7 +74,7 @@ func (s *session) unpark(closeConn bool) {
 		s.srv.m.parked(-1)
 	}
 	if closeConn {
-		s.conn.Close()
+		_ = netx.CloseNow(s.conn) // at once: this is a drop, and pmu is held
 	}
 	s.pmu.Unlock()
 	if t != nil {

@@ -2,6 +2,7 @@ package msgserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/certs"
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -63,6 +66,7 @@ type linkEvent struct {
 type relayLink struct {
 	addr       string
 	cfg        *Config
+	tls        *tls.Config // nil: plaintext
 	log        *slog.Logger
 	queueBytes int
 	stats      wire.LinkStats // over every connection, for the health endpoint
@@ -98,9 +102,18 @@ func newRelayLink(cfg *Config, addr string, log *slog.Logger) *relayLink {
 	// handed every unacked message at once, and a smaller limit would drop
 	// the link it is trying to recover, again and again.
 	maxFrame := wire.HeaderLen + wire.IDLen + 2*(1+wire.MaxIDLen) + 2*(1+cfg.MaxNameLen) + 8 + cfg.MaxContent
+	var tc *tls.Config
+	if cfg.LinkTLS != nil {
+		tc = cfg.LinkTLS.Clone()
+		if tc.ServerName == "" {
+			tc.ServerName, _, _ = net.SplitHostPort(addr) // Validate checked it
+		}
+		tc.MinVersion = max(tc.MinVersion, certs.MinVersion)
+	}
 	return &relayLink{
 		addr:       addr,
 		cfg:        cfg,
+		tls:        tc,
 		log:        log,
 		queueBytes: cfg.MaxUnacked*maxFrame + 64<<20,
 		state:      health.Link{Peer: "relay", Since: time.Now(), Remote: addr},
@@ -235,19 +248,30 @@ func (l *relayLink) connect(ctx context.Context) (*linkConn, error) {
 	}
 }
 
-// dial connects and runs the server side of the handshake.
+// dial connects, over TLS if configured (the relay's certificate is
+// verified before anything else is said), and runs the server side of the
+// link handshake inside. DialTimeout bounds it all.
 func (l *relayLink) dial(ctx context.Context) (net.Conn, string, error) {
 	d := net.Dialer{Timeout: l.cfg.DialTimeout}
-	conn, err := d.DialContext(ctx, "tcp", l.addr)
+	tcp, err := d.DialContext(ctx, "tcp", l.addr)
 	if err != nil {
 		return nil, "", err
 	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	stop := context.AfterFunc(ctx, func() { tcp.Close() })
 	defer stop()
-	_ = conn.SetDeadline(time.Now().Add(l.cfg.DialTimeout))
+	_ = tcp.SetDeadline(time.Now().Add(l.cfg.DialTimeout))
+	conn := tcp
+	if l.tls != nil {
+		tc := tls.Client(tcp, l.tls)
+		if err := tc.Handshake(); err != nil {
+			tcp.Close()
+			return nil, "", fmt.Errorf("TLS handshake with the relay: %w", err)
+		}
+		conn = tc
+	}
 	relayID, err := wire.Greet(conn, l.cfg.ID, l.cfg.Secret, l.cfg.NextSecret)
 	if err != nil {
-		conn.Close()
+		tcp.Close()
 		return nil, "", err
 	}
 	_ = conn.SetDeadline(time.Time{})
@@ -270,7 +294,7 @@ func (l *relayLink) start(ctx context.Context, conn net.Conn, relayID string) *l
 		remote:   conn.RemoteAddr().String(),
 		log:      l.log,
 		beatDone: make(chan struct{}),
-		unwatch:  context.AfterFunc(ctx, func() { conn.Close() }), // ends the read at shutdown
+		unwatch:  context.AfterFunc(ctx, func() { netx.CloseNow(conn) }), // ends the read at shutdown
 	}
 	l.stats.LastRecv.Store(now.UnixNano())
 	l.fr = wire.NewReader(conn, 2*l.cfg.MaxLine+4096)
@@ -295,7 +319,7 @@ func (l *relayLink) hangUp(b *sendq.Batch, c *linkConn, err error) linkEvent {
 	l.mu.Unlock()
 	c.unwatch()
 	c.q.Close()
-	c.conn.Close()
+	_ = netx.CloseNow(c.conn)
 	<-c.q.Done()
 	if werr := c.q.Err(); werr != nil {
 		l.log.Debug("relay link write ended", "err", werr)
@@ -346,7 +370,7 @@ func (c *linkConn) send(b *sendq.Batch, fn func([]byte) []byte) error {
 	if errors.Is(err, sendq.ErrFull) {
 		c.log.Warn("relay link queue full, dropping link", "relay", c.relayID, "queued_bytes", c.q.Len())
 		c.q.Close()
-		c.conn.Close()
+		_ = netx.CloseNow(c.conn)
 	}
 	return err
 }

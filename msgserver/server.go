@@ -165,7 +165,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
-	s.log.Info("accepting clients", "addr", ln.Addr().String())
+	s.log.Info("accepting clients", "addr", ln.Addr().String(), "tls", s.cfg.TLS != nil)
 	stopping := func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -176,19 +176,29 @@ func (s *Server) Serve(ln net.Listener) error {
 		if conn == nil {
 			return err
 		}
-		sess := newSession(s, conn)
-		if reason, ok := s.admit(sess); !ok {
-			sess.close(reason) // tells the client, closes the connection; the session never runs
+		if s.cfg.TLS != nil {
+			s.handshake(conn) // admits it once the handshake is done, on a goroutine of its own (tls.go)
 			continue
 		}
-		go sess.run() // the session's finish calls s.wg.Done
+		s.admit(conn)
 	}
 }
 
-// admit counts a new connection in, or says why it is refused: the server
+// admit makes a session of a new connection (after its TLS handshake, on a
+// TLS port) and runs it, or refuses it, telling the client why: the server
 // is at its connection limit, or shutting down, or the connection's source
 // address has its most connections.
-func (s *Server) admit(sess *session) (closeReason, bool) {
+func (s *Server) admit(conn net.Conn) {
+	sess := newSession(s, conn)
+	if reason, ok := s.count(sess); !ok {
+		sess.close(reason) // tells the client, closes the connection; the session never runs
+		return
+	}
+	go sess.run() // the session's finish calls s.wg.Done
+}
+
+// count counts a new session in, or says why it is refused.
+func (s *Server) count(sess *session) (closeReason, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.conns) >= s.cfg.MaxSessions {

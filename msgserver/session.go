@@ -33,7 +33,7 @@ const maxConsecutiveErrors = 20
 type session struct {
 	srv    *Server
 	conn   net.Conn
-	raw    syscall.RawConn // for the poller; nil if conn has no descriptor
+	raw    syscall.RawConn // the TCP socket (under TLS too), for the poller; nil without one
 	id     string
 	remote string
 	q      *sendq.Queue
@@ -77,7 +77,11 @@ func newSession(srv *Server, conn net.Conn) *session {
 		// Rounded up, so at least 1: 0 means logged in.
 		loginBy: int32((time.Since(srv.started) + srv.cfg.LoginTimeout + time.Second - 1) / time.Second),
 	}
-	if sc, ok := conn.(syscall.Conn); ok && srv.poller != nil {
+	// Under TLS the poller waits on the TCP socket too: a TLS read that
+	// times out has no plaintext buffered (crypto/tls reads the socket only
+	// when it has none, and a read timeout leaves the connection usable),
+	// so the socket's readability is what the next read waits for.
+	if sc, ok := netConn(conn).(syscall.Conn); ok && srv.poller != nil {
 		s.raw, _ = sc.SyscallConn()
 	}
 	s.q = sendq.NewWriter(srv.cfg.SessionQueueBytes, conn, srv.cfg.WriteTimeout) // no writer goroutine while idle
@@ -183,7 +187,8 @@ var closeRules = [...]closeRule{
 	},
 	closeServerClosed: {name: "server_closed", drop: true},
 	// A refused connection has no reader: its line is written at once (a
-	// new socket takes it whole) and the connection closed.
+	// new socket takes it whole; over TLS, by the queue's writer) and the
+	// connection closed once it is out.
 	closeRefusedFull: {
 		name: "refused_full", code: CodeServerFull, drop: true,
 		event: "closing", why: func(cfg *Config) string {
@@ -262,6 +267,15 @@ func (s *session) close(r closeReason) {
 		}
 		s.closed.Store(true)
 		if c.drop {
+			if c.event != "" && !s.q.Finished() {
+				// A refusal over TLS: the queue's writer goroutine has
+				// the closing line (a plain socket took it already).
+				go func() {
+					<-s.q.Done()
+					s.unpark(true)
+				}()
+				return
+			}
 			s.unpark(true) // out of the poller, if parked, then the connection is closed
 			return
 		}
@@ -294,7 +308,7 @@ func (s *session) finish() {
 	<-s.q.Done()             // everything queued is written (bounded by the write timeout)
 	if err := s.q.Err(); err != nil {
 		s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote, "err", err)
-		s.conn.Close()
+		_ = netx.CloseNow(s.conn)
 		return
 	}
 	s.lingerClose()

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -26,7 +28,8 @@ import (
 //     (connection refused) or a wedged one (no answer) fails.
 //  2. /healthz must say it is serving (HTTP 200): a relay shutting down fails.
 //  3. The link port must answer with the protocol's first frame within the
-//     timeout: a relay whose accept loop is stuck fails.
+//     timeout: a relay whose accept loop is stuck fails. A TLS link port
+//     is probed over TLS (CheckConfig.LinkTLS).
 //  4. A relay that holds the VIP but has had no message server link for
 //     longer than the grace period fails, if message servers exist (they
 //     are registered in Redis, or, without --redis, the relay has seen one):
@@ -50,6 +53,7 @@ const (
 type CheckConfig struct {
 	Admin   string        // the relay's admin address, host:port
 	Link    string        // the relay's link address, host:port; empty skips rule 3
+	LinkTLS *tls.Config   // if set, the link port is probed over TLS (ProbeTLS makes it)
 	Timeout time.Duration // per probe
 	Grace   time.Duration // rule 4's grace period
 	// Redis is where message servers register (see store.Servers); nil
@@ -74,7 +78,7 @@ func Check(ctx context.Context, cfg CheckConfig) CheckResult {
 		return CheckResult{false, "relay not serving: " + rep.Reason}
 	}
 	if cfg.Link != "" {
-		if err := probeLink(ctx, cfg.Link, cfg.Timeout); err != nil {
+		if err := probeLink(ctx, cfg.Link, cfg.LinkTLS, cfg.Timeout); err != nil {
 			return CheckResult{false, fmt.Sprintf("relay link port %s not answering: %v", cfg.Link, err)}
 		}
 	}
@@ -135,18 +139,51 @@ func fetchReport(ctx context.Context, admin string, timeout time.Duration) (heal
 	return rep, nil
 }
 
-// probeLink connects to the link port, reads the relay's first frame (it
-// must be a valid challenge), then hangs up without a word, which the relay
-// recognises as a probe: no warning, no handshake failure counted.
-func probeLink(ctx context.Context, addr string, timeout time.Duration) error {
+// probeLink connects to the link port (over TLS with tc), reads the
+// relay's first frame (it must be a valid challenge), then hangs up
+// without a word, which the relay recognises as a probe: no warning, no
+// handshake failure counted.
+func probeLink(ctx context.Context, addr string, tc *tls.Config, timeout time.Duration) error {
 	d := net.Dialer{Timeout: timeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	tcp, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	_ = conn.SetReadDeadline(time.Now().Add(timeout))
+	defer tcp.Close()
+	_ = tcp.SetDeadline(time.Now().Add(timeout))
+	conn := tcp
+	if tc != nil {
+		t := tls.Client(tcp, tc)
+		if err := t.Handshake(); err != nil {
+			return fmt.Errorf("TLS handshake: %w", err)
+		}
+		defer t.Close() // a close_notify: the relay reads a clean end, a probe
+		conn = t
+	}
 	return wire.ReadChallenge(conn)
+}
+
+// ProbeTLS is the TLS config of the link probe: it does not verify the
+// relay's certificate. The probe asks one thing of the relay on its own
+// host (at 127.0.0.1, an address the certificate need not name): does its
+// link port answer with a challenge, now? It sends nothing secret and
+// believes nothing else it reads. Verifying would also make the VIP follow
+// certificate trouble: an expired certificate on both relays would fail
+// both checks and take the VIP, and the links that still work, away.
+// Certificates are watched by the message servers, which refuse one that
+// does not verify, and by whoever renews them. certFile and keyFile, if
+// given, are the client certificate shown to a relay that requires one
+// (--link-client-ca); the probe never claims a server id with it.
+func ProbeTLS(certFile, keyFile string) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: certs.MinVersion, InsecureSkipVerify: true}
+	if certFile != "" || keyFile != "" {
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("probe client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	return tc, nil
 }
 
 // CheckMain is the "relay check" command. Exit codes: 0 pass, 1 fail, 2 bad
@@ -158,7 +195,11 @@ func CheckMain(args []string, stdout, stderr io.Writer) int {
 	link := fs.String("link", "127.0.0.1"+DefaultLinkAddr, "the relay's link address to probe; empty skips the probe")
 	timeout := fs.Duration("timeout", 500*time.Millisecond, "time allowed for each probe")
 	grace := fs.Duration("grace", 3*time.Second, "how long a VIP holder may have no links before it fails")
+	linkTLS := fs.Bool("link-tls", false, "the link port serves TLS (relay --tls-cert): probe it over TLS, without verifying the certificate (a liveness probe of this host's relay)")
+	linkCert := fs.String("link-cert", "", "client certificate (PEM) the probe shows a relay that requires one (relay --link-client-ca); with --link-key")
+	linkKey := fs.String("link-key", "", "the key of --link-cert")
 	redisURL := fs.String("redis", "", "Redis URL, as msgserver --redis, to count registered message servers in; empty: use the servers the relay has seen")
+	redisCA := fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis, as msgserver --redis-ca-file")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "relay check: keepalived vrrp_script health check; exits 0 (pass) or 1 (fail) and prints why.")
 		fs.PrintDefaults()
@@ -170,14 +211,31 @@ func CheckMain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg := CheckConfig{Admin: *admin, Link: *link, Timeout: *timeout, Grace: *grace}
+	if *linkTLS || *linkCert != "" || *linkKey != "" {
+		tc, err := ProbeTLS(*linkCert, *linkKey)
+		if err != nil {
+			fmt.Fprintln(stderr, "relay check: --link-cert:", err)
+			return 2
+		}
+		cfg.LinkTLS = tc
+	}
 	if *redisURL != "" {
 		opts, err := store.ParseURL(*redisURL)
 		if err != nil {
 			fmt.Fprintln(stderr, "relay check: --redis:", err)
 			return 2
 		}
+		if *redisCA != "" {
+			if err := opts.UseCA(*redisCA); err != nil {
+				fmt.Fprintln(stderr, "relay check: --redis-ca-file:", err)
+				return 2
+			}
+		}
 		cfg.Redis = opts.NewClient()
 		defer cfg.Redis.Close()
+	} else if *redisCA != "" {
+		fmt.Fprintln(stderr, "relay check: --redis-ca-file needs --redis")
+		return 2
 	}
 	res := Check(context.Background(), cfg)
 	if res.OK {

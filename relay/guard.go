@@ -144,10 +144,12 @@ func sourceKey(a net.Addr) netip.Addr {
 // the peer has proved the secret (it can no longer be evicted), or when
 // the handshake fails.
 func (r *Relay) handshake(conn net.Conn, p *pendingConn) (server string, err error) {
-	_ = conn.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
 	server, err = wire.Accept(conn, r.cfg.ID, func(server string) error {
 		if r.gate.leave(p) {
 			return errEvicted
+		}
+		if err := certifiedID(conn)(server); err != nil { // tls.go
+			return err
 		}
 		return r.admit(server)
 	}, r.cfg.Secret, r.cfg.NextSecret)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -28,7 +29,7 @@ type link struct {
 func (l *link) close() {
 	l.closeOnce.Do(func() {
 		l.q.Close()
-		l.conn.Close()
+		_ = netx.CloseNow(l.conn)
 	})
 }
 
@@ -36,6 +37,12 @@ func (l *link) close() {
 // handshake (guard.go), then the link loops.
 func (r *Relay) serveConn(conn net.Conn, p *pendingConn) {
 	remote := conn.RemoteAddr().String()
+	_ = conn.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
+	conn, ok := r.startTLS(conn, remote) // tls.go
+	if !ok {
+		r.gate.leave(p)
+		return
+	}
 	server, err := r.handshake(conn, p)
 	if err != nil {
 		if errors.Is(err, wire.ErrProbe) {
@@ -54,7 +61,7 @@ func (r *Relay) serveConn(conn net.Conn, p *pendingConn) {
 		l.stats.FramesOut.Add(uint64(items))
 		r.m.flushed(n, items, waited)
 	})
-	l.q.Start(conn, r.cfg.WriteTimeout) // written inline by the readers that route to it
+	l.q.Start(conn, r.cfg.WriteTimeout) // written inline by the readers that route to it (over TLS, by its writer goroutine)
 	r.register(l)
 	r.log.Info("link up", "server", server, "remote", remote)
 

@@ -23,6 +23,7 @@ type Metrics struct {
 	forwardDuration prometheus.Histogram
 	batchFrames     prometheus.Histogram
 	rttSeconds      *prometheus.GaugeVec
+	tlsFailures     prometheus.Counter
 }
 
 // NewMetrics registers the relay's metrics on reg.
@@ -85,6 +86,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "relay_link_rtt_seconds",
 			Help: "Last measured ping round trip on the link to each message server.",
 		}, []string{"server"}),
+		tlsFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "relay_tls_handshake_failures_total",
+			Help: "Connections to the TLS link port that failed their TLS handshake (plaintext, untrusted or missing certificate, timeout); each is logged at debug level only.",
+		}),
 	}
 }
 
@@ -179,5 +184,11 @@ func (m *Metrics) forget(server string) {
 func (m *Metrics) rtt(server string, d time.Duration) {
 	if m != nil {
 		m.rttSeconds.WithLabelValues(server).Set(d.Seconds())
+	}
+}
+
+func (m *Metrics) tlsHandshakeFailed() {
+	if m != nil {
+		m.tlsFailures.Inc()
 	}
 }

@@ -6,6 +6,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,11 @@ type Config struct {
 	// NextSecret, if set, is accepted as well as Secret: the other secret
 	// of a rotation in progress (README, Operations).
 	NextSecret []byte
+	// TLS, if set, makes the link port serve TLS (certs.ServerConfig, its
+	// certificate reloaded on renewal); with ClientAuth set to
+	// tls.RequireAndVerifyClientCert it is mutual, and each server's id is
+	// bound to its certificate (tls.go). Nil serves plaintext.
+	TLS *tls.Config
 	// MaxFrame is the largest frame accepted from a link, in bytes.
 	MaxFrame int
 	// MaxQueueBytes bounds each link's unwritten outbound bytes; a link
@@ -202,7 +208,7 @@ func (r *Relay) Serve(ln net.Listener) error {
 	}
 	r.listeners[ln] = struct{}{}
 	r.mu.Unlock()
-	r.log.Info("relay listening", "addr", ln.Addr().String())
+	r.log.Info("relay listening", "addr", ln.Addr().String(), "tls", r.cfg.TLS != nil, "mutual", r.cfg.TLS != nil && r.cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert)
 	for {
 		conn, err := netx.Accept(ln, r.log, func() bool { return r.ctx.Err() != nil })
 		if conn == nil {

@@ -7,6 +7,11 @@
 #   DIR/link.secret           the shared link secret (64 hex characters, mode
 #                             0600), created once and then kept, so rebuilding
 #                             does not break the links of running VMs
+#   DIR/pki/                  the lab's CA and each host's certificates, from
+#                             keepalived/topology.json (relay gen-certs): the
+#                             CA is made once and its key never leaves this
+#                             host; certificates are reissued when missing,
+#                             near their end or no longer matching the topology
 #
 # DIR is vagrant/build (ignored by git) unless --out DIR is given. Both
 # binaries are built by one `go build` (one compile of what they share, linked
@@ -69,3 +74,6 @@ else
 	echo "made  $secret"
 fi
 chmod 0600 -- "$secret"
+
+# Run on this host (not the VMs' build): the CA key stays here.
+go run -trimpath ./cmd/relay gen-certs --topology keepalived/topology.json --out "$out/pki"

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -9,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/internal/certs"
 )
 
 // ParseURL reads a Redis URL with go-redis's own parsers, so every option
@@ -33,7 +36,9 @@ import (
 // In every form the user info is the data nodes' login; a Sentinel's own
 // is given as sentinel_username and sentinel_password. Every host in a
 // list needs its port. An error never quotes the URL, which may hold a
-// password.
+// password. Over TLS every connection checks the certificate of the host
+// it dials, against the system's roots or the CA UseCA sets, and needs
+// TLS 1.2 or later.
 func ParseURL(raw string) (*Options, error) {
 	o, err := parseURL(raw)
 	if err != nil {
@@ -49,7 +54,44 @@ func ParseURL(raw string) (*Options, error) {
 	if err := o.check(); err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
 	}
+	if tc := o.tlsConfig(); tc != nil {
+		// go-redis names the first host of a Sentinel or Cluster list as
+		// the server for every connection; empty, each connection checks
+		// the certificate against the host it dials (tls.Dial fills it in).
+		// The minimum version is the project's, as on every other port.
+		tc.ServerName = ""
+		tc.MinVersion = certs.MinVersion
+	}
 	return o, nil
+}
+
+// tlsConfig is the parsed URL's TLS config, nil unless it is a TLS URL.
+func (o *Options) tlsConfig() *tls.Config {
+	switch {
+	case o.Single != nil:
+		return o.Single.TLSConfig
+	case o.Sentinel != nil:
+		return o.Sentinel.TLSConfig
+	case o.Cluster != nil:
+		return o.Cluster.TLSConfig
+	}
+	return nil
+}
+
+// UseCA makes the client verify Redis's certificates against the CA
+// certificates in caFile (PEM) instead of the system's roots: for a Redis
+// whose certificate a private CA signed. The URL must be a TLS one.
+func (o *Options) UseCA(caFile string) error {
+	tc := o.tlsConfig()
+	if tc == nil {
+		return errors.New("a CA file needs a TLS URL (rediss://, rediss-sentinel:// or rediss-cluster://)")
+	}
+	pool, err := certs.LoadPool(caFile)
+	if err != nil {
+		return err
+	}
+	tc.RootCAs = pool
+	return nil
 }
 
 func parseURL(raw string) (*Options, error) {

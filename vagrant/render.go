@@ -2,7 +2,8 @@
 // (keepalived/topology.json) and the text/template files in templates/: for
 // each host, the env files of its systemd units, its firewall script, its
 // Redis settings and its keepalived.conf (keepalived.Render, with the VMs'
-// paths); and for the VM host, the Prometheus scrape config of the lab.
+// paths); for the VM host, the Prometheus scrape config of the lab; and
+// the lab's CA and certificates (certs.go: everything runs over TLS).
 //
 // The provisioner renders each VM's files on the VM (`relay render-lab`, run
 // by provision/render.sh) from the topology uploaded with it, so editing
@@ -87,6 +88,8 @@ type hostData struct {
 	RelayAddr     string
 	RedisURL      string
 	SecretFile    string
+	TLSDir        string // the chatrelay services' TLS files (certs.go)
+	RedisTLSDir   string // Redis's
 	ShutdownGrace string
 	Rules         []Rule
 }
@@ -117,8 +120,10 @@ func RenderHost(t *keepalived.Topology, host string, o Options) ([]File, error) 
 		VIP:           t.VIP,
 		Ports:         t.Ports,
 		RelayAddr:     t.RelayAddr(),
-		RedisURL:      t.RedisURL(),
+		RedisURL:      redisURL(t),
 		SecretFile:    EtcDir + "/link.secret",
+		TLSDir:        TLSDir,
+		RedisTLSDir:   RedisTLSDir,
 		ShutdownGrace: ShutdownGrace,
 		Rules:         rules,
 	}
@@ -143,7 +148,11 @@ func RenderHost(t *keepalived.Topology, host string, o Options) ([]File, error) 
 	if h.Has(keepalived.RoleRelay) {
 		conf, err := keepalived.Render(t, host, keepalived.Options{
 			RelayBin:  CheckRelayBin,
-			RedisURL:  t.RedisURL(),
+			RedisURL:  redisURL(t),
+			RedisCA:   TLSDir + "/ca.pem",
+			LinkTLS:   true,
+			CheckCert: TLSDir + "/check.pem",
+			CheckKey:  TLSDir + "/check-key.pem",
 			Interface: o.Interface,
 			Unicast:   o.Unicast,
 		})
@@ -154,6 +163,14 @@ func RenderHost(t *keepalived.Topology, host string, o Options) ([]File, error) 
 	}
 	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
 	return files, nil
+}
+
+// redisURL is the lab's Redis, over TLS.
+func redisURL(t *keepalived.Topology) string {
+	if u, ok := strings.CutPrefix(t.RedisURL(), "redis://"); ok {
+		return "rediss://" + u
+	}
+	return ""
 }
 
 // FirewallRules lists what the firewall of the host called host lets in,

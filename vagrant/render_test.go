@@ -305,7 +305,8 @@ func TestScrapeTargetsAreTheAdminAddresses(t *testing.T) {
 
 // A relay VM's keepalived.conf is keepalived.Render's, with the check run
 // from the copy of the relay that provision.sh installs for keepalived, the
-// lab's Redis, and the VM's NIC and advert mode.
+// lab's Redis (over TLS), the link port probed over TLS with the check's
+// certificate, and the VM's NIC and advert mode.
 func TestKeepalivedConfForVMs(t *testing.T) {
 	for _, l := range labs(t) {
 		topo := l.load(t)
@@ -317,7 +318,9 @@ func TestKeepalivedConfForVMs(t *testing.T) {
 		for _, h := range topo.Relays() {
 			conf := files[h.Name]["keepalived.conf"]
 			for _, s := range []string{"interface " + nic + "\n", "dev " + nic + "\n",
-				`script "` + vagrant.CheckRelayBin + " check ", "--redis " + topo.RedisURL() + `"`,
+				`script "` + vagrant.CheckRelayBin + " check ",
+				" --link-tls --link-cert " + vagrant.TLSDir + "/check.pem --link-key " + vagrant.TLSDir + "/check-key.pem ",
+				"--redis rediss://" + strings.TrimPrefix(topo.RedisURL(), "redis://") + " --redis-ca-file " + vagrant.TLSDir + `/ca.pem"`,
 				`notify "` + keepalived.DefaultNotifyScript + " " + h.Name + `"`, `file "` + keepalived.DefaultTrackFile + `"`,
 				"script_user " + keepalived.DefaultScriptUser + "\n"} {
 				if !bytes.Contains(conf, []byte(s)) {

@@ -100,7 +100,8 @@ func vagrantEnv(t *testing.T, extra ...string) []string {
 
 // labCopy copies the lab's files (vagrant/ without build/ and .vagrant/, and
 // keepalived/notify.sh) to a temporary tree, with topology as
-// keepalived/topology.json and a stand-in vagrant/build/, and returns the
+// keepalived/topology.json and a stand-in vagrant/build/ (binaries, secret,
+// the lab's CA and every host's certificates), and returns the
 // copy's vagrant folder: what Vagrant loads there does not depend on whether
 // scripts/build-vagrant.sh has run in this checkout.
 func labCopy(t *testing.T, topology string) string {
@@ -118,8 +119,20 @@ func labCopy(t *testing.T, topology string) string {
 	if err := os.Mkdir(filepath.Join(dst, "vagrant", "build"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"relay", "msgserver", "link.secret"} {
-		if err := os.WriteFile(filepath.Join(dst, "vagrant", "build", f), []byte("stand-in\n"), 0o600); err != nil {
+	standIns := []string{"relay", "msgserver", "link.secret", "pki/ca.pem", "pki/ca-key.pem"}
+	topo, err := keepalived.LoadTopology(topology)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range vagrant.Certs(topo) {
+		standIns = append(standIns, "pki/"+c.Host+"/"+c.Name+".pem", "pki/"+c.Host+"/"+c.Name+"-key.pem")
+	}
+	for _, f := range standIns {
+		p := filepath.Join(dst, "vagrant", "build", f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("stand-in\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -195,8 +208,10 @@ type machine struct {
 		Options map[string]any `json:"options"`
 	} `json:"networks"`
 	Provisioners []struct {
-		Path string            `json:"path"`
-		Env  map[string]string `json:"env"`
+		Path        string            `json:"path"`
+		Env         map[string]string `json:"env"`
+		Source      string            `json:"source"`
+		Destination string            `json:"destination"`
 	} `json:"provisioners"`
 }
 
@@ -269,6 +284,27 @@ func TestMachines(t *testing.T) {
 					env["LAB_HOST"] != h.Name || env["LAB_IP"] != h.IP || env["LAB_ROLES"] != strings.Join(h.Roles, " ") {
 					t.Errorf("machine %d: %s (hostname %s, private networks %v, env %v); want host %+v", i, m.Name, m.Hostname, ips, env, h)
 				}
+				// Each VM is sent the CA's certificate and its own TLS
+				// files, never the CA's key or another host's.
+				var pkiUploads []string
+				for _, p := range m.Provisioners {
+					if strings.Contains(p.Source, "pki/") {
+						pkiUploads = append(pkiUploads, p.Source+" "+p.Destination)
+					}
+				}
+				wantPKI := []string{"build/pki/ca.pem /tmp/chatrelay-provision/pki/ca.pem"}
+				for _, c := range vagrant.Certs(topo) {
+					if c.Host == h.Name {
+						for _, f := range []string{c.Name + ".pem", c.Name + "-key.pem"} {
+							wantPKI = append(wantPKI, "build/pki/"+h.Name+"/"+f+" /tmp/chatrelay-provision/pki/host/"+f)
+						}
+					}
+				}
+				slices.Sort(pkiUploads)
+				slices.Sort(wantPKI)
+				if !slices.Equal(pkiUploads, wantPKI) {
+					t.Errorf("%s: TLS uploads\n  %s\nwant\n  %s", m.Name, strings.Join(pkiUploads, "\n  "), strings.Join(wantPKI, "\n  "))
+				}
 				// VirtualBox >= 6.1.28 allows host-only networks in 192.168.56.0/21 only.
 				if ip, _ := netip.ParseAddr(h.IP); l.name == "lab" && !netip.MustParsePrefix("192.168.56.0/21").Contains(ip) {
 					t.Errorf("%s: %v is outside VirtualBox's default host-only range 192.168.56.0/21", m.Name, ip)
@@ -314,6 +350,11 @@ func TestProvisionStopsWithoutBuild(t *testing.T) {
 			[]string{"vagrant/build/link.secret not found", "Run scripts/build-vagrant.sh"}},
 		{"not a Linux binary", map[string]string{"relay": "MZ\x90\x00", "msgserver": "\x7fELF", "link.secret": "0123456789abcdef0123"},
 			[]string{"vagrant/build/relay is not a Linux binary", "scripts/build-vagrant.sh"}},
+		{"no certificates", map[string]string{"relay": "\x7fELF", "msgserver": "\x7fELF", "link.secret": "0123456789abcdef0123",
+			"../topology.json": "{}", "../notify.sh": "#", "../provision/render.sh": "#",
+			"../systemd/chatrelay-relay.service": "#", "../systemd/chatrelay-msgserver.service": "#"},
+			[]string{"vagrant/build/pki/ca.pem", "vagrant/build/pki/" + m.Name + "/relay.pem", "vagrant/build/pki/" + m.Name + "/check-key.pem",
+				"certificates are made on the host", "Run scripts/build-vagrant.sh", "vagrant provision " + m.Name}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			stage := filepath.Join(t.TempDir(), "stage")
@@ -321,7 +362,11 @@ func TestProvisionStopsWithoutBuild(t *testing.T) {
 				t.Fatal(err)
 			}
 			for f, content := range c.build {
-				if err := os.WriteFile(filepath.Join(stage, "build", f), []byte(content), 0o600); err != nil {
+				p := filepath.Join(stage, "build", f) // ../ for the stage's other inputs
+				if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -717,14 +762,30 @@ func TestBuildVagrant(t *testing.T) {
 	if !regexp.MustCompile(`^[0-9a-f]{64}\n$`).Match(first) {
 		t.Errorf("link.secret %q: want 64 hex characters", first)
 	}
-	if o, e, err := run(t, root(t), os.Environ(), script, "--out", out); err != nil || !strings.Contains(o, "kept") {
-		t.Fatalf("second build-vagrant.sh: %v\n%s%s", err, o, e)
+	again, e, err := run(t, root(t), os.Environ(), script, "--out", out)
+	if err != nil || !strings.Contains(again, "kept") {
+		t.Fatalf("second build-vagrant.sh: %v\n%s%s", err, again, e)
 	}
 	if again, _ := os.ReadFile(secret); !bytes.Equal(again, first) {
 		t.Error("a second build changed the link secret (running VMs would lose their links)")
 	}
-	if entries, _ := os.ReadDir(out); len(entries) != 3 {
-		t.Errorf("build folder holds %v, want relay, msgserver, link.secret", entries)
+	if entries, _ := os.ReadDir(out); len(entries) != 4 {
+		t.Errorf("build folder holds %v, want relay, msgserver, link.secret, pki", entries)
+	}
+	// The lab's CA and certificates (TestLabCertificates checks what they
+	// are good for): made by the first run, kept by the second.
+	caKey := filepath.Join(out, "pki", "ca-key.pem")
+	if fi, err := os.Stat(caKey); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("CA key: %v %v, want mode 0600", err, fi)
+	}
+	if !strings.Contains(o, "made  "+filepath.Join(out, "pki", "ca.pem")) {
+		t.Errorf("the first build-vagrant.sh did not make the lab CA:\n%s", o)
+	}
+	for _, c := range vagrant.Certs(labs(t)[0].load(t)) {
+		certFile, _ := c.CertPaths(filepath.Join(out, "pki"))
+		if !strings.Contains(again, "kept  "+certFile) {
+			t.Errorf("the second build-vagrant.sh did not keep %s:\n%s", certFile, again)
+		}
 	}
 	if _, _, err := run(t, root(t), os.Environ(), script, "--bogus"); exitCode(err) != 2 {
 		t.Errorf("build-vagrant.sh --bogus: %v, want exit status 2", err)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -40,8 +41,9 @@ type idleConfig struct {
 	PingEvery   time.Duration
 	OpenTimeout time.Duration
 	Prefix      string
-	SourceIPs   string // "auto", "none" or a comma-separated list
-	KeyFile     string // signs a token for each login (as msgserver token does); empty: name-only logins
+	SourceIPs   string      // "auto", "none" or a comma-separated list
+	KeyFile     string      // signs a token for each login (as msgserver token does); empty: name-only logins
+	TLS         *tls.Config // if set, the client port serves TLS (tlsFlag)
 	Progress    io.Writer
 }
 
@@ -151,8 +153,14 @@ func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.SourceIPs, "source-ips", "auto", `local addresses to dial from, round-robin: comma-separated, "none", or "auto" (127.0.0.2, .3, ... one per 25000 sessions when the server is on loopback and one address would run out of ports)`)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	tlsCA := tlsFlag(fs)
 	if code, done := parseFlags(fs, args, stderr); done {
 		return code
+	}
+	var err error
+	if cfg.TLS, err = clientTLS(*tlsCA); err != nil {
+		fmt.Fprintln(stderr, "chatbench:", err)
+		return 2
 	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(stderr, "chatbench:", err)
@@ -457,7 +465,7 @@ var loginOK = []byte(`"ok":true`)
 // and a reader goroutine drains what the server sends.
 func (r *idleRun) login(i int) error {
 	d := r.dialers[i%len(r.dialers)]
-	c, err := d.Dial("tcp", r.cfg.Server)
+	c, err := dialClient(d, r.cfg.Server, r.cfg.TLS)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", r.cfg.Server, err)
 	}

@@ -20,15 +20,18 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/internal/cli"
 )
 
@@ -102,10 +105,16 @@ func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	pids := fs.String("pids", "", "name=pid,... of the tier's processes: report each one's CPU time per 1,000 delivered messages")
+	tlsCA := tlsFlag(fs)
 	if code, done := parseFlags(fs, args, stderr); done {
 		return code
 	}
 	cfg.Servers = strings.Split(servers, ",")
+	var err error
+	if cfg.TLS, err = clientTLS(*tlsCA); err != nil {
+		fmt.Fprintln(stderr, "chatbench:", err)
+		return 2
+	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 2
@@ -113,7 +122,6 @@ func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
 	if !*quiet {
 		cfg.Progress = stderr
 	}
-	var err error
 	if cfg.Watch, err = parsePids(*pids); err != nil {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 2
@@ -138,4 +146,31 @@ func report(w io.Writer, res interface{ table(io.Writer) }, asJSON, failed bool)
 		return 1
 	}
 	return 0
+}
+
+// tlsFlag registers --tls-ca: the message servers' client ports serve TLS,
+// verified with these CA certificates.
+func tlsFlag(fs *flag.FlagSet) *string {
+	return fs.String("tls-ca", "", "the client ports serve TLS: CA certificates (PEM) to verify them with (msgserver --tls-cert)")
+}
+
+// clientTLS is the client config for --tls-ca; nil without one.
+func clientTLS(caFile string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pool, err := certs.LoadPool(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-ca: %w", err)
+	}
+	return &tls.Config{MinVersion: certs.MinVersion, RootCAs: pool}, nil
+}
+
+// dialClient connects to a message server's client port with d, over TLS
+// (handshake done) when tc is set; the server name is the address's host.
+func dialClient(d *net.Dialer, addr string, tc *tls.Config) (net.Conn, error) {
+	if tc == nil {
+		return d.Dial("tcp", addr)
+	}
+	return tls.DialWithDialer(d, "tcp", addr, tc)
 }

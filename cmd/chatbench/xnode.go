@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +29,7 @@ type xnodeConfig struct {
 	Prefix   string
 	Progress io.Writer
 	Watch    map[string]int // process name -> pid whose CPU per 1k messages is reported
+	TLS      *tls.Config    // if set, the client ports serve TLS (tlsFlag)
 }
 
 // parsePids reads "relay=123,msg-1=456".
@@ -233,7 +235,7 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := u.login(addr); err != nil {
+			if err := u.login(addr, cfg.TLS); err != nil {
 				errc <- err
 			}
 		}()
@@ -251,8 +253,8 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 	return users, nil
 }
 
-func (u *benchUser) login(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func (u *benchUser) login(addr string, tc *tls.Config) error {
+	c, err := dialClient(&net.Dialer{Timeout: 5 * time.Second}, addr, tc)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", addr, err)
 	}

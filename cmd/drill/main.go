@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,6 +24,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/keepalived/drill"
 )
@@ -188,12 +190,22 @@ func load(args []string) int {
 	pairs := fs.Int("pairs", 50, "user pairs")
 	rate := fs.Float64("rate", 1000, "messages per second")
 	duration := fs.Duration("duration", 8*time.Second, "sending time")
+	ca := fs.String("ca", "", "the client ports serve TLS: CA certificates (PEM) to verify them with")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	res, err := drill.RunLoad(drill.LoadConfig{
+	cfg := drill.LoadConfig{
 		Servers: strings.Split(*servers, ","), Pairs: *pairs, Rate: *rate, Duration: *duration, Settle: 6 * time.Second,
-	}, os.Stderr)
+	}
+	if *ca != "" {
+		pool, err := certs.LoadPool(*ca)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load: --ca:", err)
+			return 2
+		}
+		cfg.TLS = &tls.Config{MinVersion: certs.MinVersion, RootCAs: pool}
+	}
+	res, err := drill.RunLoad(cfg, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
 		return 1

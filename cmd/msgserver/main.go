@@ -10,9 +10,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -22,6 +24,7 @@ import (
 	sockaddr "github.com/hashicorp/go-sockaddr"
 
 	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/store"
@@ -50,6 +53,13 @@ func run(args []string) int {
 		authLeeway  = fs.Duration("auth-leeway", msgserver.DefaultAuthLeeway, "clock skew allowed when checking a token's exp and nbf")
 		authAud     = fs.String("auth-audience", "", "if set, a login token's aud must include it")
 		authIss     = fs.String("auth-issuer", "", "if set, a login token's iss must be it")
+		tlsCert     = fs.String("tls-cert", "", "certificate (PEM, chain first) for TLS on the client port, with --tls-key; reloaded on SIGHUP or when the file changes. Empty: plaintext")
+		tlsKey      = fs.String("tls-key", "", "the key of --tls-cert (PEM)")
+		linkCA      = fs.String("link-ca", "", "CA certificates (PEM) that verify the relay's certificate: the link runs over TLS. Empty: plaintext")
+		linkName    = fs.String("link-server-name", "", "name the relay's certificate must carry (DNS name or IP); default: the host of --relay")
+		linkCert    = fs.String("link-cert", "", "client certificate (PEM) shown to a relay that requires one (relay --link-client-ca), with --link-key; its common name or a DNS name must be --id. Reloaded like --tls-cert")
+		linkKey     = fs.String("link-key", "", "the key of --link-cert (PEM)")
+		redisCA     = fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis's certificate instead of the system's")
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
@@ -112,6 +122,20 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "msgserver: --redis:", err)
 		return 2
 	}
+	if *redisCA != "" {
+		if err := ropts.UseCA(*redisCA); err != nil {
+			fmt.Fprintln(os.Stderr, "msgserver: --redis-ca-file:", err)
+			return 2
+		}
+	}
+	tlsc, err := loadTLS(tlsFlags{
+		cert: *tlsCert, key: *tlsKey, relay: *relayAddr,
+		linkCA: *linkCA, linkName: *linkName, linkCert: *linkCert, linkKey: *linkKey,
+	}, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "msgserver:", err)
+		return 2
+	}
 	rdb := ropts.NewClient()
 	defer rdb.Close()
 
@@ -133,6 +157,8 @@ func run(args []string) int {
 		Secret:        secret,
 		NextSecret:    next,
 		Redis:         rdb,
+		TLS:           tlsc.client,
+		LinkTLS:       tlsc.link,
 		PresenceTTL:   *presenceTTL,
 		InboxMax:      *inboxMax,
 		InboxTTL:      *inboxTTL,
@@ -176,6 +202,9 @@ func run(args []string) int {
 
 	ctx, stop := cli.SignalContext()
 	defer stop()
+	for _, r := range tlsc.reloaders {
+		go r.Watch(ctx, 0)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	code := 0
@@ -220,6 +249,54 @@ func parsePrefixes(s string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// tlsFlags are the TLS flags as given.
+type tlsFlags struct {
+	cert, key, relay                    string
+	linkCA, linkName, linkCert, linkKey string
+}
+
+// tlsSetup is what the TLS flags make: configs for the client port and the
+// relay link (nil: plaintext), and the certificates to keep current.
+type tlsSetup struct {
+	client, link *tls.Config
+	reloaders    []*certs.Reloader
+}
+
+func loadTLS(f tlsFlags, log *slog.Logger) (tlsSetup, error) {
+	var t tlsSetup
+	if f.cert != "" || f.key != "" {
+		r, err := certs.Load(f.cert, f.key, log)
+		if err != nil {
+			return t, fmt.Errorf("--tls-cert: %w", err)
+		}
+		t.client = certs.ServerConfig(r)
+		t.reloaders = append(t.reloaders, r)
+	}
+	if f.linkCA == "" {
+		if f.linkName != "" || f.linkCert != "" || f.linkKey != "" {
+			return t, errors.New("--link-server-name, --link-cert and --link-key need --link-ca (the link's TLS)")
+		}
+		return t, nil
+	}
+	if f.relay == "" {
+		return t, errors.New("--link-ca needs --relay")
+	}
+	pool, err := certs.LoadPool(f.linkCA)
+	if err != nil {
+		return t, fmt.Errorf("--link-ca: %w", err)
+	}
+	t.link = &tls.Config{MinVersion: certs.MinVersion, RootCAs: pool, ServerName: f.linkName}
+	if f.linkCert != "" || f.linkKey != "" {
+		r, err := certs.Load(f.linkCert, f.linkKey, log)
+		if err != nil {
+			return t, fmt.Errorf("--link-cert: %w", err)
+		}
+		t.link.GetClientCertificate = r.GetClientCertificate
+		t.reloaders = append(t.reloaders, r)
+	}
+	return t, nil
 }
 
 // defaultAdvertise is this host's private IP (as go-sockaddr finds it) with

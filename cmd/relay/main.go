@@ -3,18 +3,22 @@
 //
 //	relay --listen :7000 --admin :9100 --link-secret-file /etc/chatrelay/link.secret --vip 192.168.56.100
 //	relay check [--admin 127.0.0.1:9100]   (the keepalived vrrp_script check)
+//	relay gen-certs --topology keepalived/topology.json --out vagrant/build/pki   (the lab's CA and certificates)
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"time"
 
 	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/relay"
 )
@@ -29,6 +33,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "render-lab" {
 		os.Exit(renderLabMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "gen-certs" {
+		os.Exit(genCertsMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -42,6 +49,9 @@ func run(args []string) int {
 		id         = fs.String("id", host, "relay id shown to message servers and in logs")
 		secretFile = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes)")
 		nextFile   = fs.String("link-secret-next-file", "", "file holding a second link secret, also accepted: the other secret of a rotation in progress")
+		tlsCert    = fs.String("tls-cert", "", "certificate (PEM, chain first) for TLS on the link port, with --tls-key; it must name the VIP (an IP SAN) or whatever name message servers dial. Reloaded on SIGHUP or when the file changes. Empty: plaintext")
+		tlsKey     = fs.String("tls-key", "", "the key of --tls-cert (PEM)")
+		clientCA   = fs.String("link-client-ca", "", "CA certificates (PEM): message servers must show a client certificate they signed (mutual TLS), whose common name or a DNS name is the server id they claim; needs --tls-cert")
 		vip        = fs.String("vip", "", "the keepalived virtual IP; the relay reports whether it holds it and drops links on it when it loses it")
 		vipPoll    = fs.Duration("vip-poll", 100*time.Millisecond, "how often to check whether this host holds the VIP")
 		maxFrame   = fs.Int("max-frame", relay.DefaultMaxFrame, "largest link frame accepted, bytes")
@@ -81,11 +91,18 @@ func run(args []string) int {
 		}
 	}
 
+	tlsConf, reloader, err := linkTLS(*tlsCert, *tlsKey, *clientCA, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		return 2
+	}
+
 	reg := health.NewRegistry()
 	metrics := relay.NewMetrics(reg)
 	srv, err := relay.New(relay.Config{
 		ID:            *id,
 		Secret:        secret,
+		TLS:           tlsConf,
 		MaxFrame:      *maxFrame,
 		MaxQueueBytes: *maxQueue,
 		PingInterval:  *ping,
@@ -111,6 +128,9 @@ func run(args []string) int {
 
 	ctx, stop := cli.SignalContext()
 	defer stop()
+	if reloader != nil {
+		go reloader.Watch(ctx, 0)
+	}
 	if vipIP != nil {
 		srv.WatchVIP(vipIP, *vipPoll)
 	}
@@ -137,4 +157,29 @@ func run(args []string) int {
 		_ = adminSrv.Shutdown(sctx)
 	}
 	return 0
+}
+
+// linkTLS is the link port's TLS config from the flags (nil: plaintext) and
+// the certificate to keep current.
+func linkTLS(certFile, keyFile, clientCA string, log *slog.Logger) (*tls.Config, *certs.Reloader, error) {
+	if certFile == "" && keyFile == "" {
+		if clientCA != "" {
+			return nil, nil, errors.New("--link-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+		}
+		return nil, nil, nil
+	}
+	r, err := certs.Load(certFile, keyFile, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--tls-cert: %w", err)
+	}
+	tc := certs.ServerConfig(r)
+	if clientCA != "" {
+		pool, err := certs.LoadPool(clientCA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--link-client-ca: %w", err)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return tc, r, nil
 }

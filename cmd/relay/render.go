@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/chatrelay/chatrelay/keepalived"
 	"github.com/chatrelay/chatrelay/store"
@@ -30,6 +31,10 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		trackFile  = fs.String("track-file", keepalived.DefaultTrackFile, "file the relay's supervisor writes 1 (down) or 0 (up) to")
 		scriptUser = fs.String("script-user", keepalived.DefaultScriptUser, "user keepalived runs the scripts as")
 		redisURL   = fs.String("redis", "", "Redis URL the check counts registered message servers in; empty: the servers the relay has seen")
+		redisCA    = fs.String("redis-ca-file", "", "CA file the check verifies a rediss:// --redis with")
+		linkTLS    = fs.Bool("link-tls", false, "the relay's link port serves TLS: the check probes it over TLS")
+		linkCert   = fs.String("link-cert", "", "client certificate the check shows a mutual-TLS link port (with --link-key)")
+		linkKey    = fs.String("link-key", "", "the key of --link-cert")
 		out        = fs.String("out", "", "write the config to this file instead of stdout")
 	)
 	fs.Usage = func() {
@@ -70,6 +75,10 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		Interface:    *iface,
 		Unicast:      *unicast,
 		RedisURL:     *redisURL,
+		RedisCA:      *redisCA,
+		LinkTLS:      *linkTLS,
+		CheckCert:    *linkCert,
+		CheckKey:     *linkKey,
 	})
 	if err != nil {
 		return fail("%v", err)
@@ -186,4 +195,50 @@ func writeFileAtomic(path string, data []byte) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// genCertsMain is "relay gen-certs": it makes or renews the Vagrant lab's
+// CA and host certificates in --out from the topology (vagrant.WriteCerts
+// says what each host gets and when a certificate is reissued).
+// scripts/build-vagrant.sh runs it on the VM host. Exit codes: 0 done, 2
+// anything wrong.
+func genCertsMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("relay gen-certs", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	topology := fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
+	out := fs.String("out", "", "folder for the CA and the hosts' certificates (vagrant/build/pki); required")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "relay gen-certs: make or renew the lab's CA and each host's certificates from the topology.\n"+
+			"The CA key stays in --out: copy only ca.pem and a host's own folder to that host.\n\n"+
+			"Usage: relay gen-certs --topology keepalived/topology.json --out vagrant/build/pki\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "relay gen-certs: "+format+"\n", a...)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fail("unexpected arguments %q (every option is a --flag)", fs.Args())
+	case *topology == "" || *out == "":
+		return fail("--topology and --out are required")
+	}
+	t, err := keepalived.LoadTopology(*topology)
+	if err != nil {
+		return fail("%v", err)
+	}
+	report, err := vagrant.WriteCerts(t, *out, time.Now())
+	if err != nil {
+		return fail("%v", err)
+	}
+	for _, l := range report {
+		fmt.Fprintln(stdout, l)
+	}
+	return 0
 }

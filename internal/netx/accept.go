@@ -1,8 +1,9 @@
-// Package netx holds the accept loop and the lingering close both servers
-// share.
+// Package netx holds what both servers share about connections: the accept
+// loop, a lingering close, and closing a connection at once (TLS included).
 package netx
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,9 +43,15 @@ func Accept(ln net.Listener, log *slog.Logger, stopping func() bool) (net.Conn, 
 // and a reset can destroy what the peer has not read yet: typically the
 // message saying why it was disconnected (a peer that sends junk is still
 // sending). So LingerClose ends our side first, then discards input until
-// the peer hangs up, for at most d and maxBytes. A connection without a
-// half-close is simply closed.
+// the peer hangs up, for at most d and maxBytes. Over TLS our end is a
+// close_notify alert (crypto/tls bounds its write), then the TCP half-close,
+// and the input discarded is the raw bytes under the TLS layer. A connection
+// without a half-close is simply closed.
 func LingerClose(conn net.Conn, d time.Duration, maxBytes int) {
+	if tc, ok := conn.(*tls.Conn); ok {
+		_ = tc.CloseWrite()
+		conn = tc.NetConn()
+	}
 	cw, ok := conn.(interface{ CloseWrite() error })
 	if !ok || cw.CloseWrite() != nil {
 		conn.Close()

@@ -315,6 +315,14 @@ func (q *Queue) Done() <-chan struct{} {
 	return q.drained
 }
 
+// Finished reports, without waiting, what Done tells: the queue is closed
+// and written out, or a write failed.
+func (q *Queue) Finished() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.finished
+}
+
 // Err is the write error that ended the queue, if any.
 func (q *Queue) Err() error {
 	q.mu.Lock()

@@ -33,9 +33,12 @@ func Dial(t testing.TB, addr string) *Client {
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
-	c := &Client{t: t, conn: conn, br: bufio.NewReaderSize(conn, 1<<16)}
+	return newClient(t, conn)
+}
+
+func newClient(t testing.TB, conn net.Conn) *Client {
 	t.Cleanup(func() { conn.Close() })
-	return c
+	return &Client{t: t, conn: conn, br: bufio.NewReaderSize(conn, 1<<16)}
 }
 
 // Conn is the underlying connection.

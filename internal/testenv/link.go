@@ -26,6 +26,14 @@ func DialPeer(t testing.TB, addr, id string, secret []byte) (*Peer, byte) {
 	if err != nil {
 		t.Fatalf("dial relay: %v", err)
 	}
+	p, typ, _ := greetPeer(t, conn, id, secret)
+	return p, typ
+}
+
+// greetPeer runs the server side of the link handshake on conn and returns
+// the relay's answer frame: its type and body.
+func greetPeer(t testing.TB, conn net.Conn, id string, secret []byte) (*Peer, byte, []byte) {
+	t.Helper()
 	t.Cleanup(func() { conn.Close() })
 	p := &Peer{t: t, ID: id, Conn: conn, fr: wire.NewReader(conn, 1<<20)}
 	typ, body := p.Next()
@@ -37,8 +45,8 @@ func DialPeer(t testing.TB, addr, id string, secret []byte) (*Peer, byte) {
 		t.Fatal(err)
 	}
 	p.Write(wire.AppendAuth(nil, wire.Auth{ServerID: id, MAC: wire.AuthMAC(secret, nonce, id)}))
-	typ, _ = p.Next()
-	return p, typ
+	typ, body = p.Next()
+	return p, typ, body
 }
 
 // Write sends raw bytes.

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -84,13 +85,22 @@ type Redis struct {
 	dir  string
 	cmd  *exec.Cmd
 	out  *bytes.Buffer
+	// With TLS (StartRedisTLS): the server's TLS arguments, and the
+	// config this package's own connections (PING, Command) use.
+	tlsArgs []string
+	tls     *tls.Config
 }
 
 // StartRedis starts redis-server on a free port and stops it at cleanup.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
+	return startRedis(t, nil, nil)
+}
+
+func startRedis(t testing.TB, tlsArgs []string, tc *tls.Config) *Redis {
+	t.Helper()
 	bin := Need(t, "redis-server", "redis-server")
-	r := &Redis{t: t, bin: bin, dir: t.TempDir()}
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), tlsArgs: tlsArgs, tls: tc}
 	for attempt := 0; ; attempt++ {
 		r.Port = FreePort(t)
 		r.Addr = fmt.Sprintf("127.0.0.1:%d", r.Port)
@@ -106,20 +116,29 @@ func StartRedis(t testing.TB) *Redis {
 	return r
 }
 
-// URL is the redis:// URL of the server.
-func (r *Redis) URL() string { return "redis://" + r.Addr + "/0" }
+// URL is the redis:// URL of the server (rediss:// with TLS).
+func (r *Redis) URL() string {
+	if r.tls != nil {
+		return "rediss://" + r.Addr + "/0"
+	}
+	return "redis://" + r.Addr + "/0"
+}
 
 func (r *Redis) start() error {
 	r.out = &bytes.Buffer{}
-	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir, "--daemonize", "no")
+	port := []string{"--port", strconv.Itoa(r.Port)}
+	if r.tls != nil {
+		port = append([]string{"--port", "0", "--tls-port", strconv.Itoa(r.Port)}, r.tlsArgs...)
+	}
+	r.cmd = exec.Command(r.bin, append(port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--daemonize", "no")...)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	if err := r.cmd.Start(); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond); err == nil {
+		if c, err := r.dial(100 * time.Millisecond); err == nil {
 			_, _ = c.Write([]byte("PING\r\n"))
 			_ = c.SetReadDeadline(time.Now().Add(time.Second))
 			line, _ := bufio.NewReader(c).ReadString('\n')
@@ -160,7 +179,7 @@ func (r *Redis) Restart() {
 // Command runs one redis-cli style command over RESP and returns the raw
 // reply line(s), for assertions that must not go through the code under test.
 func (r *Redis) Command(args ...string) (string, error) {
-	c, err := net.DialTimeout("tcp", r.Addr, time.Second)
+	c, err := r.dial(time.Second)
 	if err != nil {
 		return "", err
 	}
@@ -175,6 +194,15 @@ func (r *Redis) Command(args ...string) (string, error) {
 	}
 	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	return readRESP(bufio.NewReader(c))
+}
+
+// dial connects to the server, over TLS if it serves TLS.
+func (r *Redis) dial(timeout time.Duration) (net.Conn, error) {
+	d := &net.Dialer{Timeout: timeout}
+	if r.tls != nil {
+		return tls.DialWithDialer(d, "tcp", r.Addr, r.tls)
+	}
+	return d.Dial("tcp", r.Addr)
 }
 
 func readRESP(br *bufio.Reader) (string, error) {

@@ -3,7 +3,9 @@
 // real keepalived with the configs rendered from keepalived/topology.json,
 // and the real binaries, drives steady cross-server traffic, injects one
 // fault and reports how long delivery stopped and what was lost or shown
-// twice. It needs root.
+// twice. As on the Vagrant VMs, every connection runs over TLS, with the
+// lab's certificates (vagrant.WriteCerts) made for each drill: the client
+// ports, the relay link (mutual TLS) and Redis. It needs root.
 package drill
 
 import (
@@ -17,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/chatrelay/chatrelay/vagrant"
 )
 
 // Scenario names, in the order "all" runs them.
@@ -141,6 +145,9 @@ func (d *drill) run(scenario string) error {
 	if err := os.WriteFile(filepath.Join(d.dir, "link.secret"), []byte(fmt.Sprintf("drill-secret-%d-%d", os.Getpid(), time.Now().UnixNano())), 0o600); err != nil {
 		return err
 	}
+	if _, err := vagrant.WriteCerts(d.spec.topo, d.pki(), time.Now()); err != nil {
+		return fmt.Errorf("the lab's certificates: %w", err)
+	}
 
 	if err := d.startRedis(); err != nil {
 		return err
@@ -237,9 +244,26 @@ func (d *drill) run(scenario string) error {
 	return nil
 }
 
+// pki is the folder of the drill's CA and certificates; cert is one of
+// them (vagrant.Certs names them) and its key.
+func (d *drill) pki() string { return filepath.Join(d.dir, "pki") }
+
+func (d *drill) cert(host, name string) (cert, key string) {
+	return vagrant.Cert{Host: host, Name: name}.CertPaths(d.pki())
+}
+
+func (d *drill) caFile() string { return filepath.Join(d.pki(), "ca.pem") }
+
+// redisURL is the lab's Redis, over TLS.
+func (d *drill) redisURL() string {
+	return fmt.Sprintf("rediss://%s:%d/0", d.spec.ip[d.spec.redisHost], d.spec.redisPort)
+}
+
 func (d *drill) startRedis() error {
+	cert, key := d.cert(d.spec.redisHost, "redis")
 	p, err := d.lab.Start(d.spec.redisHost, "redis-server", nil, "redis-server",
-		"--bind", d.spec.ip[d.spec.redisHost], "--port", fmt.Sprint(d.spec.redisPort),
+		"--bind", d.spec.ip[d.spec.redisHost], "--port", "0", "--tls-port", fmt.Sprint(d.spec.redisPort),
+		"--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", d.caFile(), "--tls-auth-clients", "no",
 		"--save", "", "--appendonly", "no", "--dir", d.dir, "--protected-mode", "no")
 	if err != nil {
 		return err
@@ -251,10 +275,12 @@ func (d *drill) startRedis() error {
 func (d *drill) trackFile(host string) string { return filepath.Join(d.dir, host+".down") }
 
 func (d *drill) startRelay(host string) error {
+	cert, key := d.cert(host, "relay")
 	p, err := d.lab.Start(host, "relay", []string{"CHATRELAY_TRACK_FILE=" + d.trackFile(host), "CHATRELAY_PID_FILE=" + d.pidFile(host)},
 		filepath.Join(d.cfg.ScriptsDir, "relay-supervise.sh"), d.cfg.RelayBin,
 		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.linkPort), "--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.adminPort),
-		"--link-secret-file", filepath.Join(d.dir, "link.secret"), "--vip", d.spec.vip, "--log-level", "info")
+		"--link-secret-file", filepath.Join(d.dir, "link.secret"), "--vip", d.spec.vip, "--log-level", "info",
+		"--tls-cert", cert, "--tls-key", key, "--link-client-ca", d.caFile())
 	if err != nil {
 		return err
 	}
@@ -311,13 +337,16 @@ func (d *drill) waitVIP(host string, within time.Duration) error {
 }
 
 func (d *drill) startMsgserver(host string) error {
+	cert, key := d.cert(host, "msgserver")
 	p, err := d.lab.Start(host, "msgserver", nil, d.cfg.MsgserverBin,
 		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.clientPort),
 		"--advertise", fmt.Sprintf("%s:%d", d.spec.ip[host], d.spec.clientPort),
 		"--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.msgAdminPort),
 		"--relay", fmt.Sprintf("%s:%d", d.spec.vip, d.spec.linkPort),
-		"--redis", fmt.Sprintf("redis://%s:%d/0", d.spec.ip[d.spec.redisHost], d.spec.redisPort),
+		"--redis", d.redisURL(), "--redis-ca-file", d.caFile(),
 		"--link-secret-file", filepath.Join(d.dir, "link.secret"),
+		"--tls-cert", cert, "--tls-key", key,
+		"--link-ca", d.caFile(), "--link-cert", cert, "--link-key", key,
 		"--presence-ttl", "3s", "--no-route-timeout", "4s")
 	if err != nil {
 		return err
@@ -333,7 +362,7 @@ func (d *drill) startLoad() (*Proc, error) {
 	}
 	return d.lab.Start("client", "load", nil, d.cfg.LoadBin, "load",
 		"--servers", strings.Join(servers, ","), "--pairs", fmt.Sprint(d.cfg.Pairs),
-		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String())
+		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String(), "--ca", d.caFile())
 }
 
 // pause waits d, or less if the drill is interrupted.
@@ -373,7 +402,8 @@ func (d *drill) finishLoad(p *Proc) (*LoadResult, error) {
 func (d *drill) checkPresenceExpired() string {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		out, err := d.lab.Run(d.spec.redisHost, "redis-cli", "-h", d.spec.ip[d.spec.redisHost], "-p", fmt.Sprint(d.spec.redisPort),
+		out, err := d.lab.Run(d.spec.redisHost, "redis-cli", "--tls", "--cacert", d.caFile(),
+			"-h", d.spec.ip[d.spec.redisHost], "-p", fmt.Sprint(d.spec.redisPort),
 			"GET", "chatrelay:user:drill-0-b")
 		if err == nil && strings.TrimSpace(out) == "" {
 			return "msg-2's users' presence expired"

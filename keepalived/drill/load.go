@@ -3,6 +3,7 @@ package drill
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ type LoadConfig struct {
 	Rate     float64       // aggregate messages per second
 	Duration time.Duration // how long to send
 	Settle   time.Duration // after sending stops, wait this long for late acks and deliveries
+	TLS      *tls.Config   // if set, the client ports serve TLS (an empty ServerName: each server's host)
 }
 
 // LoadResult is what the load saw. Counting is per message, by the
@@ -85,7 +87,7 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 	for _, u := range users {
 		u.status, u.seen, u.codes = map[uint64]byte{}, map[uint64]int{}, map[string]bool{}
 		byName[u.name] = u
-		if err := u.dial(u.server); err != nil {
+		if err := u.dial(u.server, cfg.TLS); err != nil {
 			return nil, err
 		}
 	}
@@ -147,7 +149,7 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 			relogins.Add(1)
 			go func() {
 				defer relogins.Done()
-				partner.collectOffline(byName, cfg.Servers)
+				partner.collectOffline(byName, cfg.Servers, cfg.TLS)
 			}()
 		}
 	}
@@ -197,8 +199,14 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 	return res, nil
 }
 
-func (u *loadUser) dial(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+func (u *loadUser) dial(addr string, tc *tls.Config) error {
+	var c net.Conn
+	var err error
+	if tc != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", addr, tc)
+	} else {
+		c, err = net.DialTimeout("tcp", addr, 3*time.Second)
+	}
 	if err != nil {
 		return fmt.Errorf("load: connect %s: %w", addr, err)
 	}
@@ -320,10 +328,10 @@ func (u *loadUser) missingFrom(sender *loadUser) int {
 
 // collectOffline logs u in again (on the first server that answers) and
 // reads what its inbox held.
-func (u *loadUser) collectOffline(byName map[string]*loadUser, servers []string) {
+func (u *loadUser) collectOffline(byName map[string]*loadUser, servers []string, tc *tls.Config) {
 	for _, addr := range servers {
 		tmp := &loadUser{name: u.name}
-		if err := tmp.dial(addr); err != nil {
+		if err := tmp.dial(addr, tc); err != nil {
 			continue
 		}
 		_ = tmp.conn.SetReadDeadline(time.Now().Add(time.Second))

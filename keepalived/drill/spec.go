@@ -80,14 +80,21 @@ func loadSpec(path string) (*spec, error) {
 
 // render is the host's keepalived.conf, from the shared template, with the
 // drill's paths: scripts as root (the drill runs as root), the relay's track
-// file in the drill's folder, and the lab's Redis for the check.
+// file and the TLS files in the drill's folder, and the lab's Redis for the
+// check.
 func (s *spec) render(host string, d *drill) ([]byte, error) {
+	cert, key := d.cert(host, "check")
 	return keepalived.Render(s.topo, host, keepalived.Options{
 		RelayBin:     d.cfg.RelayBin,
 		NotifyScript: filepath.Join(d.cfg.ScriptsDir, "notify.sh"),
 		TrackFile:    d.trackFile(host),
 		ScriptUser:   "root",
-		// As on the VMs: the check counts registered message servers.
-		RedisURL: fmt.Sprintf("redis://%s:%d/0", s.ip[s.redisHost], s.redisPort),
+		// As on the VMs: the check probes the link port over mutual TLS
+		// and counts registered message servers in Redis, over TLS.
+		LinkTLS:   true,
+		CheckCert: cert,
+		CheckKey:  key,
+		RedisURL:  d.redisURL(),
+		RedisCA:   d.caFile(),
 	})
 }

@@ -7,6 +7,9 @@
 #   LAB_STAGE/provision/*.sh         this folder
 #   LAB_STAGE/systemd/*.service      ../systemd
 #   LAB_STAGE/build/{relay,msgserver,link.secret}   from scripts/build-vagrant.sh
+#   LAB_STAGE/pki/ca.pem, LAB_STAGE/pki/host/*.pem    the lab CA's certificate and this
+#                                    host's certificates and keys (never the CA's key),
+#                                    from scripts/build-vagrant.sh (relay gen-certs)
 #
 # Every file that depends on the topology (env files, firewall rules, Redis
 # settings, keepalived.conf) is rendered here from LAB_STAGE/topology.json by
@@ -14,7 +17,7 @@
 # (this host's name, address and roles, the ports it checks) are set by the
 # Vagrantfile from the same topology. Re-running (`vagrant provision`)
 # renders and reinstalls everything and restarts the services. LAB_STAGE is
-# removed at the end, as it holds the link secret.
+# removed at the end, as it holds the link secret and this host's TLS keys.
 #
 # SELinux stays enforcing. What it needs here, from the RHEL 9 policy
 # (selinux-policy's keepalived.te/.fc):
@@ -66,6 +69,20 @@ done
 if ((${#missing[@]} > 0)); then
 	die "not uploaded to ${stage}: ${missing[*]} (the Vagrantfile uploads them; is the repository complete?)"
 fi
+# The TLS files of this host's roles (vagrant/certs.go says which).
+certs=()
+has_role relay && certs+=(relay check)
+has_role msgserver && certs+=(msgserver)
+has_role redis && certs+=(redis)
+[[ -s $stage/pki/ca.pem ]] || missing+=("vagrant/build/pki/ca.pem")
+for c in "${certs[@]}"; do
+	for f in "$c.pem" "$c-key.pem"; do
+		[[ -s $stage/pki/host/$f ]] || missing+=("vagrant/build/pki/${LAB_HOST}/$f")
+	done
+done
+if ((${#missing[@]} > 0)); then
+	die "${missing[*]} not found: the lab's certificates are made on the host. Run scripts/build-vagrant.sh in the repository (after a topology change too), then: vagrant provision ${LAB_HOST}"
+fi
 
 [[ $(id -u) -eq 0 ]] || die "run as root (Vagrant's shell provisioner does)"
 
@@ -115,6 +132,19 @@ install -d -m 0755 /etc/chatrelay
 install -m 0644 "$stage/topology.json" /etc/chatrelay/topology.json
 # The secret is readable by the services' user, and nobody else.
 install -m 0640 -o root -g chatrelay "$stage/build/link.secret" /etc/chatrelay/link.secret
+# TLS (vagrant/certs.go): the CA's certificate, and this host's certificates
+# with their keys readable by the services' user only. keepalived's check
+# gets its own certificate below, Redis its own under /etc/redis/tls.
+install -d -m 0755 /etc/chatrelay/tls
+install -m 0644 "$stage/pki/ca.pem" /etc/chatrelay/tls/ca.pem
+if has_role relay; then
+	install -m 0644 "$stage/pki/host/relay.pem" /etc/chatrelay/tls/relay.pem
+	install -m 0640 -o root -g chatrelay "$stage/pki/host/relay-key.pem" /etc/chatrelay/tls/relay-key.pem
+fi
+if has_role msgserver; then
+	install -m 0644 "$stage/pki/host/msgserver.pem" /etc/chatrelay/tls/msgserver.pem
+	install -m 0640 -o root -g chatrelay "$stage/pki/host/msgserver-key.pem" /etc/chatrelay/tls/msgserver-key.pem
+fi
 # The units' EnvironmentFiles (no secrets in them).
 for f in relay.env msgserver.env; do
 	if [[ -f $rendered/$f ]]; then
@@ -163,6 +193,12 @@ if has_role redis; then
 	conf=/etc/redis/redis.conf # CentOS Stream 9's redis (6.2, or the redis:7 module)
 	[[ -f $conf ]] || die "$conf not found: is this CentOS Stream 9's redis package?"
 	install -m 0640 -o root -g redis "$rendered/redis.conf" /etc/redis/chatrelay.conf
+	# TLS only (redis.conf): its certificate, key and the CA's certificate,
+	# where the policy lets redis_t read them.
+	install -d -m 0750 -o root -g redis /etc/redis/tls
+	install -m 0644 "$stage/pki/ca.pem" /etc/redis/tls/ca.pem
+	install -m 0644 "$stage/pki/host/redis.pem" /etc/redis/tls/redis.pem
+	install -m 0640 -o root -g redis "$stage/pki/host/redis-key.pem" /etc/redis/tls/redis-key.pem
 	# Last line, so it overrides the packaged bind/port/protected-mode.
 	grep -qxF 'include /etc/redis/chatrelay.conf' "$conf" ||
 		echo 'include /etc/redis/chatrelay.conf' >>"$conf"
@@ -179,11 +215,11 @@ if has_role redis; then
 	systemctl enable redis
 	systemctl restart redis
 	for ((i = 0; ; i++)); do
-		[[ $(redis-cli -h "$LAB_IP" -p "$LAB_PORT_REDIS" ping 2>/dev/null) == PONG ]] && break
-		((i < 50)) || die "redis does not answer PING on ${LAB_IP}:${LAB_PORT_REDIS}"
+		[[ $(redis-cli --tls --cacert /etc/chatrelay/tls/ca.pem -h "$LAB_IP" -p "$LAB_PORT_REDIS" ping 2>/dev/null) == PONG ]] && break
+		((i < 50)) || die "redis does not answer PING over TLS on ${LAB_IP}:${LAB_PORT_REDIS}"
 		sleep 0.2
 	done
-	log "redis answers on ${LAB_IP}:${LAB_PORT_REDIS}"
+	log "redis answers over TLS on ${LAB_IP}:${LAB_PORT_REDIS}"
 fi
 
 # --- message server ---------------------------------------------------------
@@ -216,6 +252,12 @@ if has_role relay; then
 	install -m 0755 "$stage/notify.sh" /usr/local/libexec/chatrelay/notify.sh
 	install -m 0755 "$stage/build/relay" /usr/local/libexec/chatrelay/relay
 	relabel /usr/local/libexec/chatrelay
+
+	# The check's client certificate for the link port (mutual TLS), readable
+	# by the script user only.
+	install -m 0644 "$stage/pki/host/check.pem" /etc/chatrelay/tls/check.pem
+	install -m 0640 -o root -g keepalived_script "$stage/pki/host/check-key.pem" /etc/chatrelay/tls/check-key.pem
+	relabel /etc/chatrelay/tls
 
 	install -m 0644 "$rendered/keepalived.conf" /etc/keepalived/keepalived.conf
 	relabel /etc/keepalived/keepalived.conf

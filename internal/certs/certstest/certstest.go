@@ -1,57 +1,39 @@
 // Package certstest makes a throwaway certificate authority and certificates
-// for tests of the TLS ports: real X.509, made with crypto/x509, written to
-// the test's temporary directory.
+// for tests of the TLS ports: real X.509, made with crypto/x509 (package
+// pki), written to the test's temporary directory.
 package certstest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chatrelay/internal/certs/pki"
 )
 
 // CA is a test certificate authority.
 type CA struct {
 	// File is the CA certificate's PEM file, for --*-ca flags.
 	File string
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
+	ca   *pki.CA
 	dir  string
 }
 
 // NewCA makes a CA valid for a day, its files under t.TempDir().
 func NewCA(t testing.TB) *CA {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "chatrelay test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
+	ca, err := pki.NewCA("chatrelay test CA", time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	ca := &CA{File: filepath.Join(dir, "ca.pem"), cert: cert, key: key, dir: dir}
-	writePEM(t, ca.File, "CERTIFICATE", der)
-	return ca
+	c := &CA{File: filepath.Join(dir, "ca.pem"), ca: ca, dir: dir}
+	if err := ca.WriteFiles(c.File, filepath.Join(dir, "ca-key.pem")); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // Issue makes a certificate for name (its common name and a DNS name),
@@ -65,62 +47,33 @@ func (ca *CA) Issue(t testing.TB, name string, hosts ...string) (certFile, keyFi
 // IssueValid is Issue with an explicit validity window (for expired certificates).
 func (ca *CA) IssueValid(t testing.TB, name string, notBefore, notAfter time.Time, hosts ...string) (certFile, keyFile string) {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
+	l := pki.Leaf{CommonName: name, DNSNames: []string{name}, NotBefore: notBefore, NotAfter: notAfter, Server: true, Client: true}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			l.IPs = append(l.IPs, ip)
 		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
+			l.DNSNames = append(l.DNSNames, h)
 		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
 	}
 	dir, err := os.MkdirTemp(ca.dir, name+"-*")
 	if err != nil {
 		t.Fatal(err)
 	}
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "PRIVATE KEY", kb)
+	if err := ca.ca.IssueFiles(l, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
 	return certFile, keyFile
 }
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
+// Reissue writes a new certificate for name over certFile and keyFile, as
+// a renewal does.
+func (ca *CA) Reissue(t testing.TB, name, certFile, keyFile string, hosts ...string) {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func serial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
+	c, k := ca.Issue(t, name, hosts...)
+	for _, p := range [][2]string{{k, keyFile}, {c, certFile}} {
+		if err := os.Rename(p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
