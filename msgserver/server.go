@@ -180,36 +180,44 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.handshake(conn) // admits it once the handshake is done, on a goroutine of its own (tls.go)
 			continue
 		}
-		s.admit(conn)
+		s.admit(conn, nil)
 	}
 }
 
 // admit makes a session of a new connection (after its TLS handshake, on a
 // TLS port) and runs it, or refuses it, telling the client why: the server
 // is at its connection limit, or shutting down, or the connection's source
-// address has its most connections.
-func (s *Server) admit(conn net.Conn) {
+// address has its most connections. ip is the connection's source when it
+// was counted already (before a TLS handshake), else nil.
+func (s *Server) admit(conn net.Conn, ip *ipSource) {
 	sess := newSession(s, conn)
-	if reason, ok := s.count(sess); !ok {
+	if reason, ok := s.count(sess, ip); !ok {
 		sess.close(reason) // tells the client, closes the connection; the session never runs
 		return
 	}
 	go sess.run() // the session's finish calls s.wg.Done
 }
 
-// count counts a new session in, or says why it is refused.
-func (s *Server) count(sess *session) (closeReason, bool) {
+// count counts a new session in, or says why it is refused; a source
+// counted already is given back if the session is refused.
+func (s *Server) count(sess *session, ip *ipSource) (closeReason, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	refuse := func(r closeReason) (closeReason, bool) {
+		s.ips.close(ip)
+		return r, false
+	}
 	if len(s.conns) >= s.cfg.MaxSessions {
-		return closeRefusedFull, false
+		return refuse(closeRefusedFull)
 	}
 	if s.draining {
-		return closeRefusedDraining, false
+		return refuse(closeRefusedDraining)
 	}
-	ip, ok := s.ips.open(sess.conn.RemoteAddr())
-	if !ok {
-		return closeRefusedPerIP, false
+	if ip == nil {
+		var ok bool
+		if ip, ok = s.ips.open(sess.conn.RemoteAddr()); !ok {
+			return closeRefusedPerIP, false
+		}
 	}
 	sess.ip = ip
 	s.conns[sess] = struct{}{}

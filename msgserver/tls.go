@@ -20,11 +20,22 @@ import (
 // writer goroutine, since a TLS record cannot be written without blocking.
 
 // handshake runs a new client connection's TLS handshake and then admits
-// it, on a goroutine of its own.
+// it, on a goroutine of its own. Its source address is counted first, so
+// the per-address cap also bounds the handshakes a stranger can start (each
+// costs the server a few milliseconds of CPU); over the cap the connection
+// is closed before the handshake, with no line (there is no TLS to send
+// one in), and counted as too_many_connections.
 func (s *Server) handshake(conn net.Conn) {
+	ip, ok := s.ips.open(conn.RemoteAddr())
+	if !ok {
+		s.m.disconnect(CodeTooManyConns)
+		_ = netx.CloseNow(conn)
+		return
+	}
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
+		s.ips.close(ip)
 		conn.Close() // the listener is closing too: nothing to tell anyone
 		return
 	}
@@ -40,9 +51,10 @@ func (s *Server) handshake(conn net.Conn) {
 			s.m.tlsHandshakeFailed()
 			s.log.Debug("client TLS handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
 			_ = netx.CloseNow(tc)
+			s.ips.close(ip)
 			return
 		}
-		s.admit(tc)
+		s.admit(tc, ip)
 	}()
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -184,6 +185,7 @@ func TestPlaintextToTLSClientPortIsRefused(t *testing.T) {
 	ca := certstest.NewCA(t)
 	w := &warnings{}
 	s := startTLSServer(t, ca, msgserver.Config{Logger: slog.New(w)})
+	atStart := len(w.all()) // e.g. that clients are not authenticated
 
 	for i := 0; i < 3; i++ {
 		conn, err := net.Dial("tcp", s.Addr)
@@ -207,7 +209,7 @@ func TestPlaintextToTLSClientPortIsRefused(t *testing.T) {
 	if v, _ := s.Redis.Get(context.Background(), "chatrelay:user:alice").Result(); v != "" {
 		t.Fatalf("a plaintext login reached Redis: %q", v)
 	}
-	if l := w.all(); len(l) != 0 {
+	if l := w.all()[atStart:]; len(l) != 0 {
 		t.Fatalf("warnings logged for plaintext strangers: %q", l)
 	}
 	// A client that does not trust the certificate fails too, and so
@@ -330,4 +332,31 @@ func TestLinkRefusesRelayWithUntrustedCertificate(t *testing.T) {
 	if len(b) > 0 && b[0] != 0x15 { // a TLS alert record is all it may get
 		t.Fatalf("a plaintext peer got %q from the TLS link port", b)
 	}
+}
+
+// On a TLS port the per-address cap is applied before the TLS handshake:
+// a stranger cannot keep more handshakes pending than it may have
+// connections, and one over the cap is closed at once, not after the
+// handshake timeout. Others are unaffected.
+func TestPerAddressCapBoundsPendingTLSHandshakes(t *testing.T) {
+	ca := certstest.NewCA(t)
+	s := startTLSServer(t, ca, msgserver.Config{
+		HandshakeTimeout: time.Minute,
+		MaxConnsPerIP:    2,
+		PerIPExempt:      []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+	})
+	for range 2 { // pending handshakes, within the cap: kept open
+		c := dialFrom(t, s.Addr, "127.0.0.2")
+		_ = c.conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.conn.Read(make([]byte, 1)); !isTimeout(err) {
+			t.Fatalf("a pending handshake within the cap was closed: %v", err)
+		}
+	}
+	extra := dialFrom(t, s.Addr, "127.0.0.2")
+	_ = extra.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := extra.conn.Read(make([]byte, 1)); isTimeout(err) {
+		t.Fatal("a handshake over the per-address cap was kept open")
+	}
+	c := testenv.DialTLS(t, s.Addr, testenv.ClientTLS(t, ca, "127.0.0.1"))
+	c.Login("alice")
 }
