@@ -76,7 +76,11 @@ func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, p
 	ctx, stop := cli.SignalContext()
 	defer stop()
 
+	var offlineMax int64 // the message server's default cap
 	if ropts == nil {
+		// The embedded Redis does not report its memory use, which the
+		// offline storage cap reads: no cap for it, and no warning.
+		offlineMax = -1
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 			return fmt.Errorf("start embedded redis: %w", err)
@@ -149,7 +153,7 @@ func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, p
 		reg := health.NewRegistry()
 		srv, err := msgserver.New(msgserver.Config{
 			ID: id, AdvertiseAddr: addr, RelayAddr: relayAddr, Secret: secret, Redis: rdb,
-			AuthKey: demoAuth.verifyKey(), Logger: log, Metrics: msgserver.NewMetrics(reg),
+			AuthKey: demoAuth.verifyKey(), OfflineMaxBytes: offlineMax, Logger: log, Metrics: msgserver.NewMetrics(reg),
 		})
 		if err != nil {
 			ln.Close()
