@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the tests need (Debian packages, when missing) and runs every
-# test: go vet and staticcheck, then the whole suite with the race detector. Run as root (or
-# with sudo available) so packages can be installed and the keepalived drills
-# can build network namespaces. CI runs exactly this script.
+# test: go vet and staticcheck, then the whole suite with the race detector,
+# then the failover drills. Run as root (or with sudo available) so packages
+# can be installed and the drills can build network namespaces. CI runs
+# exactly this script.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant)
+# gcc and libc6-dev: the race detector needs cgo. procps (pgrep) and
+# systemd (systemd-analyze) are used by the drill and the lab's unit checks.
+packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant gcc libc6-dev procps systemd ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
