@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 const e2eHMACKey = "e2e-auth-key-0123456789abcdef0123456789abcdef\n"

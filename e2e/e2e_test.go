@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 type system struct {

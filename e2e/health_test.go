@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/health"
-	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // observed is a system whose binaries serve their admin addresses.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // A message server whose descriptor limit is below --max-sessions says

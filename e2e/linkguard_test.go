@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // The link secret is rotated without a flag day: a relay that holds the

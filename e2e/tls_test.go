@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/certs/certstest"
-	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // tlsSystem is the tier as real processes with TLS on all three

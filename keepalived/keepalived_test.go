@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/keepalived"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden configs in testdata/")

@@ -11,8 +11,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 const hmacKey = "tier-test-hmac-key-0123456789abcdef0123456789abcdef"

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/testenv"
 	"github.com/chatrelay/chatrelay/wire"
 )
 

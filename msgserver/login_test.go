@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // dialAll connects n clients to addr.

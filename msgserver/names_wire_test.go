@@ -3,8 +3,8 @@ package msgserver_test
 import (
 	"testing"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // Names are refused with a reason, on login and as recipients; an invalid

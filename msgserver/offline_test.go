@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // chatRef sends a chat with a ref, to match its reply.

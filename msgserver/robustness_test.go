@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 func TestBadClientInputGetsClearErrors(t *testing.T) {

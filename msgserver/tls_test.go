@@ -18,10 +18,10 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/internal/certs/certstest"
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // tlsTier is startTier with TLS on all three connections: the client

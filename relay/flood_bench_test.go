@@ -8,8 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/testenv"
 	"github.com/chatrelay/chatrelay/wire"
 )
 

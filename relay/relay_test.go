@@ -12,8 +12,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/chatrelay/chatrelay/health"
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/testenv"
 	"github.com/chatrelay/chatrelay/wire"
 )
 

@@ -13,8 +13,8 @@ import (
 
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/certs/certstest"
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/testenv"
 	"github.com/chatrelay/chatrelay/wire"
 )
 

@@ -12,8 +12,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 func newStore(t *testing.T, inboxMax int) (*store.Store, *testenv.Redis) {

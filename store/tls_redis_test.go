@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/certs/certstest"
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // A real redis-server serving TLS answers a client given its CA, and a

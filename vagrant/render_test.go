@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/keepalived"
+	"github.com/chatrelay/chatrelay/testenv"
 	"github.com/chatrelay/chatrelay/vagrant"
 )
 

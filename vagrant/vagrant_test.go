@@ -26,8 +26,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/keepalived"
+	"github.com/chatrelay/chatrelay/testenv"
 	"github.com/chatrelay/chatrelay/vagrant"
 )
 

@@ -6,7 +6,7 @@ import (
 	"os/exec"
 	"testing"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // TestDirectBaseline runs chatbench direct as a built binary (it re-executes

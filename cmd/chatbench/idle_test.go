@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // TestIdleAgainstRealServer opens idle sessions on a real message server

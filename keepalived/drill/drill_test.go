@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/testenv"
 	"github.com/chatrelay/chatrelay/keepalived/drill"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // The drill suite: every scenario on a fresh namespace lab, with real
