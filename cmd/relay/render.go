@@ -19,8 +19,8 @@ import (
 // 0 done, 2 anything wrong (flags, topology, options, writing --out).
 func renderMain(args []string, stdout, stderr io.Writer) int {
 	host, _ := os.Hostname()
-	fs := flag.NewFlagSet("relay render-keepalived", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs, fail := subcommand("render-keepalived", stderr, "relay render-keepalived: print the keepalived.conf of one relay host, rendered from the topology.\n\n"+
+		"Usage: relay render-keepalived --topology keepalived/topology.json --host relay-a [flags]\n\nFlags:")
 	var (
 		topology   = fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
 		hostName   = fs.String("host", host, "relay host to render for, a relay name in the topology")
@@ -37,20 +37,8 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		linkKey    = fs.String("link-key", "", "the key of --link-cert")
 		out        = fs.String("out", "", "write the config to this file instead of stdout")
 	)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "relay render-keepalived: print the keepalived.conf of one relay host, rendered from the topology.\n\n"+
-			"Usage: relay render-keepalived --topology keepalived/topology.json --host relay-a [flags]\n\nFlags:")
-		fs.PrintDefaults()
-	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "relay render-keepalived: "+format+"\n", a...)
-		return 2
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parse(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return fail("unexpected arguments %q (every option is a --flag)", fs.Args())
@@ -100,8 +88,10 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 // Prometheus config to --prometheus. Exit codes: 0 done, 2 anything wrong
 // (flags, topology, options, writing).
 func renderLabMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("relay render-lab", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs, fail := subcommand("render-lab", stderr, "relay render-lab: render the Vagrant lab's files from the topology: a host's env files,\n"+
+		"firewall.sh, redis.conf and keepalived.conf (by role), or the Prometheus config.\n\n"+
+		"Usage: relay render-lab --topology keepalived/topology.json --host msg-1 --out DIR [--interface NIC] [--unicast]\n"+
+		"       relay render-lab --topology keepalived/topology.json --prometheus health/prometheus/prometheus.yml\n\nFlags:")
 	var (
 		topology   = fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
 		hostName   = fs.String("host", "", "lab host whose files to render (with --out)")
@@ -110,22 +100,8 @@ func renderLabMain(args []string, stdout, stderr io.Writer) int {
 		unicast    = fs.Bool("unicast", false, "relay hosts: VRRP adverts by unicast to the peer relay instead of multicast")
 		prometheus = fs.String("prometheus", "", `write the lab's Prometheus config to this file ("-": stdout)`)
 	)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "relay render-lab: render the Vagrant lab's files from the topology: a host's env files,\n"+
-			"firewall.sh, redis.conf and keepalived.conf (by role), or the Prometheus config.\n\n"+
-			"Usage: relay render-lab --topology keepalived/topology.json --host msg-1 --out DIR [--interface NIC] [--unicast]\n"+
-			"       relay render-lab --topology keepalived/topology.json --prometheus health/prometheus/prometheus.yml\n\nFlags:")
-		fs.PrintDefaults()
-	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "relay render-lab: "+format+"\n", a...)
-		return 2
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parse(fs, args); done {
+		return code
 	}
 	switch {
 	case fs.NArg() > 0:
@@ -203,25 +179,13 @@ func writeFileAtomic(path string, data []byte) error {
 // scripts/build-vagrant.sh runs it on the VM host. Exit codes: 0 done, 2
 // anything wrong.
 func genCertsMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("relay gen-certs", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs, fail := subcommand("gen-certs", stderr, "relay gen-certs: make or renew the lab's CA and each host's certificates from the topology.\n"+
+		"The CA key stays in --out: copy only ca.pem and a host's own folder to that host.\n\n"+
+		"Usage: relay gen-certs --topology keepalived/topology.json --out vagrant/build/pki\n\nFlags:")
 	topology := fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
 	out := fs.String("out", "", "folder for the CA and the hosts' certificates (vagrant/build/pki); required")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "relay gen-certs: make or renew the lab's CA and each host's certificates from the topology.\n"+
-			"The CA key stays in --out: copy only ca.pem and a host's own folder to that host.\n\n"+
-			"Usage: relay gen-certs --topology keepalived/topology.json --out vagrant/build/pki\n\nFlags:")
-		fs.PrintDefaults()
-	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "relay gen-certs: "+format+"\n", a...)
-		return 2
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := parse(fs, args); done {
+		return code
 	}
 	switch {
 	case fs.NArg() > 0:
@@ -241,4 +205,34 @@ func genCertsMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, l)
 	}
 	return 0
+}
+
+// subcommand is the flag set of "relay NAME", whose help prints usage
+// before the flags, and fail, which prints "relay NAME: ..." to stderr and
+// returns exit code 2.
+func subcommand(name string, stderr io.Writer, usage string) (*flag.FlagSet, func(format string, a ...any) int) {
+	fs := flag.NewFlagSet("relay "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, usage)
+		fs.PrintDefaults()
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "relay "+name+": "+format+"\n", a...)
+		return 2
+	}
+	return fs, fail
+}
+
+// parse parses a subcommand's flags; done is true when the command ends
+// here with code: 0 after --help, 2 for a bad flag (the flag package has
+// said why).
+func parse(fs *flag.FlagSet, args []string) (code int, done bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	return 0, false
 }
