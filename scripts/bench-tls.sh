@@ -17,30 +17,12 @@ secs=${2:-10}
 idle=${3:-10000}
 rate=${4:-5000} # one both modes sustain, so CPU per message compares like with like
 cd "$(dirname "$0")/.."
-export PATH="$PATH:/usr/local/go/bin"
-for tool in redis-server openssl; do
-	command -v "$tool" >/dev/null || {
-		echo "$tool missing: apt-get install $tool" >&2
-		exit 1
-	}
-done
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
+command -v openssl >/dev/null || {
+	echo "openssl missing: apt-get install openssl" >&2
+	exit 1
 }
-trap cleanup EXIT INT TERM
-
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || echo "note: could not raise the open-file limit" >&2
-if [ -n "${BIN:-}" ]; then
-	cp "$BIN/relay" "$BIN/msgserver" "$BIN/chatbench" "$work/"
-else
-	go build -o "$work/" ./cmd/relay ./cmd/msgserver ./cmd/chatbench
-fi
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"
 
 # A throwaway CA, and P-256 certificates for 127.0.0.1 (the relay's, and
 # each message server's for its client port and, as a client, the link:
@@ -57,7 +39,6 @@ for name in relay msg-1 msg-2; do
 		-days 1 -extfile "$pki/$name.ext" -out "$pki/$name.pem" 2>/dev/null
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
