@@ -224,7 +224,7 @@ func (l *relayLink) connect(ctx context.Context) (*linkConn, error) {
 		conn, relayID, err := l.dial(ctx)
 		if ctx.Err() != nil {
 			if err == nil {
-				conn.Close()
+				_ = netx.CloseNow(conn)
 			}
 			return nil, ctx.Err()
 		}

@@ -28,6 +28,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/chatrelay/chatrelay/internal/netx"
 )
 
 // ErrFull means the peer is not reading fast enough: the queue passed its
@@ -250,13 +252,15 @@ func (q *Queue) failLocked(err error, n int) {
 }
 
 // closeConn closes the connection after a failed write: with the owner's
-// closer if it set one (SetCloser), else directly.
+// closer if it set one (SetCloser), else at once (a TLS connection without
+// the close_notify alert, whose write would wait on the peer that just
+// failed to take ours).
 func (q *Queue) closeConn() {
 	if q.closer != nil {
 		q.closer()
 		return
 	}
-	q.conn.Close()
+	_ = netx.CloseNow(q.conn)
 }
 
 // SetCloser makes fn, instead of conn.Close, what a failed write calls to
