@@ -332,9 +332,11 @@ func (s *Server) login(sess *session, r request) *clientError {
 			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
 			return nil
 		}
+		var b sendq.Batch // one write for the whole inbox
 		for _, e := range s.inboxEvents(r.Name, lines) {
-			sess.send(e.appendLine(nil))
+			sess.queue(&b, e.appendLine)
 		}
+		b.Flush()
 	}
 	return nil
 }
@@ -426,7 +428,7 @@ func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
 				d.forwarded(o, &b)
 			}
 		case gotNack:
-			if d := s.ledger.nacked(ev.ack); d != nil {
+			if d := s.ledger.nacked(ev.ack, time.Now()); d != nil {
 				d.forwarded(outGaveUp, nil)
 			}
 		case gotKick:
