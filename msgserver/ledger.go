@@ -185,10 +185,10 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 // nacked holds a message the relay could not route, to be tried again
 // after a backoff: the destination server may be reconnecting after a
 // failover. Once it has been refused for longer than giveUp it is ended
-// instead, and its delivery is returned (its outcome is outGaveUp).
-func (g *ledger) nacked(a wire.Ack) *delivery {
+// instead, and its delivery is returned (its outcome is outGaveUp). now is
+// when the NACK arrived.
+func (g *ledger) nacked(a wire.Ack, now time.Time) *delivery {
 	g.m.nacked()
-	now := time.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	p := g.byID[a.ID]

@@ -141,10 +141,10 @@ func TestLedgerHoldsNackedMessagesThenGivesUp(t *testing.T) {
 	_ = g.send(d, fwd(1))
 	expectSent(t, relay, wire.ID{1})
 	nack := wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b", Code: wire.NackNoRoute}
-	if got := g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-c"}); got != nil {
+	if got := g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-c"}, time.Now()); got != nil {
 		t.Fatal("a NACK for a copy sent elsewhere ended the message")
 	}
-	if got := g.nacked(nack); got != nil {
+	if got := g.nacked(nack, time.Now()); got != nil {
 		t.Fatal("the first NACK ended the message")
 	}
 	g.resendDue(time.Now().Add(-time.Millisecond))
@@ -152,8 +152,7 @@ func TestLedgerHoldsNackedMessagesThenGivesUp(t *testing.T) {
 	g.resendDue(time.Now().Add(maxRetryWait))
 	expectSent(t, relay, wire.ID{1})
 
-	time.Sleep(150 * time.Millisecond)
-	if got := g.nacked(nack); got != d {
+	if got := g.nacked(nack, time.Now().Add(time.Second)); got != d { // past the give-up time
 		t.Fatalf("a NACK past the give-up time returned %p, want %p", got, d)
 	}
 	if n := g.unacked(); n != 0 {
@@ -170,7 +169,7 @@ func TestLedgerSendsHeldMessagesToANewConnection(t *testing.T) {
 	_ = g.send(&delivery{}, fwd(1))
 	_ = g.send(&delivery{}, fwd(2))
 	expectSent(t, relay1, wire.ID{1}, wire.ID{2})
-	g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b"})
+	g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b"}, time.Now())
 	g.down(c1)
 	c2, relay2 := testConn(t)
 	if n := g.up(c2); n != 2 {
