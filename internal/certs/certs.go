@@ -65,9 +65,6 @@ func (r *Reloader) Reload() error {
 	return nil
 }
 
-// Certificate returns the pair in use.
-func (r *Reloader) Certificate() *tls.Certificate { return r.cur.Load() }
-
 // GetCertificate serves the pair in use to a TLS server (tls.Config.GetCertificate).
 func (r *Reloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return r.cur.Load(), nil
