@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"golang.org/x/time/rate"
 )
 
@@ -91,11 +92,7 @@ func (l *ipLimits) sourceKey(addr net.Addr) (netip.Addr, bool) {
 			return netip.Addr{}, false
 		}
 	}
-	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return p.Addr(), true
-	}
-	return a.WithZone(""), true
+	return netx.SourceKey(addr)
 }
 
 // open counts a new connection from addr. It returns the source to give

@@ -81,7 +81,7 @@ func newHandshakeGate(maxTotal, maxPerAddr int, m *Metrics) *handshakeGate {
 // has maxPerAddr connections in the gate. When the gate is full its oldest
 // connection is closed to make room.
 func (g *handshakeGate) enter(conn net.Conn) (*pendingConn, error) {
-	src := sourceKey(conn.RemoteAddr())
+	src, _ := netx.SourceKey(conn.RemoteAddr()) // not TCP: all share the zero key
 	g.mu.Lock()
 	if g.perAddr[src] >= g.maxPerAddr {
 		g.mu.Unlock()
@@ -122,21 +122,6 @@ func (g *handshakeGate) removeLocked(p *pendingConn) {
 	if g.perAddr[p.src]--; g.perAddr[p.src] <= 0 {
 		delete(g.perAddr, p.src)
 	}
-}
-
-// sourceKey is the address a connection counts against: its source IP, or
-// for IPv6 its /64, which one host commonly holds whole.
-func sourceKey(a net.Addr) netip.Addr {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return netip.Addr{}
-	}
-	ip := ta.AddrPort().Addr().Unmap()
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.Addr()
-	}
-	return ip
 }
 
 // handshake runs the relay's half of the handshake on a connection in the

@@ -10,6 +10,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/internal/certs/certstest"
+	"github.com/chatrelay/chatrelay/testenv"
 )
 
 // serverName dials a TLS listener using r and returns the common name of
@@ -78,13 +79,9 @@ func TestRenewedCertificateServedWithoutRestart(t *testing.T) {
 		later := time.Now().Add(time.Second)
 		_ = os.Chtimes(f[1], later, later)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for serverName(t, r, pool) != "new" {
-		if time.Now().After(deadline) {
-			t.Fatal("renewed certificate not served within 5 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 5*time.Second, "the renewed certificate served", func() bool {
+		return serverName(t, r, pool) == "new"
+	})
 }
 
 func TestLoadRefusesBadInput(t *testing.T) {

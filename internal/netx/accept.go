@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 )
@@ -67,4 +68,21 @@ func LingerClose(conn net.Conn, d time.Duration, maxBytes int) {
 		n += m
 	}
 	conn.Close()
+}
+
+// SourceKey is the source a per-address limit counts a connection under:
+// its IPv4 address, or the /64 of its IPv6 address (one subscriber's block,
+// from which an attacker could otherwise spray addresses). ok is false for
+// a connection that is not TCP.
+func SourceKey(addr net.Addr) (key netip.Addr, ok bool) {
+	ta, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	a := ta.AddrPort().Addr().Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr(), true
+	}
+	return a, true
 }
