@@ -56,15 +56,7 @@ func (s *Server) chat(sess *session, r request) *clientError {
 		accepted: now,
 	}
 	d.ev = chatEvent{Event: "chat", ID: d.id.String(), From: sess.name, To: recv, Content: r.Content, TS: now.UnixMilli()}
-	e = d.route(true)
-	if e != nil && (e.code == CodeInboxFull || e.code == CodeOfflineFull) {
-		// Refused for the recipient's or the server's state, not for
-		// anything wrong in the request: not a bad request towards
-		// too_many_errors.
-		sess.fail("chat", r.Ref, e)
-		return nil
-	}
-	return e
+	return d.route(true)
 }
 
 // route sends the message to where the recipient is. cached says whether a

@@ -120,6 +120,13 @@ type clientError struct {
 
 func (e *clientError) Error() string { return e.code + ": " + e.msg }
 
+// badRequest says whether the error is the request's fault, counting
+// towards too_many_errors. inbox_full and offline_full are about the
+// recipient and the server: they neither count nor reset the count.
+func (e *clientError) badRequest() bool {
+	return e.code != CodeInboxFull && e.code != CodeOfflineFull
+}
+
 func errorf(code, format string, args ...any) *clientError {
 	return &clientError{code: code, msg: fmt.Sprintf(format, args...)}
 }

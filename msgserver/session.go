@@ -446,10 +446,11 @@ func (s *session) readLoop() (parked bool) {
 		if !tooLong && len(line) > cfg.MaxLine {
 			s.lineTooLong() // passed the limit with its last piece
 		} else if line = bytes.TrimSpace(line); !tooLong && len(line) > 0 {
-			if cerr := s.handle(line, now); cerr != nil {
-				s.badInARow++
-			} else {
+			switch cerr := s.handle(line, now); {
+			case cerr == nil:
 				s.badInARow = 0
+			case cerr.badRequest():
+				s.badInARow++
 			}
 		}
 		tooLong, long = false, nil
