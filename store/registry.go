@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -55,9 +56,20 @@ func Servers(ctx context.Context, rdb redis.UniversalClient) (map[string]string,
 	if err != nil {
 		return nil, fmt.Errorf("list servers: %w", err)
 	}
-	for _, k := range keys {
-		v, err := rdb.Get(ctx, k).Result()
-		if err == nil {
+	// One round trip for all of them; a key that expired since the scan
+	// is a server gone, not an error.
+	gets := make([]*redis.StringCmd, len(keys))
+	_, err = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			gets[i] = p.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("list servers: %w", err)
+	}
+	for i, k := range keys {
+		if v, err := gets[i].Result(); err == nil {
 			out[strings.TrimPrefix(k, serverKeyPrefix)] = v
 		}
 	}
