@@ -99,11 +99,6 @@ func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) {
 	}
 }
 
-// send queues one line (ending in a newline) for the client.
-func (s *session) send(line []byte) {
-	s.queue(nil, func(b []byte) []byte { return append(b, line...) })
-}
-
 func (s *session) sendReply(batch *sendq.Batch, r reply) { s.queue(batch, r.appendLine) }
 
 func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) { s.queue(batch, e.appendLine) }
