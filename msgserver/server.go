@@ -284,7 +284,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	// user claimed but not here and store its message offline, after the
 	// inbox was taken: the watch notices, and the inbox is read again.
 	watch := s.watches.watch(r.Name)
-	c := s.logins.claim(ctx, r.Name, loc)
+	c := s.logins.claim(ctx, store.Claim{User: r.Name, At: loc, Token: s.newID().String()})
 	if c.Err != nil {
 		s.watches.unwatch(r.Name, watch)
 		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", c.Err)
@@ -327,7 +327,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		watch.inflight.Wait()
 		tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 		defer tcancel()
-		lines, err := s.store.TakeInbox(tctx, r.Name)
+		lines, err := s.store.TakeInbox(tctx, r.Name, s.newID().String())
 		if err != nil {
 			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
 			return nil
