@@ -31,6 +31,7 @@ type Metrics struct {
 	redisMemory     prometheus.Gauge
 	offlineFull     prometheus.Gauge
 	tlsFailures     prometheus.Counter
+	ackedEvents     prometheus.Counter
 }
 
 // NewMetrics registers the message server's metrics on reg.
@@ -93,6 +94,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "msgserver_disconnects_total",
 			Help: "Client connections closed by the server, by reason code.",
 		}, []string{"reason"}),
+		ackedEvents: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_acked_events_total",
+			Help: "Events acked by clients with acks on (removed from their inboxes).",
+		}),
 		duplicates: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_duplicates_dropped_total",
 			Help: "Resent messages dropped because they had already been delivered.",
@@ -215,6 +220,12 @@ func (m *Metrics) authFailure(reason string) {
 func (m *Metrics) disconnect(reason string) {
 	if m != nil {
 		m.disconnects.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) acked(n int) {
+	if m != nil {
+		m.ackedEvents.Add(float64(n))
 	}
 }
 

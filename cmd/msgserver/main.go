@@ -63,6 +63,7 @@ func run(args []string) int {
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
+		unackedMax  = fs.Int("unacked-max", msgserver.DefaultUnackedMax, "events a session with acks may hold unacked beyond --inbox-max; past it the session is closed (too_many_unacked)")
 		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
 		offlineMax  = fs.Int64("offline-max-bytes", msgserver.DefaultOfflineMaxBytes, "refuse offline messages (offline_full) while Redis's used_memory is above this (read every second); set it below Redis's maxmemory; negative: no cap")
 		offlineRate = fs.Int("offline-rate", msgserver.DefaultOfflineRate, "offline messages one client connection may store per minute, at once or spread out (rate_limited beyond); negative: no limit")
@@ -161,6 +162,7 @@ func run(args []string) int {
 		LinkTLS:       tlsc.link,
 		PresenceTTL:   *presenceTTL,
 		InboxMax:      *inboxMax,
+		UnackedMax:    *unackedMax,
 		InboxTTL:      *inboxTTL,
 		MaxSessions:   *maxSessions,
 		FDHeadroom:    *fdHeadroom,
