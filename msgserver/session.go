@@ -108,7 +108,9 @@ func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) error {
 
 func (s *session) sendReply(batch *sendq.Batch, r reply) { _ = s.queue(batch, r.appendLine) }
 
-func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) error { return s.queue(batch, e.appendLine) }
+func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) error {
+	return s.queue(batch, e.appendLine)
+}
 
 // closeReason is why a session closes. Every close goes through
 // session.close, and closeRules says, for each reason, what the client is
