@@ -256,29 +256,18 @@ func (k *keeper) run1(ctx context.Context, jobs []*keepJob) {
 	pushes := make([]*store.Push, 0, len(jobs))
 	limit := s.cfg.InboxMax + s.cfg.UnackedMax
 	for _, j := range jobs {
-		if j.dst.isClosed() {
-			pushes = append(pushes, nil) // not kept: it goes elsewhere
-			continue
-		}
-		pushes = append(pushes, &store.Push{User: j.it.ev.To, Entry: j.it.entry(nil, true), Limit: limit})
+		// An event for a session that has closed is kept all the same, as
+		// not sent (offline): it comes at the next login, in its order
+		// among the events kept before and after it.
+		pushes = append(pushes, &store.Push{User: j.it.ev.To, Entry: j.it.entry(nil, !j.dst.isClosed()), Limit: limit})
 	}
-	live := make([]*store.Push, 0, len(pushes))
-	for _, p := range pushes {
-		if p != nil {
-			live = append(live, p)
-		}
-	}
-	if len(live) > 0 {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(live))*time.Microsecond)
-		s.store.PushAll(cctx, live)
-		cancel()
-	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(pushes))*time.Microsecond)
+	s.store.PushAll(cctx, pushes)
+	cancel()
 	var b sendq.Batch
 	for i, j := range jobs {
 		p := pushes[i]
 		switch {
-		case p == nil:
-			j.done(false)
 		case errors.Is(p.Err, store.ErrInboxFull):
 			j.dst.close(closeTooManyUnacked)
 			j.done(false)
@@ -287,8 +276,10 @@ func (k *keeper) run1(ctx context.Context, jobs []*keepJob) {
 			j.done(false)
 		default:
 			// Kept: if the session closes before the client has it, its
-			// next login has it again.
-			_ = j.dst.sendEvent(&b, &j.it.ev)
+			// next login has it again; while it pages, the pager sends it.
+			if !j.dst.pager.skipLive() {
+				_ = j.dst.sendEvent(&b, &j.it.ev)
+			}
 			j.done(true)
 		}
 	}
@@ -324,6 +315,7 @@ func (s *Server) ack(sess *session, r request) *clientError {
 		return errorf(CodeUnavailable, "ack not recorded: presence store unavailable; ack again shortly")
 	}
 	s.m.acked(len(a.Removed))
+	s.pageAcked(sess, r.IDs)
 	now := time.Now()
 	for _, e := range a.Removed {
 		it, _, err := parseEntry([]byte(e))
@@ -340,18 +332,16 @@ func (s *Server) ack(sess *session, r request) *clientError {
 }
 
 // sendReceipt routes a receipt to the sender of the message it is for,
-// on a goroutine of its own: live if the sender is logged in, else into
-// its inbox (up to InboxMax+UnackedMax entries; past that it is dropped
-// and logged).
+// after the receipts before it to the same sender: live if the sender is
+// logged in, else into its inbox (up to InboxMax+UnackedMax entries; past
+// that it is dropped and logged).
 func (s *Server) sendReceipt(it *item, now time.Time) {
 	d := &delivery{srv: s, id: s.newID(), item: *it, accepted: now}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.reroutes.run(s, "\x00receipts:"+it.ev.To, func() {
 		if e := d.route(true); e != nil {
-			s.log.Warn("receipt not sent", "to", it.ev.To, "id", it.ev.ID, "code", e.code, "err", e.msg)
+			d.fail(e)
 		}
-	}()
+	})
 }
 
 // deliverLocal hands it to dst, a session of this server, and calls done
@@ -411,4 +401,119 @@ func (g *forwardGate) done(id wire.ID, taken bool) {
 		g.dedup.add(id)
 	}
 	g.mu.Unlock()
+}
+
+// Paging. A session with acks may have more kept than its queue takes at
+// once (SessionQueueBytes): sent at once, it would be cut as a slow
+// consumer at every login. So its login sends what fits in half the queue,
+// and the rest follows as the client acks: each ack that leaves nothing
+// of the page outstanding reads the inbox again and sends the next page.
+// While paging, events kept live for the session are not queued (they
+// are in the inbox, behind the page, and come in their turn).
+type pager struct {
+	mu          sync.Mutex
+	on          bool
+	dirty       bool            // an event was kept while paging: read again before stopping
+	sent        map[string]bool // ids sent and not known to be acked
+	outstanding int             // of this page, not acked yet
+}
+
+// pageBudget is how many bytes a page may queue.
+func (s *Server) pageBudget() int { return s.cfg.SessionQueueBytes / 2 }
+
+// skipLive reports whether a live event for the session must wait for the
+// pager (it is kept; the pager sends it in its turn).
+func (p *pager) skipLive() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.on {
+		p.dirty = true
+	}
+	return p.on
+}
+
+// sendPage queues, in b, the events of inbox not sent yet while the queue
+// holds less than the page budget, and reports whether all were sent.
+// p.mu is held.
+func (s *Server) sendPageLocked(b *sendq.Batch, sess *session, p *pager, inbox []inboxEvent) bool {
+	budget := s.pageBudget()
+	for i := range inbox {
+		e := &inbox[i]
+		if e.ev.ID != "" && p.sent[e.ev.ID] {
+			continue
+		}
+		if sess.q.Len() >= budget {
+			return false
+		}
+		if sess.queue(b, e.appendLine) != nil {
+			return false
+		}
+		if e.ev.ID != "" {
+			p.sent[e.ev.ID] = true
+			p.outstanding++
+		}
+	}
+	return true
+}
+
+// startPaging sends the first page of a login with acks, before its
+// session is published (s.mu held).
+func (s *Server) startPaging(b *sendq.Batch, sess *session, inbox []inboxEvent) {
+	p := &sess.pager
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent = make(map[string]bool)
+	p.outstanding, p.dirty = 0, false
+	p.on = !s.sendPageLocked(b, sess, p, inbox)
+	if !p.on {
+		p.sent = nil
+	}
+}
+
+// acked notes ids acked; when nothing of the page is outstanding (or an
+// event was kept meanwhile), the inbox is read again and the next page
+// sent. It runs on the session's reader.
+func (s *Server) pageAcked(sess *session, ids []string) {
+	p := &sess.pager
+	p.mu.Lock()
+	if !p.on {
+		p.mu.Unlock()
+		return
+	}
+	for _, id := range ids {
+		if p.sent[id] {
+			delete(p.sent, id)
+			p.outstanding--
+		}
+	}
+	next := p.outstanding <= 0
+	p.mu.Unlock()
+	if !next {
+		return
+	}
+	for range 8 { // bounded: each round sends a page or finds the inbox read
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+		p.mu.Lock()
+		p.dirty = false
+		p.mu.Unlock()
+		lines, err := s.store.ReadInbox(ctx, sess.name)
+		cancel()
+		if err != nil {
+			s.log.Warn("next page of kept events not read; ack again or log in again", "user", sess.name, "err", err)
+			return
+		}
+		inbox := s.inboxEvents(sess.name, lines)
+		var b sendq.Batch
+		p.mu.Lock()
+		all := s.sendPageLocked(&b, sess, p, inbox)
+		done := all && !p.dirty
+		if done {
+			p.on, p.sent = false, nil
+		}
+		p.mu.Unlock()
+		b.Flush()
+		if done || !all {
+			return
+		}
+	}
 }

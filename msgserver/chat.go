@@ -83,14 +83,11 @@ func (d *delivery) localDone(ok bool) {
 		d.finish(nil, StatusDelivered)
 		return
 	}
-	s := d.srv
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	d.srv.reroutes.run(d.srv, d.ev.To, func() {
 		if e := d.routeRemote(false, ""); e != nil {
 			d.fail(e)
 		}
-	}()
+	})
 }
 
 // routeRemote looks the recipient up (cached: the route cache may answer)
@@ -146,19 +143,17 @@ func (d *delivery) forwarded(o outcome, b *sendq.Batch) {
 		d.finish(b, StatusRelayed)
 	case outNotHere, outGaveUp:
 		s.routes.forget(d.ev.To)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			// Look the user up again and deliver where they are now; after
-			// giving up on a server the relay cannot reach, not there again.
-			avoid := ""
-			if o == outGaveUp {
-				avoid = d.lastDest
-			}
+		// Look the user up again and deliver where they are now; after
+		// giving up on a server the relay cannot reach, not there again.
+		avoid := ""
+		if o == outGaveUp {
+			avoid = d.lastDest
+		}
+		s.reroutes.run(s, d.ev.To, func() {
 			if e := d.routeRemote(false, avoid); e != nil {
 				d.fail(e)
 			}
-		}()
+		})
 	case outClosed:
 		d.fail(errorf(CodeShuttingDown, "server shut down before message %s was confirmed", d.ev.ID))
 	}
@@ -333,6 +328,47 @@ func (s *Server) forwardTo(b *sendq.Batch, dst *session, c *linkConn, f wire.For
 func (s *Server) answerForward(b *sendq.Batch, c *linkConn, f wire.Forward, code byte) {
 	a := wire.Ack{ID: f.ID, Origin: s.cfg.ID, Dest: f.Origin, Code: code}
 	_ = c.send(b, func(buf []byte) []byte { return wire.AppendAck(buf, wire.TypeAck, a) })
+}
+
+// serialRunner runs functions one after another per key (a recipient), each
+// key on a goroutine of its own while it has work: messages re-routed
+// after a "not here" or a NACK keep their order, and a slow Redis for one
+// recipient does not hold up the others.
+type serialRunner struct {
+	mu sync.Mutex
+	q  map[string][]func() // present: a goroutine runs the key's queue
+}
+
+func (r *serialRunner) run(s *Server, key string, f func()) {
+	r.mu.Lock()
+	if r.q == nil {
+		r.q = make(map[string][]func())
+	}
+	if list, busy := r.q[key]; busy {
+		r.q[key] = append(list, f)
+		r.mu.Unlock()
+		return
+	}
+	r.q[key] = nil
+	r.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			f()
+			r.mu.Lock()
+			list := r.q[key]
+			if len(list) == 0 {
+				delete(r.q, key)
+				r.mu.Unlock()
+				return
+			}
+			f = list[0]
+			list[0] = nil
+			r.q[key] = list[1:]
+			r.mu.Unlock()
+		}
+	}()
 }
 
 // routeCache remembers where recipients are, so a busy conversation does

@@ -53,10 +53,16 @@ type Server struct {
 	routes  routeCache
 	gate    forwardGate // Forwards taken and in progress (acks.go)
 	keeper  *keeper     // keeps events for sessions with acks in Redis (acks.go)
+	// reroutes runs the re-routing of messages per recipient, in order.
+	reroutes serialRunner
 	idBase  [8]byte
 	idSeq   atomic.Uint64
 	redisOK atomic.Bool
 	offline offlineUse // what the offline storage cap knows of Redis
+
+	// loginClaimed, if set (tests), runs after a login's presence claim,
+	// before its session is published.
+	loginClaimed func(user string)
 }
 
 // New checks cfg and starts the server's background work: the relay link,
@@ -301,6 +307,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", c.Err)
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
+	if s.loginClaimed != nil {
+		s.loginClaimed(r.Name)
+	}
 	sess.name = r.Name
 	sess.acks.Store(r.Acks)
 	sess.receipts.Store(r.Receipts)
@@ -314,8 +323,12 @@ func (s *Server) login(sess *session, r request) *clientError {
 	var batch sendq.Batch
 	s.mu.Lock()
 	sess.sendReply(&batch, reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
-	for _, e := range inbox {
-		_ = sess.queue(&batch, e.appendLine)
+	if r.Acks {
+		s.startPaging(&batch, sess, inbox)
+	} else {
+		for _, e := range inbox {
+			_ = sess.queue(&batch, e.appendLine)
+		}
 	}
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
@@ -345,6 +358,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 		watch.inflight.Wait()
 		tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 		defer tcancel()
+		if r.Acks && sess.pager.skipLive() {
+			return nil // paging: the next page reads the inbox again
+		}
 		var lines []string
 		var err error
 		if r.Acks {
@@ -462,11 +478,7 @@ func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
 				gaveUp.forwarded(outGaveUp, nil)
 			}
 			if first != nil {
-				s.wg.Add(1)
-				go func() {
-					defer s.wg.Done()
-					first.rerouteAfterNack()
-				}()
+				s.reroutes.run(s, first.ev.To, first.rerouteAfterNack)
 			}
 		case gotKick:
 			s.onKick(ev.kick)

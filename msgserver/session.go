@@ -60,6 +60,8 @@ type session struct {
 	// acks and receipts are the login's options (acks.go); set by the
 	// reader at login, read by whoever delivers to the session.
 	acks, receipts atomic.Bool
+	// pager sends a session with acks what it has kept in pages (acks.go).
+	pager pager
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
