@@ -350,6 +350,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		s.relay.send(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
 	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+	s.readInboxLate(sess, r.Name, r.Acks, inbox)
 	if c.InboxErr != nil && !storedMeanwhile {
 		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.InboxErr)
 		return nil
