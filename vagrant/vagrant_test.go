@@ -11,14 +11,11 @@
 package vagrant_test
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"debug/buildinfo"
 	"debug/elf"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -760,7 +757,7 @@ func TestBuildVagrant(t *testing.T) {
 	if err != nil || rpmInfo != "chatrelay x86_64" {
 		t.Fatalf("rpm -qp %s: %v %q%s, want chatrelay x86_64", pkg, err, rpmInfo, e)
 	}
-	files := rpmContents(t, pkg)
+	files := testenv.RPMContents(t, pkg)
 	for _, bin := range []string{"relay", "msgserver"} {
 		b, ok := files["/usr/bin/"+bin]
 		if !ok {
@@ -846,48 +843,6 @@ func TestGitIgnoresBuildAndState(t *testing.T) {
 	}
 	if out, err := exec.Command(git, "-C", r, "check-ignore", "--no-index", "-q", "vagrant/Vagrantfile").CombinedOutput(); err == nil {
 		t.Errorf("git ignores vagrant/Vagrantfile %s", out)
-	}
-}
-
-// rpmContents returns the regular files of the RPM at path, by their
-// installed path, through rpm2archive (which comes with rpm).
-func rpmContents(t *testing.T, path string) map[string][]byte {
-	t.Helper()
-	bin := testenv.Need(t, "rpm2archive", "rpm")
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command(bin, "-")
-	cmd.Stdin = f
-	var errOut bytes.Buffer
-	cmd.Stderr = &errOut
-	tgz, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("rpm2archive %s: %v\n%s", path, err, errOut.Bytes())
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(tgz))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := map[string][]byte{}
-	tr := tar.NewReader(zr)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return files
-		}
-		if err != nil {
-			t.Fatalf("rpm2archive %s: %v", path, err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			b, err := io.ReadAll(tr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			files[strings.TrimPrefix(h.Name, ".")] = b
-		}
 	}
 }
 
