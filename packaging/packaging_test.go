@@ -327,3 +327,93 @@ func TestBuildRefusesBadVersion(t *testing.T) {
 		t.Errorf("CHATRELAY_VERSION=1.2-3: %v, want exit 2 naming the version:\n%s", err, out)
 	}
 }
+
+// postinstall.sh, run as rpm and dpkg run it, with every command it calls
+// replaced by a stand-in that records its arguments (it would otherwise add
+// users and SELinux rules to this machine): it makes the users, the log
+// folder and /run/chatrelay, and on an SELinux system gives the check's
+// folder and the track file's their types (changing an existing rule
+// rather than failing on it), or says what is missing.
+func TestPostinstall(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root(t), "packaging", "postinstall.sh")
+	for _, c := range []struct {
+		name    string
+		stubs   map[string]string // command: exit status
+		want    []string          // calls, in order (systemctl aside)
+		wantErr string
+	}{
+		{"SELinux, rules already there", map[string]string{"systemd-sysusers": "0", "install": "0", "selinuxenabled": "0",
+			"semanage": "$([ \"$2\" = -a ] && echo 1 || echo 0)", "systemd-tmpfiles": "0", "restorecon": "0", "systemctl": "0"},
+			[]string{
+				"systemd-sysusers /usr/lib/sysusers.d/chatrelay.conf",
+				"install -d -m 0750 -o keepalived_script -g keepalived_script /var/log/chatrelay",
+				"selinuxenabled",
+				"semanage fcontext -a -t keepalived_unconfined_script_exec_t /usr/libexec/chatrelay(/.*)?",
+				"semanage fcontext -m -t keepalived_unconfined_script_exec_t /usr/libexec/chatrelay(/.*)?",
+				"semanage fcontext -a -t keepalived_var_run_t /run/chatrelay(/.*)?",
+				"semanage fcontext -m -t keepalived_var_run_t /run/chatrelay(/.*)?",
+				"systemd-tmpfiles --create /usr/lib/tmpfiles.d/chatrelay.conf",
+				"selinuxenabled",
+				"restorecon -RF /usr/libexec/chatrelay /run/chatrelay /var/log/chatrelay /etc/chatrelay",
+			}, ""},
+		{"SELinux without semanage", map[string]string{"systemd-sysusers": "0", "install": "0", "selinuxenabled": "0",
+			"systemd-tmpfiles": "0", "restorecon": "0", "systemctl": "0"},
+			[]string{
+				"systemd-sysusers /usr/lib/sysusers.d/chatrelay.conf",
+				"install -d -m 0750 -o keepalived_script -g keepalived_script /var/log/chatrelay",
+				"selinuxenabled",
+				"systemd-tmpfiles --create /usr/lib/tmpfiles.d/chatrelay.conf",
+				"selinuxenabled",
+				"restorecon -RF /usr/libexec/chatrelay /run/chatrelay /var/log/chatrelay /etc/chatrelay",
+			}, "semanage is missing (dnf install policycoreutils-python-utils"},
+		{"no SELinux, no sysusers", map[string]string{"id": "1", "useradd": "0", "install": "0", "selinuxenabled": "1",
+			"semanage": "0", "systemctl": "0"},
+			[]string{
+				"id chatrelay",
+				"useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin chatrelay",
+				"id keepalived_script",
+				"useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin keepalived_script",
+				"install -d -m 0750 -o keepalived_script -g keepalived_script /var/log/chatrelay",
+				"selinuxenabled",
+				"selinuxenabled",
+			}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stubs := t.TempDir()
+			calls := filepath.Join(t.TempDir(), "calls")
+			for name, status := range c.stubs {
+				body := "#!/bin/sh\necho \"" + name + " $*\" >> " + calls + "\nexit " + status + "\n"
+				if err := os.WriteFile(filepath.Join(stubs, name), []byte(body), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, arg := range []string{"1", "configure"} { // rpm %post, dpkg postinst
+				os.Remove(calls)
+				cmd := exec.Command(sh, script, arg)
+				cmd.Env = []string{"PATH=" + stubs}
+				var errOut bytes.Buffer
+				cmd.Stderr = &errOut
+				if out, err := cmd.Output(); err != nil || len(out) > 0 {
+					t.Fatalf("postinstall.sh %s: %v\n%s%s", arg, err, out, errOut.Bytes())
+				}
+				if c.wantErr == "" && errOut.Len() > 0 || !strings.Contains(errOut.String(), c.wantErr) {
+					t.Errorf("postinstall.sh %s: stderr %q, want %q", arg, errOut.String(), c.wantErr)
+				}
+				b, _ := os.ReadFile(calls)
+				var got []string
+				for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+					if l = strings.TrimSpace(l); !strings.HasPrefix(l, "systemctl") { // daemon-reload only where systemd runs
+						got = append(got, l)
+					}
+				}
+				if !slices.Equal(got, c.want) {
+					t.Errorf("postinstall.sh %s ran\n  %s\nwant\n  %s", arg, strings.Join(got, "\n  "), strings.Join(c.want, "\n  "))
+				}
+			}
+		})
+	}
+}
