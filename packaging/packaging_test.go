@@ -417,3 +417,17 @@ func TestPostinstall(t *testing.T) {
 		})
 	}
 }
+
+// The packages build-packages.sh writes to dist/ by default are never
+// committed.
+func TestGitIgnoresDist(t *testing.T) {
+	git := testenv.Need(t, "git", "git")
+	if _, err := os.Stat(filepath.Join(root(t), ".git")); err != nil {
+		t.Skip("not a git checkout")
+	}
+	for _, p := range []string{"dist/chatrelay-1.2.3-1.x86_64.rpm", "dist/chatrelay_1.2.3-1_amd64.deb"} {
+		if out, err := exec.Command(git, "-C", root(t), "check-ignore", "--no-index", "-q", p).CombinedOutput(); err != nil {
+			t.Errorf("git does not ignore %s: %v %s", p, err, out)
+		}
+	}
+}
