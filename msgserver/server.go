@@ -50,15 +50,15 @@ type Server struct {
 	// heartbeat rewrites every local user's presence.
 	redisWasDown bool
 
-	routes  routeCache
-	gate    forwardGate // Forwards taken and in progress (acks.go)
-	keeper  *keeper     // keeps events for sessions with acks in Redis (acks.go)
+	routes routeCache
+	gate   forwardGate // Forwards taken and in progress (acks.go)
+	keeper *keeper     // keeps events for sessions with acks in Redis (acks.go)
 	// reroutes runs the re-routing of messages per recipient, in order.
 	reroutes serialRunner
-	idBase  [8]byte
-	idSeq   atomic.Uint64
-	redisOK atomic.Bool
-	offline offlineUse // what the offline storage cap knows of Redis
+	idBase   [8]byte
+	idSeq    atomic.Uint64
+	redisOK  atomic.Bool
+	offline  offlineUse // what the offline storage cap knows of Redis
 
 	// loginClaimed, if set (tests), runs after a login's presence claim,
 	// before its session is published.
