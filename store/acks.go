@@ -16,11 +16,8 @@ import (
 // a Cluster works the same.
 //
 // The store reads one thing of an entry: bytes 2 to 17 (after the version
-// byte) are the message id the client acks.
-
-// entryIDAt and entryIDEnd bound the id in an entry (Lua's 1-based
-// string.sub positions).
-const entryIDAt, entryIDEnd = 2, 17
+// byte; Lua's 1-based string.sub positions in ackScript) are the message
+// id the client acks.
 
 // readInboxScript returns the inbox, oldest first, and removes only the
 // entries of the JSON format of earlier versions (they start with '{' and
