@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -184,7 +185,7 @@ type keeper struct {
 type keepJob struct {
 	dst  *session
 	it   *item
-	done func(ok bool)
+	done func(b *sendq.Batch, ok bool) // b batches its writes with the keeper's
 }
 
 // keepQueue is how many events may wait for the keeper.
@@ -244,7 +245,7 @@ func (k *keeper) drain() {
 	for {
 		select {
 		case j := <-k.queue:
-			j.done(false)
+			j.done(nil, false)
 		default:
 			return
 		}
@@ -270,17 +271,17 @@ func (k *keeper) run1(ctx context.Context, jobs []*keepJob) {
 		switch {
 		case errors.Is(p.Err, store.ErrInboxFull):
 			j.dst.close(closeTooManyUnacked)
-			j.done(false)
+			j.done(&b, false)
 		case p.Err != nil:
 			s.log.Warn("event not kept for a session with acks: not sent to it", "user", j.it.ev.To, "err", p.Err)
-			j.done(false)
+			j.done(&b, false)
 		default:
 			// Kept: if the session closes before the client has it, its
 			// next login has it again; while it pages, the pager sends it.
 			if !j.dst.pager.skipLive() {
 				_ = j.dst.sendEvent(&b, &j.it.ev)
 			}
-			j.done(true)
+			j.done(&b, true)
 		}
 	}
 	b.Flush()
@@ -309,7 +310,7 @@ func (s *Server) ack(sess *session, r request) *clientError {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	defer cancel()
 	a := &store.Ack{User: sess.name, IDs: ids}
-	s.store.AckAll(ctx, []*store.Ack{a})
+	s.acker.ack(ctx, a)
 	if a.Err != nil {
 		s.log.Warn("ack not recorded", "user", sess.name, "err", a.Err)
 		return errorf(CodeUnavailable, "ack not recorded: presence store unavailable; ack again shortly")
@@ -350,9 +351,9 @@ func (s *Server) sendReceipt(it *item, now time.Time) {
 // session without acks it runs before deliverLocal returns; b, if not nil,
 // batches the write. A false return means the keeper is too busy: done is
 // not called (wait is false) and the caller answers nothing.
-func (s *Server) deliverLocal(b *sendq.Batch, dst *session, it *item, wait bool, done func(ok bool)) bool {
+func (s *Server) deliverLocal(b *sendq.Batch, dst *session, it *item, wait bool, done func(b *sendq.Batch, ok bool)) bool {
 	if !dst.acks.Load() {
-		done(dst.sendEvent(b, &it.ev) == nil)
+		done(b, dst.sendEvent(b, &it.ev) == nil)
 		return true
 	}
 	j := &keepJob{dst: dst, it: it, done: done}
@@ -360,7 +361,7 @@ func (s *Server) deliverLocal(b *sendq.Batch, dst *session, it *item, wait bool,
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 		defer cancel()
 		if !s.keeper.keepWait(ctx, j) {
-			done(false)
+			done(nil, false)
 		}
 		return true
 	}
@@ -571,4 +572,71 @@ func (s *Server) readInboxLate(sess *session, user string, acks bool, known []in
 			_ = sess.queue(&b, e.appendLine)
 		}
 	})
+}
+
+// acker gives acks their Redis round trip as loginBatcher does logins: one
+// goroutine takes every ack waiting, removes them all in one pipeline and
+// answers each; a lone ack costs one round trip, acks arriving meanwhile
+// share the next.
+type acker struct {
+	store   *store.Store
+	timeout time.Duration
+	queue   chan *ackReq // unbuffered: an ack handed over is always answered
+}
+
+type ackReq struct {
+	a    *store.Ack
+	done chan struct{}
+}
+
+func newAcker(st *store.Store, timeout time.Duration) *acker {
+	return &acker{store: st, timeout: timeout, queue: make(chan *ackReq)}
+}
+
+// ack removes a's ids, sharing the round trip with other sessions' acks.
+func (k *acker) ack(ctx context.Context, a *store.Ack) {
+	r := &ackReq{a: a, done: make(chan struct{})}
+	select {
+	case k.queue <- r:
+	case <-ctx.Done():
+		a.Err = fmt.Errorf("ack for %q: waiting for the ack pipeline: %w", a.User, ctx.Err())
+		return
+	}
+	<-r.done
+}
+
+func (k *acker) run(ctx context.Context) {
+	const maxBatch = 512
+	reqs := make([]*ackReq, 0, maxBatch)
+	acks := make([]*store.Ack, 0, maxBatch)
+	for {
+		select {
+		case r := <-k.queue:
+			reqs = append(reqs, r)
+		case <-ctx.Done():
+			return
+		}
+	more:
+		for len(reqs) < maxBatch {
+			select {
+			case r := <-k.queue:
+				reqs = append(reqs, r)
+			default:
+				break more
+			}
+		}
+		for _, r := range reqs {
+			acks = append(acks, r.a)
+		}
+		cctx, cancel := context.WithTimeout(ctx, k.timeout+time.Duration(len(acks))*time.Microsecond)
+		k.store.AckAll(cctx, acks)
+		cancel()
+		for _, r := range reqs {
+			close(r.done)
+		}
+		clear(reqs)
+		reqs = reqs[:0]
+		clear(acks)
+		acks = acks[:0]
+	}
 }

@@ -78,9 +78,9 @@ func (d *delivery) route(cached bool) *clientError {
 // localDone is the outcome of a delivery to a session here: queued, or
 // not taken (the session is closing, or over its unacked limit), and then
 // the message goes where presence says, or offline.
-func (d *delivery) localDone(ok bool) {
+func (d *delivery) localDone(b *sendq.Batch, ok bool) {
 	if ok {
-		d.finish(nil, StatusDelivered)
+		d.finish(b, StatusDelivered)
 		return
 	}
 	d.srv.reroutes.run(d.srv, d.ev.To, func() {
@@ -311,13 +311,13 @@ func (s *Server) forwardTo(b *sendq.Batch, dst *session, c *linkConn, f wire.For
 	if _, busy := s.gate.check(f.ID, true); busy {
 		return
 	}
-	handed := s.deliverLocal(b, dst, it, false, func(ok bool) {
+	handed := s.deliverLocal(b, dst, it, false, func(kb *sendq.Batch, ok bool) {
 		s.gate.done(f.ID, ok)
 		code := byte(wire.AckDelivered)
 		if !ok {
 			code = wire.AckNotHere
 		}
-		s.answerForward(nil, c, f, code)
+		s.answerForward(kb, c, f, code) // with the keeper's batch: one write per batch
 	})
 	if !handed {
 		s.gate.done(f.ID, false) // no answer: the origin sends it again

@@ -53,6 +53,7 @@ type Server struct {
 	routes routeCache
 	gate   forwardGate // Forwards taken and in progress (acks.go)
 	keeper *keeper     // keeps events for sessions with acks in Redis (acks.go)
+	acker  *acker      // removes acked events in batches (acks.go)
 	// reroutes runs the re-routing of messages per recipient, in order.
 	reroutes serialRunner
 	idBase   [8]byte
@@ -122,7 +123,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.logins = newLoginBatcher(s.store, cfg.RedisTimeout, s.m.redisError)
 	s.releases = newReleaser(s.store, s.log, cfg.RedisTimeout)
-	s.wg.Add(3)
+	s.acker = newAcker(s.store, cfg.RedisTimeout)
+	s.wg.Add(4)
+	go func() {
+		defer s.wg.Done()
+		s.acker.run(ctx)
+	}()
 	go func() {
 		defer s.wg.Done()
 		s.logins.run(ctx)
