@@ -36,6 +36,7 @@ type Server struct {
 	ledger   *ledger        // messages forwarded through relay until acked; nil without relay
 	poller   *poller.Poller // parked idle sessions; nil when parking is off
 	ips      *ipLimits      // connections and logins per source address
+	web      webServer      // the web port, if served (web.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -634,6 +635,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	s.web.close()
 	if s.poller != nil {
 		_ = s.poller.Close() // every session has finished: nothing waits in it
 	}

@@ -253,6 +253,9 @@ func (s *session) close(r closeReason) {
 			// Not s.name: close runs on any goroutine, the name is the reader's.
 			s.srv.log.Log(context.Background(), c.level, c.msg, "session", s.id, "remote", s.remote, "reason", r, "queued_bytes", s.q.Len())
 		}
+		if wc, ok := s.conn.(*wsConn); ok {
+			wc.closeCode(c.code) // the WebSocket close frame says it too
+		}
 		if c.event != "" {
 			_ = s.q.Write(appendJSONLine(nil, closingEvent{Event: c.event, Code: c.code, Reason: c.why(&s.srv.cfg)}))
 		}

@@ -11,7 +11,8 @@ export PATH="$PATH:/usr/local/go/bin"
 
 # gcc and libc6-dev: the race detector needs cgo. procps (pgrep) and
 # systemd (systemd-analyze) are used by the drill and the lab's unit checks.
-packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant gcc libc6-dev procps systemd ca-certificates)
+# chromium: the chat page's real-browser test (msgserver, chromedp).
+packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant gcc libc6-dev procps systemd ca-certificates chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
