@@ -133,9 +133,9 @@ func readMessage(r io.Reader, limit int) ([]byte, error) {
 }
 
 // oneLine turns a message into one line: a line break between JSON tokens
-// is whitespace (a pretty-printed object is fine), one inside a string is
-// made a control character, which JSON does not allow there either, so the
-// message stays as invalid as it was.
+// is whitespace (a pretty-printed object is fine); one inside a string,
+// which JSON does not allow, ends the message there, so that it stays
+// invalid (bad_json, as the TCP port answers the same bytes).
 func oneLine(m []byte) []byte {
 	if bytes.IndexAny(m, "\r\n") < 0 {
 		return m
@@ -151,10 +151,9 @@ func oneLine(m []byte) []byte {
 			inString = !inString
 		case c == '\n' || c == '\r':
 			if inString {
-				m[i] = 0x01
-			} else {
-				m[i] = ' '
+				return m[:i]
 			}
+			m[i] = ' '
 		}
 	}
 	return m
