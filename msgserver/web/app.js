@@ -236,7 +236,7 @@
       else if (typeof obj.event === "string") onEvent(obj);
     };
     sock.onclose = (e) => {
-      if (sock !== ws) return;
+      if (sock !== ws || leaving) return;
       clearInterval(pingTimer);
       const wasIn = me !== "";
       if (wasIn) autoLogin = true; // log back in after the reconnect
@@ -291,6 +291,25 @@
     store.removeItem(KEY_NAME);
     store.removeItem(KEY_TOKEN);
     send({ cmd: "logout" });
+  });
+
+  // A page left (or kept in the back/forward cache) lets its session go,
+  // so that messages for the user are stored for the next login, and
+  // connects again if it is shown again.
+  let leaving = false;
+  window.addEventListener("pagehide", () => {
+    leaving = true;
+    clearTimeout(retryTimer);
+    clearInterval(pingTimer);
+    clearInterval(countdownTimer);
+    if (ws) ws.close(1000, "page closed");
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (!e.persisted) return;
+    leaving = false;
+    attempt = 0;
+    autoLogin = !!store.getItem(KEY_NAME);
+    connect();
   });
 
   loadInfo();

@@ -1,0 +1,184 @@
+package msgserver_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/testenv"
+)
+
+// consoleErrors collects what a page reports as an error: console.error,
+// uncaught exceptions, and the browser's own error log entries (a failed
+// load, a refused connection, a CSP violation).
+type consoleErrors struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (c *consoleErrors) list() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.errs...)
+}
+
+func (c *consoleErrors) listen(ctx context.Context, page string) {
+	msgs := chromedp.Console(ctx) // subscribed from here on
+	go func() {
+		for m, err := range msgs {
+			if err != nil {
+				return // the page's context has ended
+			}
+			if m.Type == chromedp.ConsoleError || m.IsException() {
+				c.mu.Lock()
+				c.errs = append(c.errs, page+": "+m.String()+" "+m.Source+" "+m.URL)
+				c.mu.Unlock()
+			}
+		}
+	}()
+}
+
+// The chat page in a real browser: two pages on two message servers log in
+// with the keyboard, chat both ways through the relay and see each
+// message's status; one page leaves, gets a message stored offline, comes
+// back and is shown it. Any JavaScript error or failed load fails the test.
+// Each page's screenshot is saved in the test's artifact directory
+// (go test -artifacts -outputdir DIR keeps it).
+func TestBrowserChatPage(t *testing.T) {
+	chrome := testenv.Need(t, "chromium", "chromium")
+	tr := startTier(t, nil)
+	webA, webB := tr.a.ServeWeb(t), tr.b.ServeWeb(t)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome),
+		chromedp.WindowSize(412, 860), // a phone's screen
+		chromedp.DisableGPU,
+	)
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox) // Chromium refuses to run its sandbox as root
+	}
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctxA, cancelA := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancelA)
+	var errs consoleErrors
+	if err := chromedp.Do(ctxA, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	errs.listen(ctxA, "page A")
+	ctxB, cancelB := chromedp.NewContext(ctxA) // a second tab in the same browser
+	t.Cleanup(cancelB)
+	if err := chromedp.Do(ctxB, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatal(err)
+	}
+	errs.listen(ctxB, "page B")
+	screenshot := func(ctx context.Context, name string) {
+		t.Helper()
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+		p := filepath.Join(t.ArtifactDir(), name+".png")
+		if err := os.WriteFile(p, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("screenshot: %s", p)
+	}
+	// fail saves both pages as they are, to show what went wrong.
+	fail := func(format string, args ...any) {
+		t.Helper()
+		screenshot(ctxA, "failed-page-a")
+		screenshot(ctxB, "failed-page-b")
+		t.Fatalf(format, args...)
+	}
+	run := func(ctx context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		if err := chromedp.Do(tctx, actions...); err != nil {
+			fail("%s: %v (console errors: %v)", what, err, errs.list())
+		}
+	}
+	// logIn types the name and presses Enter: no mouse.
+	logIn := func(ctx context.Context, url, name string) {
+		t.Helper()
+		run(ctx, name+" logs in",
+			chromedp.Navigate(url),
+			chromedp.WaitVisible(chromedp.ID("name")),
+			chromedp.WaitEnabled(chromedp.ID("login-button")),
+			chromedp.SendKeys(chromedp.ID("name"), name+"\r"),
+			chromedp.WaitVisible(chromedp.ID("chat")),
+			chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="online"]`)),
+		)
+	}
+	say := func(ctx context.Context, who, to, text string) {
+		t.Helper()
+		if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(document.getElementById("to").value = "", true)`)); err != nil {
+			fail("clear the recipient: %v", err)
+		}
+		run(ctx, who+" sends "+text,
+			chromedp.SendKeys(chromedp.ID("to"), to),
+			chromedp.SendKeys(chromedp.ID("text"), text+"\r"), // Enter sends
+		)
+	}
+	// waitMsg waits for a message of the given class with text in it and,
+	// for one sent, the given status.
+	waitMsg := func(ctx context.Context, what, class, text, status string) {
+		t.Helper()
+		sel := fmt.Sprintf(`li.msg.%s`, class)
+		if status != "" {
+			sel += fmt.Sprintf(`[data-status=%q]`, status)
+		}
+		js := fmt.Sprintf(`[...document.querySelectorAll(%q)].some(li => li.textContent.includes(%q))`, sel, text)
+		tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		if _, err := chromedp.Run(tctx, chromedp.Poll[bool](js, chromedp.WithPollingInterval(50*time.Millisecond))); err != nil {
+			fail("%s: %v (console errors: %v)", what, err, errs.list())
+		}
+	}
+
+	logIn(ctxA, "http://"+webA+"/", "alice")
+	logIn(ctxB, "http://"+webB+"/", "bob")
+
+	say(ctxA, "alice", "bob", "hello bob, from server a")
+	waitMsg(ctxB, "bob gets alice's message", "in", "hello bob, from server a", "")
+	waitMsg(ctxA, "alice sees it relayed", "out", "hello bob, from server a", "relayed")
+	say(ctxB, "bob", "alice", "hi alice, from server b")
+	waitMsg(ctxA, "alice gets bob's reply", "in", "hi alice, from server b", "")
+	waitMsg(ctxB, "bob sees his relayed", "out", "hi alice, from server b", "relayed")
+
+	// A refusal shows the server's reason.
+	say(ctxA, "alice", "two  spaces", "to nobody") // a doubled space is not a name
+	waitMsg(ctxA, "alice sees the refusal", "out", "to nobody", "refused")
+
+	// Bob's page goes away; alice's next message is stored for him.
+	run(ctxB, "bob leaves", chromedp.Navigate("about:blank"))
+	st := store.New(tr.a.Redis, store.Config{})
+	testenv.Eventually(t, 10*time.Second, "bob's presence released", func() bool {
+		_, found, err := st.Lookup(context.Background(), "bob")
+		return err == nil && !found
+	})
+	say(ctxA, "alice", "bob", "are you there? (sent while you were away)")
+	waitMsg(ctxA, "alice sees it stored offline", "out", "are you there?", "offline")
+
+	// He comes back: the page logs him in by itself and shows the message.
+	run(ctxB, "bob comes back",
+		chromedp.Navigate("http://"+webB+"/"),
+		chromedp.WaitVisible(chromedp.ID("chat")),
+	)
+	waitMsg(ctxB, "bob gets the offline message", `in[data-offline="true"]`, "are you there?", "")
+
+	screenshot(ctxA, "page-a-alice")
+	screenshot(ctxB, "page-b-bob")
+	if e := errs.list(); len(e) > 0 {
+		t.Fatalf("JavaScript console errors:\n%s", strings.Join(e, "\n"))
+	}
+}
