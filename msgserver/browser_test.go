@@ -46,6 +46,14 @@ func (c *consoleErrors) listen(ctx context.Context, page string) {
 	}()
 }
 
+// void makes a for a list of steps, dropping its value.
+func void[T any](a chromedp.Action[T]) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := a(ctx, t)
+		return err
+	})
+}
+
 // The chat page in a real browser: two pages on two message servers log in
 // with the keyboard, chat both ways through the relay and see each
 // message's status; one page leaves, gets a message stored offline, comes
@@ -176,9 +184,46 @@ func TestBrowserChatPage(t *testing.T) {
 	)
 	waitMsg(ctxB, "bob gets the offline message", `in[data-offline="true"]`, "are you there?", "")
 
+	if e := errs.list(); len(e) > 0 {
+		fail("JavaScript console errors:\n%s", strings.Join(e, "\n"))
+	}
+
+	// Bob's server restarts: his page says it is reconnecting, comes back
+	// by itself when the server does, logged in, and chats on.
+	tr.b.Close()
+	run(ctxB, "bob's page says it reconnects",
+		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="reconnecting"]`)),
+		void(chromedp.Poll[bool](`document.getElementById("conn").textContent.includes("reconnecting in")`)),
+	)
+	screenshot(ctxB, "page-b-bob-reconnecting")
+	outage := len(errs.list())
+	tr.b = tr.server(t, "msg-b", nil)
+	tr.b.ServeWebAt(t, webB)
+	testenv.WaitLinked(t, tr.b)
+	run(ctxB, "bob's page is back, logged in",
+		chromedp.WaitVisible(chromedp.CSS(`#conn[data-state="online"]`)),
+		chromedp.WaitVisible(chromedp.ID("chat")),
+	)
+	testenv.Eventually(t, 10*time.Second, "bob logged in again", func() bool { return tr.b.Sessions() == 1 })
+	reconnected := len(errs.list())
+	say(ctxA, "alice", "bob", "welcome back")
+	waitMsg(ctxB, "bob gets a message after the restart", "in", "welcome back", "")
+	waitMsg(ctxA, "alice sees it relayed", "out", "welcome back", "relayed")
+
 	screenshot(ctxA, "page-a-alice")
 	screenshot(ctxB, "page-b-bob")
-	if e := errs.list(); len(e) > 0 {
-		t.Fatalf("JavaScript console errors:\n%s", strings.Join(e, "\n"))
+	// While the server was down the browser logs each refused connection
+	// (an error it reports itself, not the page's script); nothing else.
+	all := errs.list()
+	var unexpected []string
+	for i, e := range all {
+		during := i >= outage && i < reconnected
+		if during && strings.Contains(e, "ERR_CONNECTION_REFUSED") {
+			continue
+		}
+		unexpected = append(unexpected, e)
+	}
+	if len(unexpected) > 0 {
+		t.Fatalf("JavaScript console errors:\n%s", strings.Join(unexpected, "\n"))
 	}
 }

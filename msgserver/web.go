@@ -181,7 +181,12 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not served here", http.StatusInternalServerError)
 		return
 	}
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.AllowedOrigins})
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns: s.cfg.AllowedOrigins,
+		// No permessage-deflate: chat lines are short, and a compressor
+		// per connection would cost more memory than the session.
+		CompressionMode: websocket.CompressionDisabled,
+	})
 	if err != nil {
 		// Accept has answered (403 for a foreign Origin, 400 for a bad upgrade).
 		s.log.Debug("WebSocket upgrade refused", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "err", err)

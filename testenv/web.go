@@ -18,10 +18,20 @@ import (
 // port of 127.0.0.1 and returns its address; it stops with the server.
 func (s *InServer) ServeWeb(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	return s.ServeWebAt(t, "127.0.0.1:0")
+}
+
+// ServeWebAt is ServeWeb on addr: the address of a server stopped
+// earlier, say, for its clients to reconnect to (retried for 5s while the
+// port is released).
+func (s *InServer) ServeWebAt(t testing.TB, addr string) string {
+	t.Helper()
+	var ln net.Listener
+	Eventually(t, 5*time.Second, "listen on "+addr, func() bool {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
