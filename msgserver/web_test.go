@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/testenv"
@@ -230,6 +231,42 @@ func TestWebPageServed(t *testing.T) {
 		}
 		if path == "/" && !strings.Contains(resp.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'") {
 			t.Fatalf("GET /: no CSP: %v", resp.Header)
+		}
+	}
+}
+
+// Over TLS (wss://, the client port's certificate) with signed logins: a
+// browser session logs in with its token, a bad one gets auth_failed, and
+// it chats with a TCP-over-TLS user on the other server.
+func TestWebSocketOverTLSWithTokens(t *testing.T) {
+	key, err := msgserver.ParseAuthKey([]byte(hmacKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := startTLSTier(t, func(c *msgserver.Config) { c.AuthKey = key })
+	web := tr.a.ServeWeb(t)
+	url := "wss://" + web + "/ws"
+	tc := testenv.ClientTLS(t, tr.ca, "127.0.0.1")
+
+	w := testenv.DialWSS(t, url, tc)
+	w.Send(map[string]string{"cmd": "login", "name": "webby", "token": jwtSign(t, jwt.SigningMethodHS256, []byte(hmacKey), claims("someone-else", time.Minute))})
+	if m := w.Next(); m.S("code") != msgserver.CodeAuthFailed {
+		t.Fatalf("login with another name's token: %v", m)
+	}
+	w.LoginWithToken("webby", jwtSign(t, jwt.SigningMethodHS256, []byte(hmacKey), claims("webby", time.Minute)))
+
+	c := tr.dial(t, tr.b)
+	c.LoginWithToken("telly", jwtSign(t, jwt.SigningMethodHS256, []byte(hmacKey), claims("telly", time.Minute)))
+	w.Chat("telly", "over wss")
+	c.Expect(map[string]any{"event": "chat", "from": "webby", "content": "over wss"})
+	c.Chat("webby", "over TLS")
+	w.Expect(map[string]any{"event": "chat", "from": "telly", "content": "over TLS"})
+
+	// Plain HTTP to the TLS web port gets no page.
+	if resp, err := http.Get("http://" + web + "/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatal("the TLS web port served the page over plain HTTP")
 		}
 	}
 }

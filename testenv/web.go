@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -53,6 +54,16 @@ func (s *InServer) ServeWebAt(t testing.TB, addr string) string {
 func DialWS(t testing.TB, url, origin string) *Client {
 	t.Helper()
 	c, err := DialWSErr(url, origin, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	return newClient(t, c)
+}
+
+// DialWSS is DialWS over TLS (a wss:// url), trusting tc's roots.
+func DialWSS(t testing.TB, url string, tc *tls.Config) *Client {
+	t.Helper()
+	c, err := DialWSErr(url, "", &http.Client{Transport: &http.Transport{TLSClientConfig: tc}})
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
