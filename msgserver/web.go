@@ -237,11 +237,58 @@ const tooManyConnsResponse = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: te
 
 // webConn is a web port connection holding its place in the per-address
 // count until it closes, or until a WebSocket session takes it over.
+//
+// It can also hold writes back (cork) and make them in one (uncork): the
+// WebSocket library flushes each message to the connection, and a session
+// writing a batch of lines (wsConn.Write) would otherwise make a syscall
+// (and, under TLS, a record) per line. Writes are serialised by wmu, so
+// under TLS the records go out in order whoever writes them.
 type webConn struct {
 	net.Conn
 	ips *ipLimits
 	mu  sync.Mutex
 	ip  *ipSource
+
+	wmu    sync.Mutex
+	corked bool
+	held   []byte
+}
+
+func (c *webConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.corked {
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *webConn) cork() {
+	c.wmu.Lock()
+	c.corked = true
+	c.wmu.Unlock()
+}
+
+// uncork writes what was held back, by the deadline given (zero: none).
+func (c *webConn) uncork(deadline time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.corked = false
+	held := c.held
+	c.held = c.held[:0]
+	if cap(c.held) > 64<<10 {
+		c.held = nil // a burst's buffer is not kept by an idle session
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	if !deadline.IsZero() {
+		_ = c.Conn.SetWriteDeadline(deadline)
+		defer func() { _ = c.Conn.SetWriteDeadline(time.Time{}) }()
+	}
+	_, err := c.Conn.Write(held)
+	return err
 }
 
 // take hands the connection's place in the count to its session.

@@ -39,7 +39,7 @@ const wsReadLimitLines = 16
 // wsConn is a WebSocket connection seen as a net.Conn carrying lines.
 type wsConn struct {
 	c      *websocket.Conn
-	raw    net.Conn // the TCP connection (under TLS, if any): closing it aborts everything
+	raw    *webConn // the TCP connection (under TLS, if any): closing it aborts everything
 	web    *webServer
 	local  net.Addr
 	remote net.Addr
@@ -65,7 +65,7 @@ type wsConn struct {
 	reason    string
 }
 
-func newWSConn(web *webServer, c *websocket.Conn, raw net.Conn, remote net.Addr, maxLine int) *wsConn {
+func newWSConn(web *webServer, c *websocket.Conn, raw *webConn, remote net.Addr, maxLine int) *wsConn {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &wsConn{
 		c: c, raw: raw, web: web,
@@ -211,6 +211,8 @@ func (w *wsConn) Write(p []byte) (int, error) {
 		data = append(w.partial, p...)
 		w.partial = nil
 	}
+	// The messages go out in one write (webConn.cork).
+	w.raw.cork()
 	for {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
@@ -218,6 +220,7 @@ func (w *wsConn) Write(p []byte) (int, error) {
 		}
 		if i > 0 {
 			if err := w.c.Write(ctx, websocket.MessageText, data[:i]); err != nil {
+				_ = w.raw.uncork(wd)
 				if errors.Is(err, context.DeadlineExceeded) {
 					err = os.ErrDeadlineExceeded
 				}
@@ -225,6 +228,9 @@ func (w *wsConn) Write(p []byte) (int, error) {
 			}
 		}
 		data = data[i+1:]
+	}
+	if err := w.raw.uncork(wd); err != nil {
+		return 0, fmt.Errorf("websocket write: %w", err)
 	}
 	if len(data) > 0 {
 		w.partial = append([]byte(nil), data...)
