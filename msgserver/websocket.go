@@ -90,7 +90,9 @@ func newWSConn(web *webServer, c *websocket.Conn, raw *webConn, remote net.Addr,
 func (w *wsConn) pump() {
 	defer close(w.msgs)
 	for {
-		typ, r, err := w.c.Reader(w.ctx)
+		// No context: a cancellable one costs the library a registration
+		// per message. Closing the connection ends the read.
+		typ, r, err := w.c.Reader(context.Background())
 		if err != nil {
 			switch websocket.CloseStatus(err) {
 			case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
@@ -197,21 +199,17 @@ func (w *wsConn) Read(p []byte) (int, error) {
 func (w *wsConn) Write(p []byte) (int, error) {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
-	ctx := w.ctx
 	w.wdMu.Lock()
 	wd := w.wd
 	w.wdMu.Unlock()
-	if !wd.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, wd)
-		defer cancel()
-	}
 	data := p
 	if len(w.partial) > 0 {
 		data = append(w.partial, p...)
 		w.partial = nil
 	}
-	// The messages go out in one write (webConn.cork).
+	// The messages go out in one write (webConn.cork), by the deadline;
+	// the library's own writes do not wait, so they need no context.
+	ctx := context.Background()
 	w.raw.cork()
 	for {
 		i := bytes.IndexByte(data, '\n')
