@@ -48,21 +48,20 @@ func dialUser(d *net.Dialer, addr string, tc *tls.Config, ws bool) (net.Conn, er
 		return nil, err
 	}
 	c.SetReadLimit(1 << 20)
-	rctx, rcancel := context.WithCancel(context.Background())
-	return &wsLineConn{c: c, rctx: rctx, rcancel: rcancel}, nil
+	return &wsLineConn{c: c}, nil
 }
 
 // wsLineConn reads each message as a line (with a newline added) and sends
 // each line written as a message. It has no goroutine: Read reads the
 // WebSocket. Deadlines: one in the past ends the connection (the load code
-// sets one only to stop its readers); later ones are not enforced.
+// sets one only to stop its readers); later ones are not enforced. Reads
+// and writes pass no cancellable context: the library would register one
+// per message, a cost the load generator should not carry.
 type wsLineConn struct {
-	c       *websocket.Conn
-	rctx    context.Context
-	rcancel context.CancelFunc
-	r       io.Reader // the message being read; nil between messages
-	nl      bool      // the newline of the message just read is due
-	wmu     sync.Mutex
+	c   *websocket.Conn
+	r   io.Reader // the message being read; nil between messages
+	nl  bool      // the newline of the message just read is due
+	wmu sync.Mutex
 }
 
 func (w *wsLineConn) Read(p []byte) (int, error) {
@@ -75,7 +74,7 @@ func (w *wsLineConn) Read(p []byte) (int, error) {
 		return 1, nil
 	}
 	if w.r == nil {
-		typ, r, err := w.c.Reader(w.rctx)
+		typ, r, err := w.c.Reader(context.Background())
 		if err != nil {
 			return 0, err
 		}
@@ -100,8 +99,7 @@ func (w *wsLineConn) Read(p []byte) (int, error) {
 func (w *wsLineConn) Write(p []byte) (int, error) {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := context.Background()
 	for rest := p; len(rest) > 0; {
 		i := bytes.IndexByte(rest, '\n')
 		if i < 0 {
@@ -115,10 +113,7 @@ func (w *wsLineConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (w *wsLineConn) Close() error {
-	w.rcancel()
-	return w.c.CloseNow()
-}
+func (w *wsLineConn) Close() error { return w.c.CloseNow() }
 
 func (w *wsLineConn) LocalAddr() net.Addr  { return wsAddr{} }
 func (w *wsLineConn) RemoteAddr() net.Addr { return wsAddr{} }
@@ -127,7 +122,7 @@ func (w *wsLineConn) SetDeadline(t time.Time) error { return w.SetReadDeadline(t
 
 func (w *wsLineConn) SetReadDeadline(t time.Time) error {
 	if !t.IsZero() && !t.After(time.Now()) {
-		w.rcancel() // the library closes the connection: the reader ends
+		_ = w.c.CloseNow() // the reader ends
 	}
 	return nil
 }
