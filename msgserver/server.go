@@ -547,10 +547,11 @@ func (s *Server) RedisOK() bool { return s.redisOK.Load() }
 // Parked returns how many connections wait in the poller, idle, with no
 // goroutine of their own.
 func (s *Server) Parked() int {
+	n := int(s.web.parked.Load()) // WebSocket sessions park outside the poller
 	if s.poller == nil {
-		return 0
+		return n
 	}
-	return s.poller.Waiting()
+	return n + s.poller.Waiting()
 }
 
 // Sessions returns the number of logged-in sessions.

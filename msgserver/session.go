@@ -384,7 +384,8 @@ func (s *session) readLoop() (parked bool) {
 		lineReaders.Put(lr)
 	}()
 	br := lr.br
-	canPark := s.raw != nil && cfg.ParkIdleAfter > 0 && cfg.ParkIdleAfter < cfg.IdleTimeout
+	_, ws := s.conn.(*wsConn) // parks on its own (wsConn.waitMessage)
+	canPark := (s.raw != nil || ws) && cfg.ParkIdleAfter > 0 && cfg.ParkIdleAfter < cfg.IdleTimeout
 	var long []byte // a line longer than the buffer, gathered so far
 	tooLong := false
 	var deadlineSet time.Time

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -53,6 +54,7 @@ type webServer struct {
 	closed  bool
 	servers map[*http.Server]struct{}
 	closers sync.WaitGroup // WebSocket close handshakes under way (wsConn.Close)
+	parked  atomic.Int64   // WebSocket sessions parked (wsConn.waitMessage)
 }
 
 // track counts a close handshake in; false once the server is closing.

@@ -270,3 +270,36 @@ func TestWebSocketOverTLSWithTokens(t *testing.T) {
 		}
 	}
 }
+
+// An idle WebSocket session parks (no reader goroutine) like a TCP one:
+// messages reach it, it wakes when its client speaks and parks again, and
+// the idle timeout closes it while parked, with the closing event and a
+// close frame that says why.
+func TestWebSocketParks(t *testing.T) {
+	tr := startTier(t, func(c *msgserver.Config) {
+		parkFast(c)
+		c.IdleTimeout = 2 * time.Second
+	})
+	web := tr.a.ServeWeb(t)
+	w := testenv.DialWS(t, wsURL(web), "")
+	w.Login("sleepy")
+	waitParked(t, tr.a, 1)
+
+	c := login(t, tr.b, "waker")
+	c.Chat("sleepy", "while you rest")
+	w.Expect(map[string]any{"event": "chat", "content": "while you rest"})
+	waitParked(t, tr.a, 1)
+	w.Send(map[string]string{"cmd": "ping"})
+	w.Expect(map[string]any{"reply": "ping", "ok": true})
+	waitParked(t, tr.a, 1)
+
+	got := w.ExpectClosed()
+	if len(got) == 0 || got[len(got)-1].S("code") != msgserver.CodeIdleTimeout {
+		t.Fatalf("idle parked session: got %v, want the idle_timeout closing event", got)
+	}
+	ce := w.Conn().(*testenv.WSConn).CloseErr()
+	if websocket.CloseStatus(ce) != websocket.StatusNormalClosure || !strings.Contains(ce.Error(), msgserver.CodeIdleTimeout) {
+		t.Fatalf("close frame: %v, want 1000 idle_timeout", ce)
+	}
+	waitParked(t, tr.a, 0)
+}

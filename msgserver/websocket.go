@@ -27,9 +27,12 @@ import (
 // WebSocket library's connection (pump) and handed over one message at a
 // time, so the session's read deadlines (which wake it for timeouts and
 // closes) never break the WebSocket; the writes go through the session
-// queue's writer goroutine, as under TLS. A WebSocket session does not park:
-// the library reads from its own buffer, which the poller cannot see. Its
-// idle cost is measured in the README.
+// queue's writer goroutine, as under TLS. An idle WebSocket session parks
+// as a TCP one does, giving up its reader goroutine and read buffer, but
+// not in the poller (the library reads from a buffer of its own, which the
+// poller cannot see): the pump starts a reader when the next message comes
+// (waitMessage). The pump's own goroutine stays. The README gives the idle
+// cost measured.
 
 // wsReadLimitLines is how many MaxLines a message may have before the
 // library closes the connection (1009, message too big) rather than the
@@ -58,6 +61,12 @@ type wsConn struct {
 	wdMu    sync.Mutex
 	wd      time.Time
 	partial []byte // a line written in part: the rest comes with the next Write
+
+	// A parked session's wake-up (waitMessage); ready is set while the
+	// pump holds a message the reader has not taken, or has ended.
+	wakeMu sync.Mutex
+	wake   func()
+	ready  bool
 
 	closeOnce sync.Once
 	statusMu  sync.Mutex
@@ -88,7 +97,10 @@ func newWSConn(web *webServer, c *websocket.Conn, raw *webConn, remote net.Addr,
 // line_too_long, as for a long line); a binary message ends the connection
 // (1003, unsupported data).
 func (w *wsConn) pump() {
-	defer close(w.msgs)
+	defer func() {
+		close(w.msgs)
+		w.wakeReader(true)
+	}()
 	for {
 		// No context: a cancellable one costs the library a registration
 		// per message. Closing the connection ends the read.
@@ -112,13 +124,62 @@ func (w *wsConn) pump() {
 			w.setReadErr(err)
 			return
 		}
+		w.wakeReader(true)
 		select {
 		case w.msgs <- msg:
+			w.wakeReader(false)
 		case <-w.ctx.Done():
 			w.setReadErr(net.ErrClosed)
 			return
 		}
 	}
+}
+
+// wakeReader notes whether a message (or the end) is waiting for the
+// reader, and starts the parked session's reader if there is one.
+func (w *wsConn) wakeReader(ready bool) {
+	w.wakeMu.Lock()
+	w.ready = ready
+	fn := w.wake
+	if ready {
+		w.wake = nil
+	} else {
+		fn = nil
+	}
+	if fn != nil {
+		w.web.parked.Add(-1)
+	}
+	w.wakeMu.Unlock()
+	if fn != nil {
+		go fn()
+	}
+}
+
+// errReady refuses a park: a message is already waiting.
+var errReady = errors.New("a message is waiting")
+
+// waitMessage is the poller's Wait for a WebSocket session: fn runs on a
+// new goroutine when the next message comes or the connection ends. The
+// returned cancel removes the wait and reports whether it did; false means
+// fn has been or is being started.
+func (w *wsConn) waitMessage(fn func()) (cancel func() bool, err error) {
+	w.wakeMu.Lock()
+	defer w.wakeMu.Unlock()
+	if w.ready {
+		return nil, errReady
+	}
+	w.wake = fn
+	w.web.parked.Add(1)
+	return func() bool {
+		w.wakeMu.Lock()
+		defer w.wakeMu.Unlock()
+		if w.wake == nil {
+			return false
+		}
+		w.wake = nil
+		w.web.parked.Add(-1)
+		return true
+	}, nil
 }
 
 // readMessage reads a message: up to limit bytes of it, the rest read and
