@@ -200,7 +200,7 @@ func readMessage(r io.Reader, limit int) ([]byte, error) {
 // which JSON does not allow, ends the message there, so that it stays
 // invalid (bad_json, as the TCP port answers the same bytes).
 func oneLine(m []byte) []byte {
-	if bytes.IndexAny(m, "\r\n") < 0 {
+	if !bytes.ContainsAny(m, "\r\n") {
 		return m
 	}
 	inString, escaped := false, false
