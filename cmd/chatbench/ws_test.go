@@ -55,7 +55,6 @@ func TestTransportsAgainstRealTier(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "sessions to end", func() bool { return a.Sessions()+b.Sessions() == 0 })
 }
 
-
 // chatbench idle --ws opens idle WebSocket sessions on a web port.
 func TestIdleOverWebSocket(t *testing.T) {
 	rds := testenv.StartRedis(t)
