@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/testenv"
 )
@@ -223,5 +225,63 @@ func TestBrowserChatPage(t *testing.T) {
 	}
 	if len(unexpected) > 0 {
 		t.Fatalf("JavaScript console errors:\n%s", strings.Join(unexpected, "\n"))
+	}
+}
+
+// With signed logins the page asks for a token: a wrong one is refused
+// with the server's reason on screen, the right one logs in.
+func TestBrowserLoginWithToken(t *testing.T) {
+	chrome := testenv.Need(t, "chromium", "chromium")
+	key, err := msgserver.ParseAuthKey([]byte(hmacKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := startTier(t, func(c *msgserver.Config) { c.AuthKey = key })
+	web := tr.a.ServeWeb(t)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chrome), chromedp.WindowSize(412, 860), chromedp.DisableGPU)
+	if os.Geteuid() == 0 {
+		opts = append(opts, chromedp.NoSandbox)
+	}
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancel)
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	var errs consoleErrors
+	errs.listen(ctx, "page")
+	tctx, tcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer tcancel()
+	wrong := jwtSign(t, jwt.SigningMethodHS256, []byte(hmacKey), claims("somebody-else", time.Minute))
+	right := jwtSign(t, jwt.SigningMethodHS256, []byte(hmacKey), claims("dora", time.Minute))
+	err = chromedp.Do(tctx,
+		chromedp.Navigate("http://"+web+"/"),
+		chromedp.WaitVisible(chromedp.ID("token")), // the server checks tokens: the page asks for one
+		chromedp.WaitEnabled(chromedp.ID("login-button")),
+		chromedp.SendKeys(chromedp.ID("name"), "dora"),
+		chromedp.SendKeys(chromedp.ID("token"), wrong+"\r"),
+		void(chromedp.Poll[bool](`document.getElementById("login-error").textContent.includes("authentication failed")`)),
+	)
+	if err != nil {
+		t.Fatalf("wrong token: %v (console errors: %v)", err, errs.list())
+	}
+	if _, err := chromedp.Run(tctx, chromedp.Evaluate[bool](`(document.getElementById("token").value = "", true)`)); err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(tctx,
+		chromedp.SendKeys(chromedp.ID("token"), right+"\r"),
+		chromedp.WaitVisible(chromedp.ID("chat")),
+		void(chromedp.Poll[bool](`document.getElementById("me").textContent === "dora"`)),
+	)
+	if err != nil {
+		t.Fatalf("right token: %v (console errors: %v)", err, errs.list())
+	}
+	png, err := chromedp.Run(tctx, chromedp.FullScreenshot(100))
+	if err == nil {
+		_ = os.WriteFile(filepath.Join(t.ArtifactDir(), "page-token-login.png"), png, 0o644)
+	}
+	if e := errs.list(); len(e) > 0 {
+		t.Fatalf("JavaScript console errors:\n%s", strings.Join(e, "\n"))
 	}
 }
