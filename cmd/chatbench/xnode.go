@@ -30,6 +30,7 @@ type xnodeConfig struct {
 	Progress io.Writer
 	Watch    map[string]int // process name -> pid whose CPU per 1k messages is reported
 	TLS      *tls.Config    // if set, the client ports serve TLS (tlsFlag)
+	WS       bool           // Servers are web ports: the protocol over WebSocket (ws.go)
 	// Acks logs every user in with acks on: each acks the chat events it
 	// gets, the ids of one read in one ack line.
 	Acks bool
@@ -241,7 +242,7 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := u.login(addr, cfg.TLS, cfg.Acks); err != nil {
+			if err := u.login(addr, cfg.TLS, cfg.WS, cfg.Acks); err != nil {
 				errc <- err
 			}
 		}()
@@ -259,8 +260,8 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 	return users, nil
 }
 
-func (u *benchUser) login(addr string, tc *tls.Config, acks bool) error {
-	c, err := dialClient(&net.Dialer{Timeout: 5 * time.Second}, addr, tc)
+func (u *benchUser) login(addr string, tc *tls.Config, ws, acks bool) error {
+	c, err := dialUser(&net.Dialer{Timeout: 5 * time.Second}, addr, tc, ws)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", addr, err)
 	}
