@@ -61,7 +61,7 @@ func runDirectCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 1
 	}
-	return report(stdout, res, *asJSON, res.Lost > 0 || res.Duplicated > 0)
+	return report(stdout, res, *asJSON, res.failed())
 }
 
 func runDirect(cfg xnodeConfig, stderr io.Writer) (*directResult, error) {
