@@ -30,7 +30,9 @@ type delivery struct {
 // chat accepts a message from a logged-in sender and sends it on its way:
 // to a local session, through the relay to the recipient's server, or to
 // the recipient's offline inbox. The reply says which, once it is known.
-func (s *Server) chat(sess *session, r request) *clientError {
+// b is the session reader's batch: what the message causes to be written
+// may wait in it (nil: written at once).
+func (s *Server) chat(sess *session, r request, b *sendq.Batch, credit *int) *clientError {
 	if sess.name == "" {
 		return errorf(CodeNotLoggedIn, "log in first: {\"cmd\":\"login\",\"name\":\"...\"}")
 	}
@@ -56,16 +58,18 @@ func (s *Server) chat(sess *session, r request) *clientError {
 		accepted: now,
 	}
 	d.ev = chatEvent{Event: "chat", ID: d.id.String(), From: sess.name, To: recv, Content: r.Content, TS: now.UnixMilli()}
-	return d.route(true)
+	return d.route(true, b, credit)
 }
 
 // route sends the message to where the recipient is. cached says whether a
-// cached location may be used (not after a "not here").
-func (d *delivery) route(cached bool) *clientError {
+// cached location may be used (not after a "not here"); writes may wait in
+// b (nil: none do). When the window of forwarded messages is full it waits
+// for room (flow.go); credit is the reader's grant of room (nil: none).
+func (d *delivery) route(cached bool, b *sendq.Batch, credit *int) *clientError {
 	s := d.srv
 	if dst := s.local(d.ev.To); dst != nil {
-		dst.sendEvent(nil, &d.ev)
-		d.finish(nil, StatusDelivered)
+		dst.sendEvent(b, &d.ev)
+		d.finish(b, StatusDelivered)
 		return nil
 	}
 	loc, ok := store.Location{}, false
@@ -74,10 +78,8 @@ func (d *delivery) route(cached bool) *clientError {
 	}
 	if !ok {
 		// Only a cache miss costs a Redis round trip (and a context).
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-		defer cancel()
 		var err error
-		loc, ok, err = s.store.Lookup(ctx, d.ev.To)
+		loc, ok, err = s.lookupRoute(d.ev.To)
 		if err != nil {
 			s.log.Warn("chat not routed: presence store unavailable", "user", d.ev.From, "err", err)
 			return errorf(CodeUnavailable, "message not sent: presence store unavailable, try again shortly")
@@ -92,7 +94,16 @@ func (d *delivery) route(cached bool) *clientError {
 	d.routes++
 	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.Server}
 	f.Payload = appendPayload(nil, &payload{From: d.ev.From, To: d.ev.To, TS: d.ev.TS, Content: d.ev.Content})
-	if err := s.ledger.send(d, f); err != nil {
+	if !s.ledger.waitRoom(s.ctx, b, s.cfg.NoRouteGiveUp, credit) {
+		return errorf(CodeBacklogFull, "message not sent: %d messages have awaited their ack for %s; try again shortly", s.ledger.window, s.cfg.NoRouteGiveUp)
+	}
+	var err error
+	if b != nil {
+		err = s.ledger.sendIn(b, d, f)
+	} else {
+		err = s.ledger.send(d, f)
+	}
+	if err != nil {
 		return errorf(CodeBacklogFull, "message not sent: %v; try again shortly", err)
 	}
 	return nil
@@ -116,7 +127,7 @@ func (d *delivery) forwarded(o outcome, b *sendq.Batch) {
 			if o == outGaveUp {
 				e = d.storeOffline()
 			} else {
-				e = d.route(false)
+				e = d.route(false, nil, nil)
 			}
 			if e != nil {
 				d.sender.fail("chat", d.ref, e)
@@ -188,6 +199,28 @@ func (s *Server) onForward(f wire.Forward, b *sendq.Batch) byte {
 	dst.sendEvent(b, &chatEvent{Event: "chat", ID: f.ID.String(), From: p.From, To: p.To, Content: p.Content, TS: p.TS})
 	s.dedup.add(f.ID)
 	return wire.AckDelivered
+}
+
+// lookupRoute asks the presence store where user is. Concurrent lookups of
+// the same user share one round trip: a sender that has just logged in
+// with a window of messages would otherwise send as many lookups at once,
+// and a thousand such senders time Redis out.
+func (s *Server) lookupRoute(user string) (store.Location, bool, error) {
+	type found struct {
+		loc store.Location
+		ok  bool
+	}
+	v, err, _ := s.lookups.Do(user, func() (any, error) {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+		defer cancel()
+		loc, ok, err := s.store.Lookup(ctx, user)
+		return found{loc, ok}, err
+	})
+	if err != nil {
+		return store.Location{}, false, err
+	}
+	f := v.(found)
+	return f.loc, f.ok, nil
 }
 
 // routeCache remembers where recipients are, so a busy conversation does

@@ -44,6 +44,7 @@ const maxRetryWait = time.Second
 // ledger keeps forwarded messages until their end-to-end ack.
 type ledger struct {
 	max        int           // messages kept at most (MaxUnacked)
+	window     int           // messages in flight before senders wait (SendWindow, flow.go)
 	ackTimeout time.Duration // resend a message not acked by then
 	retryMin   time.Duration // wait after a first NACK, doubled per NACK up to maxRetryWait
 	giveUp     time.Duration // NACKed for longer than this: stored offline instead
@@ -51,9 +52,12 @@ type ledger struct {
 
 	mu       sync.Mutex
 	byID     map[wire.ID]*pending
-	awaiting pendingList // sent, or waiting for a connection, and not acked: in due order
-	held     pendingList // NACKed, waiting for their retry time
-	live     *linkConn   // the connection messages go over; nil while none is up
+	awaiting pendingList   // sent, or waiting for a connection, and not acked: in due order
+	held     pendingList   // NACKed, waiting for their retry time
+	live     *linkConn     // the connection messages go over; nil while none is up
+	waiters  []*flowWaiter // readers waiting for room in the window, first come first served (flow.go)
+	used     int           // room taken: messages in flight and grants not yet spent (flow.go)
+	grant    int           // room a reader takes at once
 }
 
 // pending is a forwarded message waiting for its ack.
@@ -76,6 +80,8 @@ type pending struct {
 func newLedger(cfg *Config, m *Metrics) *ledger {
 	return &ledger{
 		max:        cfg.MaxUnacked,
+		window:     min(max(cfg.SendWindow, 1), max(cfg.MaxUnacked, 1)),
+		grant:      flowGrant(min(max(cfg.SendWindow, 1), max(cfg.MaxUnacked, 1))),
 		ackTimeout: cfg.AckTimeout,
 		retryMin:   cfg.BackoffMin,
 		giveUp:     cfg.NoRouteGiveUp,
@@ -88,9 +94,16 @@ func newLedger(cfg *Config, m *Metrics) *ledger {
 // connection, if there is one; otherwise the next connection to come up
 // takes it.
 func (g *ledger) send(d *delivery, f *wire.Forward) error {
+	var b sendq.Batch
+	defer b.Flush() // the write, if it is ours, happens outside the lock
+	return g.sendIn(&b, d, f)
+}
+
+// sendIn is send for a reader handling a batch of input: the write waits
+// for b.Flush.
+func (g *ledger) sendIn(b *sendq.Batch, d *delivery, f *wire.Forward) error {
 	frame := wire.AppendForward(nil, f)
 	now := time.Now()
-	var b sendq.Batch
 	g.mu.Lock()
 	if len(g.byID) >= g.max {
 		g.mu.Unlock()
@@ -99,9 +112,8 @@ func (g *ledger) send(d *delivery, f *wire.Forward) error {
 	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame}
 	g.byID[f.ID] = p
 	g.m.setUnacked(len(g.byID))
-	g.sendLocked(&b, g.live, p, now)
+	g.sendLocked(b, g.live, p, now)
 	g.mu.Unlock()
-	b.Flush() // the write, if it is ours, happens outside the lock
 	return nil
 }
 
@@ -214,6 +226,7 @@ func (g *ledger) removeLocked(p *pending) {
 	p.list.remove(p)
 	delete(g.byID, p.id)
 	g.m.setUnacked(len(g.byID))
+	g.doneLocked()
 }
 
 // resendDue sends again, over the live connection, the messages whose ack
@@ -279,6 +292,7 @@ func (g *ledger) abandon() []*delivery {
 		ds = append(ds, p.d)
 	}
 	clear(g.byID)
+	g.wakeAllLocked()
 	g.awaiting, g.held = pendingList{}, pendingList{}
 	g.m.setUnacked(0)
 	return ds

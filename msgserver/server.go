@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/poller"
@@ -51,7 +53,8 @@ type Server struct {
 	redisWasDown bool
 
 	routes  routeCache
-	dedup   dedup // touched only by the relay link's reader (serveRelay)
+	lookups singleflight.Group // presence lookups in progress, by user (chat.go)
+	dedup   dedup              // touched only by the relay link's reader (serveRelay)
 	idBase  [8]byte
 	idSeq   atomic.Uint64
 	redisOK atomic.Bool

@@ -12,7 +12,9 @@
 # instead of building the working tree, to compare versions. PROFILE=dir
 # also saves a 5 s CPU profile of msg-1, msg-2 and the relay during the
 # first round's W=64 closed loop, and their allocation profiles after it.
-# RAW=file keeps every run's JSON line.
+# RAW=file keeps every run's JSON line. LOADS="closed-w8 rate5000" runs only
+# those loads. The tier's logs go to a file; the table says how many
+# warnings they hold.
 set -euo pipefail
 
 users=${1:-1000}
@@ -27,12 +29,12 @@ a1=$(free_port); a2=$(free_port); ar=$(free_port)
 
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
-"$work/relay" --listen "127.0.0.1:$lport" --admin "127.0.0.1:$ar" --pprof --link-secret-file "$work/secret" --log-level warn &
+"$work/relay" --listen "127.0.0.1:$lport" --admin "127.0.0.1:$ar" --pprof --link-secret-file "$work/secret" --log-level warn 2>>"$work/tier.log" &
 pids+=($!)
 msgserver() { # id port admin
   "$work/msgserver" --id "$1" --listen "127.0.0.1:$2" --relay "127.0.0.1:$lport" \
     --redis "redis://127.0.0.1:$rport/0" --link-secret-file "$work/secret" --log-level warn \
-    --admin "127.0.0.1:$3" --pprof &
+    --admin "127.0.0.1:$3" --pprof 2>>"$work/tier.log" &
   pids+=($!)
 }
 msgserver msg-1 "$p1" "$a1"
@@ -52,6 +54,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 n=0
 run() {
   local kind=$1 name=$2; shift 2
+  case " ${LOADS:-$name} " in *" $name "*) ;; *) return ;; esac
   n=$((n + 1))
   local r0 r1 s0 s1 out
   r0=$(rss_kb "$m1"); s0=$(( $(metric "$a1" msgserver_resent_frames_total) + $(metric "$a2" msgserver_resent_frames_total) ))
@@ -101,7 +104,7 @@ for round in $(seq "$rounds"); do
 done
 [ -n "${RAW:-}" ] && cp "$results" "$RAW"
 
-python3 - "$results" <<'EOF'
+python3 - "$results" "$work/tier.log" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs):
@@ -112,16 +115,20 @@ def pick(name, kind):
 def tiercpu(r):
     c = r.get('cpu_ms_per_1k') or {}
     return sum(c.values()) if c else None
+def tiersys(r):
+    c = r.get('syscalls_per_1k') or {}
+    return sum(c.values()) if c else None
 def ratio(a, b):
     return a / b if b else float('nan')
 print(f"medians of {max(len(pick('closed-w8','tier')),1)} interleaved rounds (tier / direct link in the same round, then the median of the ratios)")
-print(f"{'load':<11} {'':>6} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'CPU/1k':>7} {'refused':>7} {'resent':>7} {'even':>5} {'RSS+MB':>6}  CPU ms per 1k by process")
+print(f"{'load':<11} {'':>6} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'CPU/1k':>7} {'refused':>7} {'resent':>7} {'even':>5} {'RSS+MB':>6} {'sys/1k':>6}  CPU ms per 1k by process")
 for name in ['closed-w8', 'closed-w64', 'reply-w8', 'rate5000']:
     t, d = pick(name, 'tier'), pick(name, 'direct')
     if not t or not d:
         continue
     for kind, rs in (('tier', t), ('direct', d)):
         cpu = med([tiercpu(r) if kind == 'tier' else r.get('node_cpu_ms_per_1k') for r in rs])
+        sys_ = med([tiersys(r) if kind == 'tier' else r.get('node_syscalls_per_1k') for r in rs])
         procs = ''
         if kind == 'tier':
             names = sorted(set(k for r in rs for k in (r.get('cpu_ms_per_1k') or {})))
@@ -130,11 +137,13 @@ for name in ['closed-w8', 'closed-w64', 'reply-w8', 'rate5000']:
         print(f"{name:<11} {kind:>6} {med([r['msgs_per_sec'] for r in rs]):>8.0f} {med([r['p50_ms'] for r in rs]):>8.2f} "
               f"{med([r['p99_ms'] for r in rs]):>8.2f} {med([ratio(r['p99_ms'], r['p50_ms']) for r in rs]):>7.1f} {cpu:>7.2f} "
               f"{sum(r['errors'] for r in rs):>7d} {sum(r.get('resent', 0) for r in rs) if kind == 'tier' else 0:>7d} "
-              f"{med([r.get('evenness') for r in rs]):>5.2f} {med([r.get('rss_growth_mb') for r in rs]) if kind == 'tier' else 0:>6.1f}  {procs}")
+              f"{med([r.get('evenness') for r in rs]):>5.2f} {med([r.get('rss_growth_mb') for r in rs]) if kind == 'tier' else 0:>6.1f} {sys_:>6.0f}  {procs}")
     pairs = list(zip(t, d))
     print(f"{'':<11} {'ratio':>6} {med([ratio(a['msgs_per_sec'], b['msgs_per_sec']) for a, b in pairs]):>8.2f} "
           f"{med([ratio(a['p50_ms'], b['p50_ms']) for a, b in pairs]):>8.2f} {med([ratio(a['p99_ms'], b['p99_ms']) for a, b in pairs]):>8.2f} "
           f"{'':>7} {med([ratio(tiercpu(a), b.get('node_cpu_ms_per_1k')) for a, b in pairs if tiercpu(a)]):>7.2f}")
+warns = sum(1 for l in open(sys.argv[2]) if 'level=WARN' in l or 'level=ERROR' in l)
+print(f"tier log: {warns} warnings and errors")
 refused = {}
 for r in runs:
     for k, v in (r.get('refused') or {}).items():
@@ -142,6 +151,7 @@ for r in runs:
 if refused:
     print("refusals, all rounds:", refused)
 print("refused and resent: totals over all rounds; even: median over runs of the slowest server's senders' delivered rate over the fastest's, second by second;")
+print("sys/1k: read and write system calls per 1 000 delivered (tier: all four processes; direct: both nodes)")
 print("RSS+MB: msg-1's RSS growth over the run; CPU/1k: tier = redis + relay + msg-1 + msg-2, direct = both nodes; the load generator is apart")
 EOF
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -33,6 +34,27 @@ type xnodeConfig struct {
 	Progress io.Writer
 	Watch    map[string]int // process name -> pid whose CPU per 1k messages is reported
 	TLS      *tls.Config    // if set, the client ports serve TLS (tlsFlag)
+}
+
+// procSyscalls returns the read and write system calls pid has made
+// (syscr + syscw in /proc/PID/io).
+func procSyscalls(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if ok && (k == "syscr" || k == "syscw") {
+			x, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/io: %w", pid, err)
+			}
+			n += x
+		}
+	}
+	return n, nil
 }
 
 // parsePids reads "relay=123,msg-1=456".
@@ -109,6 +131,9 @@ type result struct {
 	// CPUMsPer1k is each watched process's CPU time (user+system) per
 	// 1,000 delivered messages, over the measured window.
 	CPUMsPer1k map[string]float64 `json:"cpu_ms_per_1k,omitempty"`
+	// SyscallsPer1k is each watched process's read and write system calls
+	// (/proc/PID/io syscr+syscw) per 1,000 delivered messages.
+	SyscallsPer1k map[string]float64 `json:"syscalls_per_1k,omitempty"`
 }
 
 func (r *result) table(w io.Writer) {
@@ -134,6 +159,9 @@ func (r *result) table(w io.Writer) {
 			fmt.Fprintf(w, "  %s %.2f", n, r.CPUMsPer1k[n])
 		}
 		fmt.Fprintln(w)
+	}
+	if len(r.SyscallsPer1k) > 0 {
+		fmt.Fprintf(w, "read+write syscalls per 1k delivered: %v\n", r.SyscallsPer1k)
 	}
 }
 
@@ -168,6 +196,7 @@ type benchRun struct {
 	totalReceived      atomic.Int64
 	cpuMu              sync.Mutex
 	cpuPer1k           map[string]float64
+	sysPer1k           map[string]float64
 	benchCPU           time.Duration // this process's CPU over the measured window
 
 	refusedMu sync.Mutex
@@ -197,17 +226,23 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 	r.start = time.Now()
 	r.measureFrom = r.start.Add(cfg.Warmup)
 	cpuAtStart := map[string]time.Duration{}
+	sysAtStart := map[string]int64{}
 	var selfAtStart time.Duration
 	cpuTimer := time.AfterFunc(cfg.Warmup, func() {
 		r.cpuMu.Lock()
 		selfAtStart = selfCPU()
 		r.cpuMu.Unlock()
 		for n, pid := range cfg.Watch {
-			if c, err := procCPU(pid); err == nil {
-				r.cpuMu.Lock()
+			c, err := procCPU(pid)
+			sc, err2 := procSyscalls(pid)
+			r.cpuMu.Lock()
+			if err == nil {
 				cpuAtStart[n] = c
-				r.cpuMu.Unlock()
 			}
+			if err2 == nil {
+				sysAtStart[n] = sc
+			}
+			r.cpuMu.Unlock()
 		}
 	})
 	defer cpuTimer.Stop()
@@ -248,6 +283,14 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 					r.cpuPer1k = map[string]float64{}
 				}
 				r.cpuPer1k[n] = float64((c - c0).Milliseconds()) / (float64(r.deliveredInWindow.Load()) / 1000)
+			}
+		}
+		if sc, err := procSyscalls(pid); err == nil {
+			if s0, ok := sysAtStart[n]; ok && r.deliveredInWindow.Load() > 0 {
+				if r.sysPer1k == nil {
+					r.sysPer1k = map[string]float64{}
+				}
+				r.sysPer1k[n] = float64(sc-s0) / (float64(r.deliveredInWindow.Load()) / 1000)
 			}
 		}
 	}
@@ -515,6 +558,7 @@ func (r *benchRun) result(users []*benchUser) *result {
 		Cores:   runtime.NumCPU(),
 	}
 	res.CPUMsPer1k = r.cpuPer1k
+	res.SyscallsPer1k = r.sysPer1k
 	if r.cfg.Rate > 0 {
 		res.Mode, res.Window, res.Rate = "xnode-rate", 0, r.cfg.Rate
 	} else {
