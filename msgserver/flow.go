@@ -2,9 +2,12 @@ package msgserver
 
 import (
 	"context"
+	"errors"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/sendq"
+	"github.com/chatrelay/chatrelay/wire"
 )
 
 // Flow control for forwarded messages. A message server keeps at most
@@ -130,4 +133,29 @@ func (g *ledger) wakeAllLocked() {
 	}
 	g.waiters = nil
 	g.used = 0
+}
+
+// ackDelay is how long an ack may wait for company before it is written.
+// Acks go out on their own (sendq.AppendLater): with a forwarded message or
+// another ack if one comes within ackDelay, else alone when it is over. At
+// a low rate every ack was a write of its own here, a read and a write at
+// the relay and a read at the origin; the sender's reply waits up to this
+// much longer, the recipient's message not at all.
+const ackDelay = time.Millisecond
+
+// sendAck queues an ack for the relay, written within ackDelay.
+func (c *linkConn) sendAck(a wire.Ack) {
+	err := c.q.AppendLater(func(buf []byte) []byte { return wire.AppendAck(buf, wire.TypeAck, a) })
+	if errors.Is(err, sendq.ErrFull) {
+		c.log.Warn("relay link queue full, dropping link", "relay", c.relayID, "queued_bytes", c.q.Len())
+		c.q.Close()
+		_ = netx.CloseNow(c.conn)
+		return
+	}
+	if err == nil && c.ackArmed.CompareAndSwap(false, true) {
+		time.AfterFunc(ackDelay, func() {
+			c.ackArmed.Store(false)
+			c.q.Kick()
+		})
+	}
 }

@@ -424,8 +424,7 @@ func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
 			}
 		case gotForward:
 			code := s.onForward(ev.fwd, &b)
-			a := wire.Ack{ID: ev.fwd.ID, Origin: s.cfg.ID, Dest: ev.fwd.Origin, Code: code}
-			_ = ev.conn.send(&b, func(buf []byte) []byte { return wire.AppendAck(buf, wire.TypeAck, a) })
+			ev.conn.sendAck(wire.Ack{ID: ev.fwd.ID, Origin: s.cfg.ID, Dest: ev.fwd.Origin, Code: code})
 		case gotAck:
 			if d, o := s.ledger.acked(ev.ack); d != nil {
 				d.forwarded(o, &b)
