@@ -11,7 +11,8 @@
 # BIN=dir uses binaries already built there (relay, msgserver, chatbench)
 # instead of building the working tree, to compare versions. PROFILE=dir
 # also saves a 5 s CPU profile of msg-1, msg-2 and the relay during the
-# first round's W=64 closed loop, and their allocation profiles after it.
+# first round's tier run of PROFILE_LOAD (closed-w64 unless set), and
+# their allocation profiles after it.
 # RAW=file keeps every run's JSON line. LOADS="closed-w8 rate5000" runs only
 # those loads. The tier's logs go to a file; the table says how many
 # warnings they hold.
@@ -85,21 +86,19 @@ profile() { # during a run: CPU profiles of the tier, then allocations
 echo "# $(nproc) cores, $users users, ${secs}s per run, $rounds interleaved rounds, $idle idle sessions" >&2
 for round in $(seq "$rounds"); do
   printf 'round %d ' "$round" >&2
-  run tier closed-w8 --window 8
-  run direct closed-w8 --window 8
-  if [ "$round" = 1 ] && [ -n "${PROFILE:-}" ]; then
-    profile "$PROFILE" &
-    prof=$!
-    run tier closed-w64 --window 64
-    wait "$prof"
-  else
-    run tier closed-w64 --window 64
-  fi
-  run direct closed-w64 --window 64
-  run tier reply-w8 --window 8 --closed reply
-  run direct reply-w8 --window 8 --closed reply
-  run tier rate5000 --rate 5000
-  run direct rate5000 --rate 5000
+  for load in "closed-w8 --window 8" "closed-w64 --window 64" "reply-w8 --window 8 --closed reply" "rate5000 --rate 5000"; do
+    # shellcheck disable=SC2086 # the load's name and flags, split on purpose
+    set -- $load
+    if [ "$round" = 1 ] && [ -n "${PROFILE:-}" ] && [ "$1" = "${PROFILE_LOAD:-closed-w64}" ]; then
+      profile "$PROFILE" &
+      prof=$!
+      run tier "$@"
+      wait "$prof"
+    else
+      run tier "$@"
+    fi
+    run direct "$@"
+  done
   echo >&2
 done
 [ -n "${RAW:-}" ] && cp "$results" "$RAW"
