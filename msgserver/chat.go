@@ -78,6 +78,9 @@ func (d *delivery) route(cached bool, b *sendq.Batch, credit *int) *clientError 
 	}
 	if !ok {
 		// Only a cache miss costs a Redis round trip (and a context).
+		if b != nil {
+			b.Flush() // what the reader has queued does not wait for Redis
+		}
 		var err error
 		loc, ok, err = s.lookupRoute(d.ev.To)
 		if err != nil {

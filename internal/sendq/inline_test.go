@@ -324,3 +324,19 @@ func TestAppendLaterRidesWithNextWriteOrKick(t *testing.T) {
 		t.Fatalf("%d writes, want 2", w)
 	}
 }
+
+// Kick writes an AppendLater item even while a Batch holds the queue: the
+// batch's producer may not flush for a while.
+func TestKickWritesWhileBatchHoldsQueue(t *testing.T) {
+	w, r := tcptest.Pair(t)
+	q := New(1<<20, nil)
+	q.Start(w, time.Second)
+	var b Batch
+	_ = q.AppendTo(&b, func(buf []byte) []byte { return append(buf, "fwd\n"...) })
+	_ = q.AppendLater(func(buf []byte) []byte { return append(buf, "ack\n"...) })
+	q.Kick()
+	if got := readN(t, r, 8); string(got) != "fwd\nack\n" {
+		t.Fatalf("peer got %q", got)
+	}
+	b.Flush() // nothing left: harmless
+}

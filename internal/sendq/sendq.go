@@ -170,10 +170,11 @@ func (q *Queue) AppendLater(fn func([]byte) []byte) error {
 }
 
 // Kick writes what is pending, unless a write is under way (which takes
-// it) or a Batch holds the queue (its Flush writes it).
+// it). A Batch that holds the queue may be its producer's for a while (a
+// reader waiting on Redis): Kick writes anyway, and that Flush finds less.
 func (q *Queue) Kick() {
 	q.mu.Lock()
-	if q.conn == nil || q.writing || q.marked || len(q.buf) == 0 {
+	if q.conn == nil || q.writing || len(q.buf) == 0 {
 		q.mu.Unlock()
 		return
 	}
