@@ -58,6 +58,9 @@ type ledger struct {
 	waiters  []*flowWaiter // readers waiting for room in the window, first come first served (flow.go)
 	used     int           // room taken: messages in flight and grants not yet spent (flow.go)
 	grant    int           // room a reader takes at once
+	// lastAckedSent is when the latest-sent message acked so far was sent:
+	// an overdue message sent before it has likely lost its ack (resendDue).
+	lastAckedSent time.Time
 }
 
 // pending is a forwarded message waiting for its ack.
@@ -186,6 +189,11 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 		g.mu.Unlock()
 		return nil, 0
 	}
+	if p.list == &g.awaiting {
+		if sent := p.due.Add(-g.ackTimeout); sent.After(g.lastAckedSent) {
+			g.lastAckedSent = sent
+		}
+	}
 	g.removeLocked(p)
 	g.mu.Unlock()
 	if a.Code == wire.AckNotHere {
@@ -230,7 +238,13 @@ func (g *ledger) removeLocked(p *pending) {
 }
 
 // resendDue sends again, over the live connection, the messages whose ack
-// is overdue and the held ones whose retry time has come.
+// is overdue and the held ones whose retry time has come. A message is
+// overdue once its ack is ackTimeout late and a message sent after it has
+// been acked (acks come back in order, so its own is lost), or once it is
+// twice that late whatever came back. Without the first condition a server
+// that lost the CPU for longer than ackTimeout (a busy shared machine, at
+// saturation) resent thousands of messages whose acks were waiting unread
+// in its own socket.
 func (g *ledger) resendDue(now time.Time) {
 	var b sendq.Batch
 	defer b.Flush() // after the unlock: one write for all of them
@@ -240,9 +254,16 @@ func (g *ledger) resendDue(now time.Time) {
 	if c == nil {
 		return // everything goes out when a connection comes up
 	}
+	// awaiting is in due order (sent time + ackTimeout), so the overdue
+	// messages are a prefix: due by cut.
+	cut := now.Add(-g.ackTimeout)
+	if acked := g.lastAckedSent.Add(g.ackTimeout); acked.After(cut) {
+		cut = acked
+	}
+	cut = earliest(cut, now)
 	overdue := 0
-	for p := g.awaiting.head; p != nil && !p.due.After(now); p = p.next {
-		overdue++ // awaiting is in due order
+	for p := g.awaiting.head; p != nil && !p.due.After(cut); p = p.next {
+		overdue++
 	}
 	n := overdue
 	for ; overdue > 0; overdue-- {
