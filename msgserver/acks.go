@@ -339,7 +339,7 @@ func (s *Server) ack(sess *session, r request) *clientError {
 func (s *Server) sendReceipt(it *item, now time.Time) {
 	d := &delivery{srv: s, id: s.newID(), item: *it, accepted: now}
 	s.reroutes.run(s, "\x00receipts:"+it.ev.To, func() {
-		if e := d.route(true); e != nil {
+		if e := d.route(true, nil, nil); e != nil {
 			d.fail(e)
 		}
 	})

@@ -32,7 +32,9 @@ type delivery struct {
 // chat accepts a message from a logged-in sender and sends it on its way:
 // to a local session, through the relay to the recipient's server, or to
 // the recipient's offline inbox. The reply says which, once it is known.
-func (s *Server) chat(sess *session, r request) *clientError {
+// b is the session reader's batch: what the message causes to be written
+// may wait in it (nil: written at once).
+func (s *Server) chat(sess *session, r request, b *sendq.Batch, credit *int) *clientError {
 	if sess.name == "" {
 		return errorf(CodeNotLoggedIn, "log in first: {\"cmd\":\"login\",\"name\":\"...\"}")
 	}
@@ -62,17 +64,19 @@ func (s *Server) chat(sess *session, r request) *clientError {
 		msgID:       d.id,
 		wantReceipt: sess.receipts.Load(),
 	}
-	return d.route(true)
+	return d.route(true, b, credit)
 }
 
 // route sends the message to where the recipient is. cached says whether a
-// cached location may be used (not after a "not here").
-func (d *delivery) route(cached bool) *clientError {
+// cached location may be used (not after a "not here"); writes may wait in
+// b (nil: none do). When the window of forwarded messages is full it waits
+// for room (flow.go); credit is the reader's grant of room (nil: none).
+func (d *delivery) route(cached bool, b *sendq.Batch, credit *int) *clientError {
 	if dst := d.srv.local(d.ev.To); dst != nil {
-		d.srv.deliverLocal(nil, dst, &d.item, true, d.localDone)
+		d.srv.deliverLocal(b, dst, &d.item, true, d.localDone)
 		return nil
 	}
-	return d.routeRemote(cached, "")
+	return d.routeRemote(cached, "", b, credit)
 }
 
 // localDone is the outcome of a delivery to a session here: queued, or
@@ -84,7 +88,7 @@ func (d *delivery) localDone(b *sendq.Batch, ok bool) {
 		return
 	}
 	d.srv.reroutes.run(d.srv, d.ev.To, func() {
-		if e := d.routeRemote(false, ""); e != nil {
+		if e := d.routeRemote(false, "", nil, nil); e != nil {
 			d.fail(e)
 		}
 	})
@@ -94,8 +98,8 @@ func (d *delivery) localDone(b *sendq.Batch, ok bool) {
 // and forwards the message to its server, or stores it offline: when the
 // user is not logged in, is logged in here (but not reachable), is still
 // at avoid (the server the relay could not reach), or the message has been
-// routed maxRoutes times.
-func (d *delivery) routeRemote(cached bool, avoid string) *clientError {
+// routed maxRoutes times. b and credit are as for route.
+func (d *delivery) routeRemote(cached bool, avoid string, b *sendq.Batch, credit *int) *clientError {
 	s := d.srv
 	loc, ok := store.Location{}, false
 	if cached {
@@ -103,10 +107,11 @@ func (d *delivery) routeRemote(cached bool, avoid string) *clientError {
 	}
 	if !ok {
 		// Only a cache miss costs a Redis round trip (and a context).
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-		defer cancel()
+		if b != nil {
+			b.Flush() // what the reader has queued does not wait for Redis
+		}
 		var err error
-		loc, ok, err = s.store.Lookup(ctx, d.ev.To)
+		loc, ok, err = s.lookupRoute(d.ev.To)
 		if err != nil {
 			s.log.Warn("chat not routed: presence store unavailable", "user", d.ev.From, "err", err)
 			return errorf(CodeUnavailable, "message not sent: presence store unavailable, try again shortly")
@@ -117,7 +122,7 @@ func (d *delivery) routeRemote(cached bool, avoid string) *clientError {
 	}
 	if ok && loc.Server == s.cfg.ID && s.local(d.ev.To) != nil && d.routes < maxRoutes {
 		d.routes++ // logged in here since: deliver here
-		return d.route(false)
+		return d.route(false, b, credit)
 	}
 	if !ok || loc.Server == s.cfg.ID || loc.Server == avoid || s.ledger == nil || d.routes >= maxRoutes {
 		return d.storeOffline()
@@ -126,7 +131,16 @@ func (d *delivery) routeRemote(cached bool, avoid string) *clientError {
 	d.lastDest = loc.Server
 	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.Server}
 	f.Payload = d.forwardPayload()
-	if err := s.ledger.send(d, f); err != nil {
+	if !s.ledger.waitRoom(s.ctx, b, s.cfg.NoRouteGiveUp, credit) {
+		return errorf(CodeBacklogFull, "message not sent: %d messages have awaited their ack for %s; try again shortly", s.ledger.window, s.cfg.NoRouteGiveUp)
+	}
+	var err error
+	if b != nil {
+		err = s.ledger.sendIn(b, d, f)
+	} else {
+		err = s.ledger.send(d, f)
+	}
+	if err != nil {
 		return errorf(CodeBacklogFull, "message not sent: %v; try again shortly", err)
 	}
 	return nil
@@ -150,7 +164,7 @@ func (d *delivery) forwarded(o outcome, b *sendq.Batch) {
 			avoid = d.lastDest
 		}
 		s.reroutes.run(s, d.ev.To, func() {
-			if e := d.routeRemote(false, avoid); e != nil {
+			if e := d.routeRemote(false, avoid, nil, nil); e != nil {
 				d.fail(e)
 			}
 		})
@@ -176,7 +190,7 @@ func (d *delivery) rerouteAfterNack() {
 		return // answered meanwhile
 	}
 	s.routes.forget(d.ev.To)
-	if e := d.routeRemote(false, d.lastDest); e != nil {
+	if e := d.routeRemote(false, d.lastDest, nil, nil); e != nil {
 		d.fail(e)
 	}
 }
@@ -266,7 +280,7 @@ func (d *delivery) finish(b *sendq.Batch, status string) {
 func (s *Server) onForward(f wire.Forward, c *linkConn, b *sendq.Batch) {
 	if seen, busy := s.gate.check(f.ID, false); seen {
 		s.m.duplicate()
-		s.answerForward(b, c, f, wire.AckDelivered)
+		s.answerForward(c, f, wire.AckDelivered)
 		return
 	} else if busy {
 		return // its first copy is being kept; that one is answered
@@ -275,7 +289,7 @@ func (s *Server) onForward(f wire.Forward, c *linkConn, b *sendq.Batch) {
 	if err != nil {
 		// Resending cannot fix it: ack so the origin stops, and say so.
 		s.log.Error("dropping malformed message from another server", "origin", f.Origin, "id", f.ID.String(), "err", err)
-		s.answerForward(b, c, f, wire.AckDelivered)
+		s.answerForward(c, f, wire.AckDelivered)
 		return
 	}
 	for range 2 {
@@ -287,12 +301,12 @@ func (s *Server) onForward(f wire.Forward, c *linkConn, b *sendq.Batch) {
 		case holdHeld:
 			return // the login answers it
 		case holdNone:
-			s.answerForward(b, c, f, wire.AckNotHere)
+			s.answerForward(c, f, wire.AckNotHere)
 			return
 		}
 		// holdRetry: the login has just published its session.
 	}
-	s.answerForward(b, c, f, wire.AckNotHere)
+	s.answerForward(c, f, wire.AckNotHere)
 }
 
 // forwardTo delivers a Forward to dst and answers it: delivered once dst
@@ -301,33 +315,33 @@ func (s *Server) onForward(f wire.Forward, c *linkConn, b *sendq.Batch) {
 func (s *Server) forwardTo(b *sendq.Batch, dst *session, c *linkConn, f wire.Forward, it *item) {
 	if !dst.acks.Load() {
 		if dst.sendEvent(b, &it.ev) != nil {
-			s.answerForward(b, c, f, wire.AckNotHere)
+			s.answerForward(c, f, wire.AckNotHere)
 			return
 		}
 		s.gate.done(f.ID, true)
-		s.answerForward(b, c, f, wire.AckDelivered)
+		s.answerForward(c, f, wire.AckDelivered)
 		return
 	}
 	if _, busy := s.gate.check(f.ID, true); busy {
 		return
 	}
-	handed := s.deliverLocal(b, dst, it, false, func(kb *sendq.Batch, ok bool) {
+	handed := s.deliverLocal(b, dst, it, false, func(_ *sendq.Batch, ok bool) {
 		s.gate.done(f.ID, ok)
 		code := byte(wire.AckDelivered)
 		if !ok {
 			code = wire.AckNotHere
 		}
-		s.answerForward(kb, c, f, code) // with the keeper's batch: one write per batch
+		s.answerForward(c, f, code)
 	})
 	if !handed {
 		s.gate.done(f.ID, false) // no answer: the origin sends it again
 	}
 }
 
-// answerForward sends the Ack of a Forward over c.
-func (s *Server) answerForward(b *sendq.Batch, c *linkConn, f wire.Forward, code byte) {
-	a := wire.Ack{ID: f.ID, Origin: s.cfg.ID, Dest: f.Origin, Code: code}
-	_ = c.send(b, func(buf []byte) []byte { return wire.AppendAck(buf, wire.TypeAck, a) })
+// answerForward sends the Ack of a Forward over c, within ackDelay
+// (flow.go): with whatever the link writes next, or alone.
+func (s *Server) answerForward(c *linkConn, f wire.Forward, code byte) {
+	c.sendAck(wire.Ack{ID: f.ID, Origin: s.cfg.ID, Dest: f.Origin, Code: code})
 }
 
 // serialRunner runs functions one after another per key (a recipient), each
@@ -369,6 +383,28 @@ func (r *serialRunner) run(s *Server, key string, f func()) {
 			r.mu.Unlock()
 		}
 	}()
+}
+
+// lookupRoute asks the presence store where user is. Concurrent lookups of
+// the same user share one round trip: a sender that has just logged in
+// with a window of messages would otherwise send as many lookups at once,
+// and a thousand such senders time Redis out.
+func (s *Server) lookupRoute(user string) (store.Location, bool, error) {
+	type found struct {
+		loc store.Location
+		ok  bool
+	}
+	v, err, _ := s.lookups.Do(user, func() (any, error) {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+		defer cancel()
+		loc, ok, err := s.store.Lookup(ctx, user)
+		return found{loc, ok}, err
+	})
+	if err != nil {
+		return store.Location{}, false, err
+	}
+	f := v.(found)
+	return f.loc, f.ok, nil
 }
 
 // routeCache remembers where recipients are, so a busy conversation does

@@ -122,6 +122,7 @@ type Config struct {
 	OfflineRate int
 
 	MaxUnacked    int           // forwarded messages awaiting their ack (default 100000)
+	SendWindow    int           // forwarded messages in flight before clients that send more wait, unread (default 4096; at most MaxUnacked; flow.go)
 	AckTimeout    time.Duration // resend a forwarded message not acked by then (default 2s)
 	NoRouteGiveUp time.Duration // keep retrying a message the relay cannot route this long, then store it offline (default 15s)
 	DialTimeout   time.Duration // relay dial and handshake (default 1s)
@@ -173,6 +174,7 @@ const (
 	DefaultRouteCacheTTL     = 10 * time.Second
 	DefaultRedisTimeout      = time.Second
 	DefaultMaxUnacked        = 100000
+	DefaultSendWindow        = 4096
 	DefaultAckTimeout        = 2 * time.Second
 	DefaultNoRouteGiveUp     = 15 * time.Second
 	DefaultDialTimeout       = time.Second
@@ -214,6 +216,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.RouteCacheTTL, DefaultRouteCacheTTL)
 	setDefault(&c.RedisTimeout, DefaultRedisTimeout)
 	setDefault(&c.MaxUnacked, DefaultMaxUnacked)
+	setDefault(&c.SendWindow, DefaultSendWindow)
 	setDefault(&c.AckTimeout, DefaultAckTimeout)
 	setDefault(&c.NoRouteGiveUp, DefaultNoRouteGiveUp)
 	setDefault(&c.DialTimeout, DefaultDialTimeout)

@@ -44,6 +44,7 @@ const maxRetryWait = time.Second
 // ledger keeps forwarded messages until their end-to-end ack.
 type ledger struct {
 	max        int           // messages kept at most (MaxUnacked)
+	window     int           // messages in flight before senders wait (SendWindow, flow.go)
 	ackTimeout time.Duration // resend a message not acked by then
 	retryMin   time.Duration // wait after a first NACK, doubled per NACK up to maxRetryWait
 	giveUp     time.Duration // NACKed for longer than this: stored offline instead
@@ -51,9 +52,15 @@ type ledger struct {
 
 	mu       sync.Mutex
 	byID     map[wire.ID]*pending
-	awaiting pendingList // sent, or waiting for a connection, and not acked: in due order
-	held     pendingList // NACKed, waiting for their retry time
-	live     *linkConn   // the connection messages go over; nil while none is up
+	awaiting pendingList   // sent, or waiting for a connection, and not acked: in due order
+	held     pendingList   // NACKed, waiting for their retry time
+	live     *linkConn     // the connection messages go over; nil while none is up
+	waiters  []*flowWaiter // readers waiting for room in the window, first come first served (flow.go)
+	used     int           // room taken: messages in flight and grants not yet spent (flow.go)
+	grant    int           // room a reader takes at once
+	// lastAckedSent is when the latest-sent message acked so far was sent:
+	// an overdue message sent before it has likely lost its ack (resendDue).
+	lastAckedSent time.Time
 }
 
 // pending is a forwarded message waiting for its ack.
@@ -76,6 +83,8 @@ type pending struct {
 func newLedger(cfg *Config, m *Metrics) *ledger {
 	return &ledger{
 		max:        cfg.MaxUnacked,
+		window:     min(max(cfg.SendWindow, 1), max(cfg.MaxUnacked, 1)),
+		grant:      flowGrant(min(max(cfg.SendWindow, 1), max(cfg.MaxUnacked, 1))),
 		ackTimeout: cfg.AckTimeout,
 		retryMin:   cfg.BackoffMin,
 		giveUp:     cfg.NoRouteGiveUp,
@@ -88,9 +97,16 @@ func newLedger(cfg *Config, m *Metrics) *ledger {
 // connection, if there is one; otherwise the next connection to come up
 // takes it.
 func (g *ledger) send(d *delivery, f *wire.Forward) error {
+	var b sendq.Batch
+	defer b.Flush() // the write, if it is ours, happens outside the lock
+	return g.sendIn(&b, d, f)
+}
+
+// sendIn is send for a reader handling a batch of input: the write waits
+// for b.Flush.
+func (g *ledger) sendIn(b *sendq.Batch, d *delivery, f *wire.Forward) error {
 	frame := wire.AppendForward(nil, f)
 	now := time.Now()
-	var b sendq.Batch
 	g.mu.Lock()
 	if len(g.byID) >= g.max {
 		g.mu.Unlock()
@@ -99,9 +115,8 @@ func (g *ledger) send(d *delivery, f *wire.Forward) error {
 	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame}
 	g.byID[f.ID] = p
 	g.m.setUnacked(len(g.byID))
-	g.sendLocked(&b, g.live, p, now)
+	g.sendLocked(b, g.live, p, now)
 	g.mu.Unlock()
-	b.Flush() // the write, if it is ours, happens outside the lock
 	return nil
 }
 
@@ -174,6 +189,11 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 		g.mu.Unlock()
 		return nil, 0
 	}
+	if p.list == &g.awaiting {
+		if sent := p.due.Add(-g.ackTimeout); sent.After(g.lastAckedSent) {
+			g.lastAckedSent = sent
+		}
+	}
 	g.removeLocked(p)
 	g.mu.Unlock()
 	if a.Code == wire.AckNotHere {
@@ -230,10 +250,17 @@ func (g *ledger) removeLocked(p *pending) {
 	p.list.remove(p)
 	delete(g.byID, p.id)
 	g.m.setUnacked(len(g.byID))
+	g.doneLocked()
 }
 
 // resendDue sends again, over the live connection, the messages whose ack
-// is overdue and the held ones whose retry time has come.
+// is overdue and the held ones whose retry time has come. A message is
+// overdue once its ack is ackTimeout late and a message sent after it has
+// been acked (acks come back in order, so its own is lost), or once it is
+// twice that late whatever came back. Without the first condition a server
+// that lost the CPU for longer than ackTimeout (a busy shared machine, at
+// saturation) resent thousands of messages whose acks were waiting unread
+// in its own socket.
 func (g *ledger) resendDue(now time.Time) {
 	var b sendq.Batch
 	defer b.Flush() // after the unlock: one write for all of them
@@ -243,9 +270,16 @@ func (g *ledger) resendDue(now time.Time) {
 	if c == nil {
 		return // everything goes out when a connection comes up
 	}
+	// awaiting is in due order (sent time + ackTimeout), so the overdue
+	// messages are a prefix: due by cut.
+	cut := now.Add(-g.ackTimeout)
+	if acked := g.lastAckedSent.Add(g.ackTimeout); acked.After(cut) {
+		cut = acked
+	}
+	cut = earliest(cut, now)
 	overdue := 0
-	for p := g.awaiting.head; p != nil && !p.due.After(now); p = p.next {
-		overdue++ // awaiting is in due order
+	for p := g.awaiting.head; p != nil && !p.due.After(cut); p = p.next {
+		overdue++
 	}
 	n := overdue
 	for ; overdue > 0; overdue-- {
@@ -295,6 +329,7 @@ func (g *ledger) abandon() []*delivery {
 		ds = append(ds, p.d)
 	}
 	clear(g.byID)
+	g.wakeAllLocked()
 	g.awaiting, g.held = pendingList{}, pendingList{}
 	g.m.setUnacked(0)
 	return ds

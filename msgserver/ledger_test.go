@@ -123,12 +123,18 @@ func TestLedgerResendsWhenTheAckIsOverdue(t *testing.T) {
 	expectSent(t, relay, wire.ID{1}, wire.ID{2})
 	g.resendDue(time.Now())
 	expectSent(t, relay) // not due yet
-	g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b"})
 	g.resendDue(time.Now().Add(time.Minute + time.Second))
-	expectSent(t, relay, wire.ID{2})
+	expectSent(t, relay) // due, but nothing came back: the acks may be waiting unread
+	g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b"})
+	g.resendDue(time.Now().Add(time.Minute + time.Second))
+	expectSent(t, relay, wire.ID{1}) // one sent after it was acked: its ack is lost
 	if n := g.unacked(); n != 1 {
 		t.Fatalf("%d unacked, want 1", n)
 	}
+	_ = g.send(&delivery{}, fwd(3))
+	expectSent(t, relay, wire.ID{3})
+	g.resendDue(time.Now().Add(3*time.Minute + 2*time.Second))
+	expectSent(t, relay, wire.ID{1}, wire.ID{3}) // twice overdue and more: resent whatever came back
 }
 
 // A NACKed message is held and retried after a backoff; a relay that keeps

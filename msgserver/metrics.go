@@ -21,6 +21,7 @@ type Metrics struct {
 	reconnects      prometheus.Counter
 	unacked         prometheus.Gauge
 	resentTotal     prometheus.Counter
+	flowWaits       prometheus.Counter
 	nackedTotal     prometheus.Counter
 	redisErrors     prometheus.Counter
 	clientErrors    *prometheus.CounterVec
@@ -69,6 +70,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		unacked: f.NewGauge(prometheus.GaugeOpts{
 			Name: "msgserver_unacked_frames",
 			Help: "Forwarded messages awaiting their end-to-end ack (kept for resending).",
+		}),
+		flowWaits: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_flow_waits_total",
+			Help: "Times a client's reader waited, its connection unread, for room in the window of forwarded messages (--send-window).",
 		}),
 		resentTotal: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_resent_frames_total",
@@ -190,6 +195,12 @@ func (m *Metrics) setUnacked(n int) {
 func (m *Metrics) resent(n int) {
 	if m != nil {
 		m.resentTotal.Add(float64(n))
+	}
+}
+
+func (m *Metrics) flowWait() {
+	if m != nil {
+		m.flowWaits.Inc()
 	}
 }
 

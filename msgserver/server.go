@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/poller"
@@ -51,10 +53,11 @@ type Server struct {
 	// heartbeat rewrites every local user's presence.
 	redisWasDown bool
 
-	routes routeCache
-	gate   forwardGate // Forwards taken and in progress (acks.go)
-	keeper *keeper     // keeps events for sessions with acks in Redis (acks.go)
-	acker  *acker      // removes acked events in batches (acks.go)
+	routes  routeCache
+	lookups singleflight.Group // presence lookups in progress, by user (chat.go)
+	gate    forwardGate        // Forwards taken and in progress (acks.go)
+	keeper  *keeper            // keeps events for sessions with acks in Redis (acks.go)
+	acker   *acker             // removes acked events in batches (acks.go)
 	// reroutes runs the re-routing of messages per recipient, in order.
 	reroutes serialRunner
 	idBase   [8]byte
@@ -307,7 +310,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	if c.Err != nil {
 		var b sendq.Batch
 		for _, h := range s.watches.takeHeld(watch) {
-			s.answerForward(&b, h.c, h.f, wire.AckNotHere)
+			s.answerForward(h.c, h.f, wire.AckNotHere)
 		}
 		b.Flush()
 		s.watches.unwatch(r.Name, watch)

@@ -82,6 +82,7 @@ func run(args []string) int {
 		exempt      = fs.String("per-ip-exempt", "127.0.0.0/8,::1/128", "comma-separated networks the per-address limits skip (a local proxy, load tests); empty: none")
 		park        = fs.Duration("park-idle-after", msgserver.DefaultParkIdleAfter, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
 		maxUnacked  = fs.Int("max-unacked", msgserver.DefaultMaxUnacked, "forwarded messages kept for resending until acked")
+		sendWindow  = fs.Int("send-window", msgserver.DefaultSendWindow, "forwarded messages in flight (not yet acked) before the server stops reading from clients that send more, until acks make room")
 		noRoute     = fs.Duration("no-route-timeout", msgserver.DefaultNoRouteGiveUp, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
 		pprofOn     = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
@@ -178,6 +179,7 @@ func run(args []string) int {
 		IdleTimeout:    *idle,
 		ParkIdleAfter:  *park,
 		MaxUnacked:     *maxUnacked,
+		SendWindow:     *sendWindow,
 		NoRouteGiveUp:  *noRoute,
 		AuthKey:        authKey,
 		AuthLeeway:     *authLeeway,

@@ -115,7 +115,7 @@ func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 		if err := lab.Close(); err != nil {
 			rep.Notes = append(rep.Notes, "cleanup: "+err.Error())
 		}
-		if left := Leftovers(); len(left) > 0 {
+		if left := Leftovers(lab.Prefix); len(left) > 0 {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("namespaces left behind: %v", left))
 		}
 	}()

@@ -2,6 +2,7 @@ package drill_test
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -57,7 +58,7 @@ func TestFailoverDrills(t *testing.T) {
 			if len(rep.VIPHolders) != 1 || rep.VIPHolders[0] != rep.ExpectHolder {
 				t.Errorf("VIP on %v, want only %s", rep.VIPHolders, rep.ExpectHolder)
 			}
-			if left := drill.Leftovers(); len(left) != 0 {
+			if left := drill.Leftovers(drill.ProcessPrefix(os.Getpid())); len(left) != 0 {
 				t.Errorf("namespaces left behind: %v", left)
 			}
 			for _, n := range rep.Notes {
@@ -85,7 +86,8 @@ func TestInterruptedDrillCleansUp(t *testing.T) {
 	testenv.Build(t, "msgserver")
 	p := testenv.Start(t, "drill", bin, "--scenario", "kill-relay", "--repo", testenv.ModuleRoot(t), "--before", "30s")
 	p.WaitOutput("lab up", 30*time.Second)
-	if len(drill.Leftovers()) == 0 {
+	own := drill.ProcessPrefix(p.Pid())
+	if len(drill.Leftovers(own)) == 0 {
 		t.Fatal("no namespaces while the lab is up: the test proves nothing")
 	}
 	p.Signal(syscall.SIGINT)
@@ -93,7 +95,7 @@ func TestInterruptedDrillCleansUp(t *testing.T) {
 	if !strings.Contains(p.Output(), "interrupted") {
 		t.Fatalf("drill did not say it was interrupted:\n%s", p.Output())
 	}
-	if left := drill.Leftovers(); len(left) != 0 {
+	if left := drill.Leftovers(own); len(left) != 0 {
 		t.Fatalf("namespaces left after the interruption: %v", left)
 	}
 	if out, err := exec.Command("pgrep", "-f", "chatrelay-drill-").Output(); err == nil {
