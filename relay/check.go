@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatrelay/chatrelay/health"
+	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
@@ -189,8 +188,8 @@ func ProbeTLS(certFile, keyFile string) (*tls.Config, error) {
 // CheckMain is the "relay check" command. Exit codes: 0 pass, 1 fail, 2 bad
 // flags (an unparsable --redis URL among them).
 func CheckMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("relay check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cli.NewCommand("relay check", "relay check: keepalived vrrp_script health check; exits 0 (pass) or 1 (fail) and prints why.\n\n"+
+		"Usage: relay check [--admin 127.0.0.1:9100] [--link 127.0.0.1:7000] [--redis URL]", stdout, stderr)
 	admin := fs.String("admin", DefaultAdminAddr, "the relay's admin address")
 	link := fs.String("link", "127.0.0.1"+DefaultLinkAddr, "the relay's link address to probe; empty skips the probe")
 	timeout := fs.Duration("timeout", 500*time.Millisecond, "time allowed for each probe")
@@ -200,42 +199,31 @@ func CheckMain(args []string, stdout, stderr io.Writer) int {
 	linkKey := fs.String("link-key", "", "the key of --link-cert")
 	redisURL := fs.String("redis", "", "Redis URL, as msgserver --redis, to count registered message servers in; empty: use the servers the relay has seen")
 	redisCA := fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis, as msgserver --redis-ca-file")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "relay check: keepalived vrrp_script health check; exits 0 (pass) or 1 (fail) and prints why.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, done := fs.Parse(args); done {
+		return code
 	}
 	cfg := CheckConfig{Admin: *admin, Link: *link, Timeout: *timeout, Grace: *grace}
 	if *linkTLS || *linkCert != "" || *linkKey != "" {
 		tc, err := ProbeTLS(*linkCert, *linkKey)
 		if err != nil {
-			fmt.Fprintln(stderr, "relay check: --link-cert:", err)
-			return 2
+			return fs.Fail("--link-cert: %v", err)
 		}
 		cfg.LinkTLS = tc
 	}
 	if *redisURL != "" {
 		opts, err := store.ParseURL(*redisURL)
 		if err != nil {
-			fmt.Fprintln(stderr, "relay check: --redis:", err)
-			return 2
+			return fs.Fail("--redis: %v", err)
 		}
 		if *redisCA != "" {
 			if err := opts.UseCA(*redisCA); err != nil {
-				fmt.Fprintln(stderr, "relay check: --redis-ca-file:", err)
-				return 2
+				return fs.Fail("--redis-ca-file: %v", err)
 			}
 		}
 		cfg.Redis = opts.NewClient()
 		defer cfg.Redis.Close()
 	} else if *redisCA != "" {
-		fmt.Fprintln(stderr, "relay check: --redis-ca-file needs --redis")
-		return 2
+		return fs.Fail("--redis-ca-file needs --redis")
 	}
 	res := Check(context.Background(), cfg)
 	if res.OK {

@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -39,8 +38,8 @@ func main() {
 
 func run(args []string) int {
 	host, _ := os.Hostname()
-	fs := flag.NewFlagSet("msgserver", flag.ContinueOnError)
-	cli.Usage(fs, "msgserver: a chat message server.\n\nUsage: msgserver [flags]\n       msgserver token --help   (make a login token)")
+	fs := cli.NewCommand("msgserver", "msgserver: a chat message server.\n\nUsage: msgserver [flags]\n       msgserver token --help   (make a login token)",
+		os.Stdout, os.Stderr, cli.FromEnv(), cli.WithVersion())
 	var (
 		id          = fs.String("id", host, "server id, unique among message servers (letters, digits, . _ -)")
 		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
@@ -85,12 +84,8 @@ func run(args []string) int {
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
 	)
-	if err := cli.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(os.Stderr, "msgserver:", err)
-		return 2
+	if code, done := fs.Parse(args); done {
+		return code
 	}
 	log, err := cli.NewLogger(*logLevel, *logFormat)
 	if err != nil {
