@@ -86,6 +86,9 @@ func New(cfg Config) (*Server, error) {
 	s.log.Info("client limits", "connections", cfg.MaxSessions, "max_sessions", maxSessions,
 		"fd_limit", fds, "fd_headroom", cfg.FDHeadroom, "per_ip", cfg.MaxConnsPerIP, "exempt", cfg.PerIPExempt)
 	s.m.setConnLimit(cfg.MaxSessions)
+	if cfg.Metrics != nil {
+		cfg.Redis.AddHook(store.TimingHook(cfg.Metrics.redisCommand))
+	}
 	s.store = store.New(cfg.Redis, store.Config{
 		PresenceTTL: cfg.PresenceTTL,
 		RegistryTTL: cfg.RegistryTTL,

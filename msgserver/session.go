@@ -585,6 +585,7 @@ func (s *session) handle(line []byte, at time.Time) *clientError {
 	case "login":
 		if !s.srv.ips.allowLogin(s.ip) {
 			cerr = errorf(CodeRateLimited, "too many logins from your address; try again later")
+			s.srv.m.login(cerr)
 			s.fail(r.Cmd, r.Ref, cerr)
 			s.close(closeLoginRateLimit)
 			return cerr
@@ -592,6 +593,7 @@ func (s *session) handle(line []byte, at time.Time) *clientError {
 		if cerr = s.srv.login(s, r); cerr == nil {
 			s.loginBy = 0 // logged in: no deadline any more
 		}
+		s.srv.m.login(cerr)
 	case "chat":
 		cerr = s.srv.chat(s, r)
 	case "logout":

@@ -145,6 +145,9 @@ func run(args []string) int {
 	}
 
 	reg := health.NewRegistry()
+	for i, r := range tlsc.reloaders {
+		reg.MustRegister(r.ExpiryGauge(tlsc.uses[i]))
+	}
 	srv, err := msgserver.New(msgserver.Config{
 		ID:            *id,
 		AdvertiseAddr: adv,
@@ -257,6 +260,7 @@ type tlsFlags struct {
 type tlsSetup struct {
 	client, link *tls.Config
 	reloaders    []*certs.Reloader
+	uses         []string // what each reloader's certificate is for (certs.ExpiryGauge)
 }
 
 func loadTLS(f tlsFlags, log *slog.Logger) (tlsSetup, error) {
@@ -268,6 +272,7 @@ func loadTLS(f tlsFlags, log *slog.Logger) (tlsSetup, error) {
 		}
 		t.client = certs.ServerConfig(r)
 		t.reloaders = append(t.reloaders, r)
+		t.uses = append(t.uses, "clients")
 	}
 	if f.linkCA == "" {
 		if f.linkName != "" || f.linkCert != "" || f.linkKey != "" {
@@ -290,6 +295,7 @@ func loadTLS(f tlsFlags, log *slog.Logger) (tlsSetup, error) {
 		}
 		t.link.GetClientCertificate = r.GetClientCertificate
 		t.reloaders = append(t.reloaders, r)
+		t.uses = append(t.uses, "link-client")
 	}
 	return t, nil
 }

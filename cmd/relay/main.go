@@ -99,6 +99,9 @@ func run(args []string) int {
 
 	reg := health.NewRegistry()
 	metrics := relay.NewMetrics(reg)
+	if reloader != nil {
+		reg.MustRegister(reloader.ExpiryGauge("link"))
+	}
 	srv, err := relay.New(relay.Config{
 		ID:            *id,
 		Secret:        secret,
