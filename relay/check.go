@@ -123,6 +123,7 @@ func fetchReport(ctx context.Context, admin string, timeout time.Duration) (heal
 	if err != nil {
 		return health.Report{}, err
 	}
+	req.Header.Set(CheckHeader, "1")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return health.Report{}, err

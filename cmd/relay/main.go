@@ -137,7 +137,11 @@ func run(args []string) int {
 	if vipIP != nil {
 		srv.WatchVIP(vipIP, *vipPoll)
 	}
-	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(srv.Report, reg, *pprofOn), log)
+	adminH := health.AdminHandler(srv.Report, reg, *pprofOn)
+	if vipIP != nil {
+		adminH = relay.NewCheckWatch(reg).Handler(adminH)
+	}
+	adminSrv, _, err := cli.ServeAdmin(*admin, adminH, log)
 	if err != nil {
 		log.Error("cannot serve admin address", "err", err)
 		return 1
