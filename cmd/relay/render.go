@@ -87,7 +87,8 @@ func renderLabMain(args []string, stdout, stderr io.Writer) int {
 	fs := cli.NewCommand("relay render-lab", "relay render-lab: render the Vagrant lab's files from the topology: a host's env files,\n"+
 		"firewall.sh, redis.conf and keepalived.conf (by role), or the Prometheus config.\n\n"+
 		"Usage: relay render-lab --topology keepalived/topology.json --host msg-1 --out DIR [--interface NIC] [--unicast]\n"+
-		"       relay render-lab --topology keepalived/topology.json --prometheus health/prometheus/prometheus.yml", stdout, stderr)
+		"       relay render-lab --topology keepalived/topology.json --prometheus health/prometheus/prometheus.yml\n"+
+		"       relay render-lab --topology keepalived/topology.json --grafana vagrant/build/grafana", stdout, stderr)
 	var (
 		topology   = fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
 		hostName   = fs.String("host", "", "lab host whose files to render (with --out)")
@@ -95,6 +96,8 @@ func renderLabMain(args []string, stdout, stderr io.Writer) int {
 		iface      = fs.String("interface", "", "relay hosts: network interface for the VIP and adverts; empty: the topology's")
 		unicast    = fs.Bool("unicast", false, "relay hosts: VRRP adverts by unicast to the peer relay instead of multicast")
 		prometheus = fs.String("prometheus", "", `write the lab's Prometheus config to this file ("-": stdout)`)
+		grafanaDir = fs.String("grafana", "", "write Grafana provisioning (a Prometheus datasource, the chatrelay dashboard) into this folder, for Grafana's paths.provisioning")
+		grafanaURL = fs.String("grafana-prometheus", vagrant.DefaultGrafanaPrometheus, "the Prometheus URL the --grafana datasource points at")
 	)
 	if code, done := fs.Parse(args); done {
 		return code
@@ -104,8 +107,8 @@ func renderLabMain(args []string, stdout, stderr io.Writer) int {
 		return fs.Fail("--topology is required (keepalived/topology.json in the repository)")
 	case (*hostName == "") != (*out == ""):
 		return fs.Fail("--host and --out go together: the host's files are written into the folder --out")
-	case *hostName == "" && *prometheus == "":
-		return fs.Fail("nothing to render: give --host and --out, or --prometheus")
+	case *hostName == "" && *prometheus == "" && *grafanaDir == "":
+		return fs.Fail("nothing to render: give --host and --out, --prometheus, or --grafana")
 	}
 	t, err := keepalived.LoadTopology(*topology)
 	if err != nil {
@@ -121,6 +124,25 @@ func renderLabMain(args []string, stdout, stderr io.Writer) int {
 		}
 		for _, f := range files {
 			if err := writeFileAtomic(filepath.Join(*out, f.Name), f.Data); err != nil {
+				return fs.Fail("%v", err)
+			}
+		}
+	}
+	if *grafanaDir != "" {
+		dir, err := filepath.Abs(*grafanaDir)
+		if err != nil {
+			return fs.Fail("--grafana: %v", err)
+		}
+		files, err := vagrant.RenderGrafana(dir, *grafanaURL)
+		if err != nil {
+			return fs.Fail("%v", err)
+		}
+		for _, f := range files {
+			p := filepath.Join(dir, f.Name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return fs.Fail("%v", err)
+			}
+			if err := writeFileAtomic(p, f.Data); err != nil {
 				return fs.Fail("%v", err)
 			}
 		}
