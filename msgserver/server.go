@@ -46,6 +46,8 @@ type Server struct {
 	conns     map[*session]struct{}
 	listeners map[net.Listener]struct{}
 	draining  bool
+	drain     *drainState   // set by Drain (admin.go); draining is set with it
+	drained   chan struct{} // closed when a drain ends (Drained)
 	// redisWasDown is set when a Redis call failed; the next successful
 	// heartbeat rewrites every local user's presence.
 	redisWasDown bool
@@ -79,6 +81,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[string]*session),
 		conns:     make(map[*session]struct{}),
 		listeners: make(map[net.Listener]struct{}),
+		drained:   make(chan struct{}),
 		routes:    routeCache{ttl: cfg.RouteCacheTTL, m: make(map[string]routeEntry)},
 		dedup:     newDedup(cfg.DedupWindow),
 	}
@@ -475,7 +478,12 @@ func (s *Server) maintain(ctx context.Context) {
 func (s *Server) heartbeat(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	err := s.store.Register(cctx, s.cfg.ID, s.cfg.AdvertiseAddr)
+	var err error
+	if s.isDraining() {
+		err = s.store.Deregister(cctx, s.cfg.ID) // out of the registry: clients pick another server
+	} else {
+		err = s.store.Register(cctx, s.cfg.ID, s.cfg.AdvertiseAddr)
+	}
 	s.setRedisState(err)
 	if err == nil && ctx.Err() == nil {
 		// Redis is back after an outage (maybe restarted empty): put every
@@ -660,6 +668,7 @@ func (s *Server) Report() health.Report {
 	s.mu.Lock()
 	draining := s.draining
 	n := len(s.sessions)
+	drain := s.drain
 	s.mu.Unlock()
 	rep := health.Report{
 		Service:   "msgserver",
@@ -677,6 +686,9 @@ func (s *Server) Report() health.Report {
 	}
 	if draining {
 		rep.Reason = "shutting down"
+	}
+	if drain != nil {
+		rep.Reason = fmt.Sprintf("draining: %d sessions left, until %s", n, drain.deadline.UTC().Format(time.RFC3339))
 	}
 	if !s.RedisOK() {
 		rep.Redis = "unreachable"

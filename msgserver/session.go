@@ -124,6 +124,7 @@ const (
 	closeLoginTimeout                       // not logged in within LoginTimeout of connecting
 	closeLineTimeout                        // a line not complete within LineTimeout of its first byte
 	closeLoginRateLimit                     // a login request over LoginRatePerIP for its source
+	closeKickedAdmin                        // an operator kicked the user (admin API)
 )
 
 // closeRule is what a close does for one reason.
@@ -217,6 +218,11 @@ var closeRules = [...]closeRule{
 		name: "login_rate_limited", code: CodeRateLimited,
 		event: "closing", why: text("too many logins from your address; try again later"),
 		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeKickedAdmin: {
+		name: "kicked_admin", code: CodeKickedByAdmin,
+		event: "kicked", why: text("disconnected by an operator"),
+		msg: "session kicked by an operator", level: slog.LevelInfo,
 	},
 }
 

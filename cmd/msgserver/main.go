@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -59,7 +60,8 @@ func run(args []string) int {
 		linkCert    = fs.String("link-cert", "", "client certificate (PEM) shown to a relay that requires one (relay --link-client-ca), with --link-key; its common name or a DNS name must be --id. Reloaded like --tls-cert")
 		linkKey     = fs.String("link-key", "", "the key of --link-cert (PEM)")
 		redisCA     = fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis's certificate instead of the system's")
-		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
+		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz, /metrics and the admin API (/admin/: sessions, kick, drain); empty disables it")
+		adminToken  = fs.String("admin-token-file", "", "file holding the admin API's bearer token (at least 16 bytes): with it, /admin/ answers any address that sends the token; without it, loopback clients only")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
 		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
@@ -105,6 +107,12 @@ func run(args []string) int {
 		if authKey, err = readAuthKey(*authKeyFile); err != nil {
 			fmt.Fprintln(os.Stderr, "msgserver: --auth-key-file:", err)
 			return 2
+		}
+	}
+	var adminTok []byte
+	if *adminToken != "" {
+		if adminTok, err = readToken(*adminToken); err != nil {
+			return fs.Fail("--admin-token-file: %v", err)
 		}
 	}
 	exemptNets, err := parsePrefixes(*exempt)
@@ -191,7 +199,10 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "msgserver:", err)
 		return 2
 	}
-	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(srv.Report, reg, *pprofOn), log)
+	adminMux := http.NewServeMux()
+	adminMux.Handle("/admin/", srv.AdminAPI(adminTok))
+	adminMux.Handle("/", health.AdminHandler(srv.Report, reg, *pprofOn))
+	adminSrv, _, err := cli.ServeAdmin(*admin, adminMux, log)
 	if err != nil {
 		log.Error("cannot serve admin address", "err", err)
 		srv.Close()
@@ -209,15 +220,19 @@ func run(args []string) int {
 	select {
 	case <-ctx.Done():
 		log.Info("signal received, shutting down", "grace", *grace)
+	case <-srv.Drained():
+		log.Info("drain over, shutting down", "grace", *grace)
+	case err := <-errc:
+		log.Error("message server stopped", "err", err)
+		srv.Close()
+		code = 1
+	}
+	if code == 0 {
 		sctx, cancel := context.WithTimeout(context.Background(), *grace)
 		if err := srv.Shutdown(sctx); err != nil {
 			log.Warn("shutdown incomplete", "err", err)
 		}
 		cancel()
-	case err := <-errc:
-		log.Error("message server stopped", "err", err)
-		srv.Close()
-		code = 1
 	}
 	if adminSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -315,4 +330,18 @@ func defaultAdvertise(a net.Addr) string {
 		ip = "127.0.0.1"
 	}
 	return net.JoinHostPort(ip, fmt.Sprint(tcp.Port))
+}
+
+// readToken reads a secret token file: surrounding space trimmed, at
+// least 16 bytes.
+func readToken(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = []byte(strings.TrimSpace(string(b)))
+	if len(b) < 16 {
+		return nil, fmt.Errorf("the token in %s is %d bytes; use at least 16 (e.g. openssl rand -hex 32)", path, len(b))
+	}
+	return b, nil
 }
