@@ -13,8 +13,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatrelay/chatrelay/health"
-	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/internal/certs"
+	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -200,6 +200,7 @@ func CheckMain(args []string, stdout, stderr io.Writer) int {
 	linkKey := fs.String("link-key", "", "the key of --link-cert")
 	redisURL := fs.String("redis", "", "Redis URL, as msgserver --redis, to count registered message servers in; empty: use the servers the relay has seen")
 	redisCA := fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis, as msgserver --redis-ca-file")
+	redisPass := fs.String("redis-password-file", "", "file holding the Redis password, as msgserver --redis-password-file")
 	if code, done := fs.Parse(args); done {
 		return code
 	}
@@ -221,10 +222,15 @@ func CheckMain(args []string, stdout, stderr io.Writer) int {
 				return fs.Fail("--redis-ca-file: %v", err)
 			}
 		}
+		if *redisPass != "" {
+			if err := opts.UsePasswordFile(*redisPass); err != nil {
+				return fs.Fail("--redis-password-file: %v", err)
+			}
+		}
 		cfg.Redis = opts.NewClient()
 		defer cfg.Redis.Close()
-	} else if *redisCA != "" {
-		return fs.Fail("--redis-ca-file needs --redis")
+	} else if *redisCA != "" || *redisPass != "" {
+		return fs.Fail("--redis-ca-file and --redis-password-file need --redis")
 	}
 	res := Check(context.Background(), cfg)
 	if res.OK {

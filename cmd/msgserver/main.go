@@ -60,6 +60,7 @@ func run(args []string) int {
 		linkCert    = fs.String("link-cert", "", "client certificate (PEM) shown to a relay that requires one (relay --link-client-ca), with --link-key; its common name or a DNS name must be --id. Reloaded like --tls-cert")
 		linkKey     = fs.String("link-key", "", "the key of --link-cert (PEM)")
 		redisCA     = fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis's certificate instead of the system's")
+		redisPass   = fs.String("redis-password-file", "", "file holding the Redis password (not in --redis then); read again for each new Redis connection, so a rotated password needs no restart")
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz, /metrics and the admin API (/admin/: sessions, kick, drain); empty disables it")
 		adminToken  = fs.String("admin-token-file", "", "file holding the admin API's bearer token (at least 16 bytes): with it, /admin/ answers any address that sends the token; without it, loopback clients only")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
@@ -129,6 +130,11 @@ func run(args []string) int {
 		if err := ropts.UseCA(*redisCA); err != nil {
 			fmt.Fprintln(os.Stderr, "msgserver: --redis-ca-file:", err)
 			return 2
+		}
+	}
+	if *redisPass != "" {
+		if err := ropts.UsePasswordFile(*redisPass); err != nil {
+			return fs.Fail("--redis-password-file: %v", err)
 		}
 	}
 	tlsc, err := loadTLS(tlsFlags{

@@ -31,6 +31,7 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		scriptUser = fs.String("script-user", keepalived.DefaultScriptUser, "user keepalived runs the scripts as")
 		redisURL   = fs.String("redis", "", "Redis URL the check counts registered message servers in; empty: the servers the relay has seen")
 		redisCA    = fs.String("redis-ca-file", "", "CA file the check verifies a rediss:// --redis with")
+		redisPass  = fs.String("redis-password-file", "", "file holding the Redis password the check logs in to --redis with")
 		linkTLS    = fs.Bool("link-tls", false, "the relay's link port serves TLS: the check probes it over TLS")
 		linkCert   = fs.String("link-cert", "", "client certificate the check shows a mutual-TLS link port (with --link-key)")
 		linkKey    = fs.String("link-key", "", "the key of --link-cert")
@@ -60,6 +61,7 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		Unicast:      *unicast,
 		RedisURL:     *redisURL,
 		RedisCA:      *redisCA,
+		RedisPass:    *redisPass,
 		LinkTLS:      *linkTLS,
 		CheckCert:    *linkCert,
 		CheckKey:     *linkKey,
