@@ -133,10 +133,8 @@ func (s *Server) Drain(timeout time.Duration) (DrainStatus, error) {
 	s.mu.Unlock()
 	s.log.Info("draining: new logins refused, clients told to reconnect elsewhere", "sessions", n, "timeout", timeout)
 
-	line := appendJSONLine(nil, closingEvent{Event: "reconnect", Code: CodeDraining,
-		Reason: "this server is being taken out of service: connect to another server and log in there"})
 	for _, sess := range conns {
-		sess.queue(nil, func(b []byte) []byte { return append(b, line...) })
+		sess.queue(nil, appendReconnect)
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	if err := s.store.Deregister(ctx, s.cfg.ID); err != nil {
@@ -150,6 +148,12 @@ func (s *Server) Drain(timeout time.Duration) (DrainStatus, error) {
 	}()
 	return s.DrainStatus(), nil
 }
+
+// reconnectLine is the event a drain sends every client.
+var reconnectLine = appendJSONLine(nil, closingEvent{Event: "reconnect", Code: CodeDraining,
+	Reason: "this server is being taken out of service: connect to another server and log in there"})
+
+func appendReconnect(b []byte) []byte { return append(b, reconnectLine...) }
 
 // watchDrain closes drained once no user is logged in or at deadline.
 func (s *Server) watchDrain(deadline time.Time) {

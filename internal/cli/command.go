@@ -203,7 +203,7 @@ func printHelp(w io.Writer, fs *flag.FlagSet, synopsis string, env bool) {
 		fmt.Fprintln(w, line)
 		fmt.Fprintf(w, "    \t%s", strings.ReplaceAll(usage, "\n", "\n    \t"))
 		switch {
-		case f.DefValue == "" || f.DefValue == "false":
+		case f.DefValue == "" || f.DefValue == "false" || f.DefValue == "0" || f.DefValue == "0s": // zero values, as the flag package leaves them out
 		case typ == "string":
 			fmt.Fprintf(w, " (default %q)", f.DefValue)
 		default:
