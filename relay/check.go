@@ -229,8 +229,10 @@ func CheckMain(args []string, stdout, stderr io.Writer) int {
 		}
 		cfg.Redis = opts.NewClient()
 		defer cfg.Redis.Close()
-	} else if *redisCA != "" || *redisPass != "" {
-		return fs.Fail("--redis-ca-file and --redis-password-file need --redis")
+	} else if *redisCA != "" {
+		return fs.Fail("--redis-ca-file needs --redis")
+	} else if *redisPass != "" {
+		return fs.Fail("--redis-password-file needs --redis")
 	}
 	res := Check(context.Background(), cfg)
 	if res.OK {
