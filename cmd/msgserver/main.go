@@ -44,6 +44,8 @@ func run(args []string) int {
 	var (
 		id          = fs.String("id", host, "server id, unique among message servers (letters, digits, . _ -)")
 		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
+		httpListen  = fs.String("http-listen", "", "web address (host:port) for the chat page (GET /) and the client protocol over WebSocket (GET /ws); HTTPS with --tls-cert. Empty: off")
+		origins     = fs.String("allowed-origins", "", "comma-separated browser origins, besides the page's own, whose pages may open WebSocket sessions: hosts or patterns (chat.example.com, *.example.com, https://chat.example.com)")
 		advertise   = fs.String("advertise", "", "client address published in the server registry; default: this host's private IP (go-sockaddr) and the listen port")
 		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port); empty runs without a relay")
 		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://host:6379/0, rediss://, redis-sentinel://h1:26379,h2:26379/mymaster, redis-cluster://h1:7000,h2:7000; go-redis options as query parameters (?dial_timeout=1s&pool_size=50)")
@@ -147,6 +149,12 @@ func run(args []string) int {
 	}
 	rdb := ropts.NewClient()
 	defer rdb.Close()
+	var allowed []string
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			allowed = append(allowed, o)
+		}
+	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -163,27 +171,28 @@ func run(args []string) int {
 		reg.MustRegister(r.ExpiryGauge(tlsc.uses[i]))
 	}
 	srv, err := msgserver.New(msgserver.Config{
-		ID:            *id,
-		AdvertiseAddr: adv,
-		RelayAddr:     *relayAddr,
-		Secret:        secret,
-		NextSecret:    next,
-		Redis:         rdb,
-		TLS:           tlsc.client,
-		LinkTLS:       tlsc.link,
-		PresenceTTL:   *presenceTTL,
-		InboxMax:      *inboxMax,
-		InboxTTL:      *inboxTTL,
-		MaxSessions:   *maxSessions,
-		FDHeadroom:    *fdHeadroom,
-		IdleTimeout:   *idle,
-		ParkIdleAfter: *park,
-		MaxUnacked:    *maxUnacked,
-		NoRouteGiveUp: *noRoute,
-		AuthKey:       authKey,
-		AuthLeeway:    *authLeeway,
-		AuthAudience:  *authAud,
-		AuthIssuer:    *authIss,
+		ID:             *id,
+		AdvertiseAddr:  adv,
+		RelayAddr:      *relayAddr,
+		Secret:         secret,
+		NextSecret:     next,
+		Redis:          rdb,
+		TLS:            tlsc.client,
+		LinkTLS:        tlsc.link,
+		AllowedOrigins: allowed,
+		PresenceTTL:    *presenceTTL,
+		InboxMax:       *inboxMax,
+		InboxTTL:       *inboxTTL,
+		MaxSessions:    *maxSessions,
+		FDHeadroom:     *fdHeadroom,
+		IdleTimeout:    *idle,
+		ParkIdleAfter:  *park,
+		MaxUnacked:     *maxUnacked,
+		NoRouteGiveUp:  *noRoute,
+		AuthKey:        authKey,
+		AuthLeeway:     *authLeeway,
+		AuthAudience:   *authAud,
+		AuthIssuer:     *authIss,
 
 		LoginTimeout:    *loginTO,
 		LineTimeout:     *lineTO,
@@ -220,8 +229,22 @@ func run(args []string) int {
 	for _, r := range tlsc.reloaders {
 		go r.Watch(ctx, 0)
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if *httpListen != "" {
+		hl, err := net.Listen("tcp", *httpListen)
+		if err != nil {
+			log.Error("cannot listen for the web port", "addr", *httpListen, "err", err)
+			srv.Close()
+			return 1
+		}
+		scheme := "http"
+		if tlsc.client != nil {
+			scheme = "https"
+		}
+		log.Info("chat page", "url", scheme+"://"+hl.Addr().String()+"/")
+		go func() { errc <- srv.ServeWeb(hl) }()
+	}
 	code := 0
 	select {
 	case <-ctx.Done():
