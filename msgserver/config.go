@@ -100,10 +100,14 @@ type Config struct {
 	// than failing to accept.
 	FDHeadroom int
 
-	PresenceTTL   time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
-	RegistryTTL   time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
-	InboxMax      int           // offline messages an inbox holds; more are refused with inbox_full (default 200)
-	InboxTTL      time.Duration // how long an offline inbox lives (default 7 days)
+	PresenceTTL time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
+	RegistryTTL time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
+	InboxMax    int           // offline messages an inbox holds; more are refused with inbox_full (default 200)
+	InboxTTL    time.Duration // how long an offline inbox lives (default 7 days)
+	// UnackedMax is how many events a session with acks may hold unacked
+	// beyond its inbox's InboxMax (default 100): past it the session is
+	// closed with too_many_unacked (acks.go).
+	UnackedMax    int
 	RouteCacheTTL time.Duration // how long a looked-up location is trusted (default 10s)
 	RedisTimeout  time.Duration // per Redis call from a client request (default 1s)
 
@@ -163,6 +167,7 @@ const (
 	DefaultPresenceTTL       = 30 * time.Second
 	DefaultRegistryTTL       = 6 * time.Second
 	DefaultInboxMax          = 200
+	DefaultUnackedMax        = 100
 	DefaultInboxTTL          = 7 * 24 * time.Hour
 	DefaultOfflineMaxBytes   = 256 << 20
 	DefaultOfflineRate       = 300
@@ -203,6 +208,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.PresenceTTL, DefaultPresenceTTL)
 	setDefault(&c.RegistryTTL, DefaultRegistryTTL)
 	setDefault(&c.InboxMax, DefaultInboxMax)
+	setDefault(&c.UnackedMax, DefaultUnackedMax)
 	setDefault(&c.InboxTTL, DefaultInboxTTL)
 	setDefault(&c.OfflineMaxBytes, DefaultOfflineMaxBytes)
 	setDefault(&c.OfflineRate, DefaultOfflineRate)

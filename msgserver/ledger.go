@@ -185,29 +185,45 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 // nacked holds a message the relay could not route, to be tried again
 // after a backoff: the destination server may be reconnecting after a
 // failover. Once it has been refused for longer than giveUp it is ended
-// instead, and its delivery is returned (its outcome is outGaveUp). now is
+// instead, and its delivery is returned as gaveUp (its outcome is
+// outGaveUp). At its first NACK, it is returned as first: the caller looks
+// the user up again (the user may have moved) and may withdraw it. now is
 // when the NACK arrived.
-func (g *ledger) nacked(a wire.Ack, now time.Time) *delivery {
+func (g *ledger) nacked(a wire.Ack, now time.Time) (gaveUp, first *delivery) {
 	g.m.nacked()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	p := g.byID[a.ID]
 	if p == nil || p.list == &g.held || p.dest != a.Dest {
-		return nil
+		return nil, nil
 	}
 	if p.firstNack.IsZero() {
 		p.firstNack = now
+		first = p.d
 	}
 	if now.Sub(p.firstNack) > g.giveUp {
 		g.removeLocked(p)
-		return p.d
+		return p.d, nil
 	}
 	g.awaiting.remove(p)
 	p.via = nil
 	p.due = now.Add(min(g.retryMin<<min(p.nacks, 6), maxRetryWait))
 	p.nacks++
 	g.held.pushBack(p)
-	return nil
+	return nil, first
+}
+
+// withdraw ends the message id, if it is still waiting for an answer from
+// dest, and reports whether it did: its delivery is then the caller's.
+func (g *ledger) withdraw(id wire.ID, dest string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	p := g.byID[id]
+	if p == nil || p.dest != dest {
+		return false
+	}
+	g.removeLocked(p)
+	return true
 }
 
 func (g *ledger) removeLocked(p *pending) {

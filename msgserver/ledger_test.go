@@ -141,18 +141,18 @@ func TestLedgerHoldsNackedMessagesThenGivesUp(t *testing.T) {
 	_ = g.send(d, fwd(1))
 	expectSent(t, relay, wire.ID{1})
 	nack := wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b", Code: wire.NackNoRoute}
-	if got := g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-c"}, time.Now()); got != nil {
+	if got, _ := g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-c"}, time.Now()); got != nil {
 		t.Fatal("a NACK for a copy sent elsewhere ended the message")
 	}
-	if got := g.nacked(nack, time.Now()); got != nil {
-		t.Fatal("the first NACK ended the message")
+	if got, first := g.nacked(nack, time.Now()); got != nil || first != d {
+		t.Fatal("the first NACK ended the message, or did not ask for a new look-up")
 	}
 	g.resendDue(time.Now().Add(-time.Millisecond))
 	expectSent(t, relay) // held: not due yet
 	g.resendDue(time.Now().Add(maxRetryWait))
 	expectSent(t, relay, wire.ID{1})
 
-	if got := g.nacked(nack, time.Now().Add(time.Second)); got != d { // past the give-up time
+	if got, _ := g.nacked(nack, time.Now().Add(time.Second)); got != d { // past the give-up time
 		t.Fatalf("a NACK past the give-up time returned %p, want %p", got, d)
 	}
 	if n := g.unacked(); n != 0 {

@@ -34,6 +34,7 @@ type Metrics struct {
 	logins          prometheus.Counter
 	loginFailures   *prometheus.CounterVec
 	redisLatency    *prometheus.HistogramVec
+	ackedEvents     prometheus.Counter
 }
 
 // NewMetrics registers the message server's metrics on reg.
@@ -96,6 +97,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "msgserver_disconnects_total",
 			Help: "Client connections closed by the server, by reason code.",
 		}, []string{"reason"}),
+		ackedEvents: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_acked_events_total",
+			Help: "Events acked by clients with acks on (removed from their inboxes).",
+		}),
 		duplicates: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_duplicates_dropped_total",
 			Help: "Resent messages dropped because they had already been delivered.",
@@ -231,6 +236,12 @@ func (m *Metrics) authFailure(reason string) {
 func (m *Metrics) disconnect(reason string) {
 	if m != nil {
 		m.disconnects.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) acked(n int) {
+	if m != nil {
+		m.ackedEvents.Add(float64(n))
 	}
 }
 

@@ -57,6 +57,11 @@ type session struct {
 	// offlineRate is the bucket offline messages from this connection
 	// take from, made at the first (offline.go).
 	offlineRate atomic.Pointer[rate.Limiter]
+	// acks and receipts are the login's options (acks.go); set by the
+	// reader at login, read by whoever delivers to the session.
+	acks, receipts atomic.Bool
+	// pager sends a session with acks what it has kept in pages (acks.go).
+	pager pager
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
@@ -92,16 +97,22 @@ func newSession(srv *Server, conn net.Conn) *session {
 
 // queue lets fn append one line for the client. With a batch, the write
 // waits for batch.Flush (the relay link reader flushes once per read); without,
-// it is made at once. A client too slow to take it is cut.
-func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) {
-	if err := s.q.AppendTo(batch, fn); errors.Is(err, sendq.ErrFull) {
+// it is made at once. A client too slow to take it is cut. An error means
+// the line is not queued: the session is closing (or was just cut), and a
+// message must not be confirmed for it.
+func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) error {
+	err := s.q.AppendTo(batch, fn)
+	if errors.Is(err, sendq.ErrFull) {
 		s.close(closeSlowConsumer)
 	}
+	return err
 }
 
-func (s *session) sendReply(batch *sendq.Batch, r reply) { s.queue(batch, r.appendLine) }
+func (s *session) sendReply(batch *sendq.Batch, r reply) { _ = s.queue(batch, r.appendLine) }
 
-func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) { s.queue(batch, e.appendLine) }
+func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) error {
+	return s.queue(batch, e.appendLine)
+}
 
 // closeReason is why a session closes. Every close goes through
 // session.close, and closeRules says, for each reason, what the client is
@@ -124,6 +135,7 @@ const (
 	closeLoginTimeout                       // not logged in within LoginTimeout of connecting
 	closeLineTimeout                        // a line not complete within LineTimeout of its first byte
 	closeLoginRateLimit                     // a login request over LoginRatePerIP for its source
+	closeTooManyUnacked                     // a session with acks holds InboxMax+UnackedMax unacked events
 	closeKickedAdmin                        // an operator kicked the user (admin API)
 )
 
@@ -218,6 +230,13 @@ var closeRules = [...]closeRule{
 		name: "login_rate_limited", code: CodeRateLimited,
 		event: "closing", why: text("too many logins from your address; try again later"),
 		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeTooManyUnacked: {
+		name: "too_many_unacked", code: CodeTooManyUnacked,
+		event: "closing", why: func(cfg *Config) string {
+			return fmt.Sprintf("%d events not acked: ack each event with {\"cmd\":\"ack\",\"id\":\"...\"}; they are sent again at the next login", cfg.InboxMax+cfg.UnackedMax)
+		},
+		msg: "disconnecting client", level: slog.LevelInfo,
 	},
 	closeKickedAdmin: {
 		name: "kicked_admin", code: CodeKickedByAdmin,
@@ -608,6 +627,8 @@ func (s *session) handle(line []byte, at time.Time) *clientError {
 		cerr = s.srv.chat(s, r)
 	case "logout":
 		cerr = s.srv.logout(s)
+	case "ack":
+		cerr = s.srv.ack(s, r)
 	}
 	if cerr != nil {
 		s.fail(r.Cmd, r.Ref, cerr)

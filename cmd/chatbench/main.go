@@ -101,6 +101,7 @@ func loadFlags(fs *flag.FlagSet, cfg *xnodeConfig) {
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "sending before measuring starts")
 	fs.IntVar(&cfg.Size, "size", 100, "content bytes per message")
 	fs.StringVar(&cfg.Prefix, "prefix", "bench", "user name prefix")
+	fs.BoolVar(&cfg.Acks, "acks", false, "users log in with acks on and ack every chat event (one ack line per read)")
 }
 
 func runXnodeCmd(args []string, stdout, stderr io.Writer) int {

@@ -31,6 +31,9 @@ type xnodeConfig struct {
 	Watch    map[string]int // process name -> pid whose CPU per 1k messages is reported
 	TLS      *tls.Config    // if set, the client ports serve TLS (tlsFlag)
 	WS       bool           // Servers are web ports: the protocol over WebSocket (ws.go)
+	// Acks logs every user in with acks on: each acks the chat events it
+	// gets, the ids of one read in one ack line.
+	Acks bool
 }
 
 // parsePids reads "relay=123,msg-1=456".
@@ -119,7 +122,10 @@ type benchUser struct {
 	conn          net.Conn
 	br            *bufio.Reader
 	wbuf          []byte
-	seq           uint64 // next sequence number to send (only the writer touches it)
+	seq           uint64     // next sequence number to send (only the writer touches it)
+	wmu           sync.Mutex // guards conn writes: the sender and, with acks, the reader's acks
+	acks          []byte     // the ack line being gathered (reader only)
+	nacks         int
 
 	// receive side, touched only by the user's reader goroutine
 	seen      []uint64 // bitset of sequence numbers received from the partner
@@ -236,7 +242,7 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := u.login(addr, cfg.TLS, cfg.WS); err != nil {
+			if err := u.login(addr, cfg.TLS, cfg.WS, cfg.Acks); err != nil {
 				errc <- err
 			}
 		}()
@@ -254,7 +260,7 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 	return users, nil
 }
 
-func (u *benchUser) login(addr string, tc *tls.Config, ws bool) error {
+func (u *benchUser) login(addr string, tc *tls.Config, ws, acks bool) error {
 	c, err := dialUser(&net.Dialer{Timeout: 5 * time.Second}, addr, tc, ws)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", addr, err)
@@ -262,7 +268,7 @@ func (u *benchUser) login(addr string, tc *tls.Config, ws bool) error {
 	u.conn = c
 	u.br = bufio.NewReaderSize(c, 64<<10)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q}\n", u.name); err != nil {
+	if _, err := fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q,\"acks\":%t}\n", u.name, acks); err != nil {
 		return fmt.Errorf("login %s: %w", u.name, err)
 	}
 	line, err := u.br.ReadSlice('\n')
@@ -294,11 +300,49 @@ func (r *benchRun) send(u *benchUser) error {
 	u.wbuf = b
 	u.seq++
 	r.sent.Add(1)
+	u.wmu.Lock()
 	_ = u.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := u.conn.Write(b); err != nil {
+	_, err := u.conn.Write(b)
+	u.wmu.Unlock()
+	if err != nil {
 		return fmt.Errorf("send as %s: %w", u.name, err)
 	}
 	return nil
+}
+
+var idKey = []byte(`"id":"`)
+
+// ack adds the event's id to the ack line; flushAcks writes it.
+func (u *benchUser) ack(line []byte) {
+	i := bytes.Index(line, idKey)
+	if i < 0 {
+		return
+	}
+	rest := line[i+len(idKey):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return
+	}
+	if u.nacks == 0 {
+		u.acks = append(u.acks[:0], `{"cmd":"ack","ids":[`...)
+	} else {
+		u.acks = append(u.acks, ',')
+	}
+	u.acks = append(append(append(u.acks, '"'), rest[:j]...), '"')
+	u.nacks++
+}
+
+func (u *benchUser) flushAcks() error {
+	if u.nacks == 0 {
+		return nil
+	}
+	u.acks = append(u.acks, "]}\n"...)
+	u.nacks = 0
+	u.wmu.Lock()
+	_ = u.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := u.conn.Write(u.acks)
+	u.wmu.Unlock()
+	return err
 }
 
 var (
@@ -319,6 +363,15 @@ func (r *benchRun) readLoop(u *benchUser) {
 		switch {
 		case bytes.HasPrefix(line, chatEventPrefix):
 			r.received(u, line, now)
+			if r.cfg.Acks {
+				u.ack(line)
+				// One ack line per read, at most 200 ids (the server takes 256).
+				if u.br.Buffered() == 0 || u.nacks >= 200 {
+					if u.flushAcks() != nil {
+						return
+					}
+				}
+			}
 		case bytes.HasPrefix(line, chatReplyPrefix):
 			if !bytes.HasPrefix(line, chatReplyOK) {
 				r.errs.Add(1)

@@ -67,6 +67,7 @@ func run(args []string) int {
 		adminToken  = fs.String("admin-token-file", "", "file holding the admin API's bearer token (at least 16 bytes): with it, /admin/ answers any address that sends the token; without it, loopback clients only")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
+		unackedMax  = fs.Int("unacked-max", msgserver.DefaultUnackedMax, "events a session with acks may hold unacked beyond --inbox-max; past it the session is closed (too_many_unacked)")
 		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
 		offlineMax  = fs.Int64("offline-max-bytes", msgserver.DefaultOfflineMaxBytes, "refuse offline messages (offline_full) while Redis's used_memory is above this (read every second); set it below Redis's maxmemory; negative: no cap")
 		offlineRate = fs.Int("offline-rate", msgserver.DefaultOfflineRate, "offline messages one client connection may store per minute, at once or spread out (rate_limited beyond); negative: no limit")
@@ -182,6 +183,7 @@ func run(args []string) int {
 		AllowedOrigins: allowed,
 		PresenceTTL:    *presenceTTL,
 		InboxMax:       *inboxMax,
+		UnackedMax:     *unackedMax,
 		InboxTTL:       *inboxTTL,
 		MaxSessions:    *maxSessions,
 		FDHeadroom:     *fdHeadroom,

@@ -43,6 +43,7 @@ type Config struct {
 	Topology               string // keepalived/topology.json
 	ScriptsDir             string // keepalived/ (notify.sh, relay-supervise.sh)
 	Pairs                  int
+	AckPairs               int // of Pairs, how many log in with acks on
 	Rate                   float64
 	Before, After          time.Duration // traffic before and after the fault
 	Log                    io.Writer     // progress; nil for none
@@ -66,7 +67,7 @@ type Report struct {
 // OK reports whether the drill kept the promise: nothing lost or
 // duplicated, and the VIP on exactly the expected relay.
 func (r *Report) OK() bool {
-	return r.Err == "" && r.Load.Lost == 0 && r.Load.Duplicated == 0 &&
+	return r.Err == "" && r.Load.Lost == 0 && r.Load.Duplicated == 0 && r.Load.Unacked == 0 &&
 		len(r.VIPHolders) == 1 && r.VIPHolders[0] == r.ExpectHolder
 }
 
@@ -362,7 +363,8 @@ func (d *drill) startLoad() (*Proc, error) {
 	}
 	return d.lab.Start("client", "load", nil, d.cfg.LoadBin, "load",
 		"--servers", strings.Join(servers, ","), "--pairs", fmt.Sprint(d.cfg.Pairs),
-		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String(), "--ca", d.caFile())
+		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String(), "--ca", d.caFile(),
+		"--ack-pairs", fmt.Sprint(d.cfg.AckPairs))
 }
 
 // pause waits d, or less if the drill is interrupted.

@@ -29,6 +29,7 @@ func TestFailoverDrills(t *testing.T) {
 		Topology:     filepath.Join(root, "keepalived", "topology.json"),
 		ScriptsDir:   filepath.Join(root, "keepalived"),
 		Pairs:        30,
+		AckPairs:     15, // half the clients ack every event
 		Rate:         600,
 		Before:       2 * time.Second,
 		After:        5 * time.Second,
@@ -37,17 +38,21 @@ func TestFailoverDrills(t *testing.T) {
 	for _, sc := range drill.Scenarios {
 		t.Run(sc, func(t *testing.T) {
 			rep := drill.Run(context.Background(), cfg, sc)
-			t.Logf("%s: interruption %.3fs (resumed %.3fs after the fault), sent %d acked %d refused %d %v unconfirmed %d, live %d offline %d, lost %d dup %d, VIP on %v; notes %v",
+			t.Logf("%s: interruption %.3fs (resumed %.3fs after the fault), sent %d acked %d refused %d %v unconfirmed %d, live %d offline %d, lost %d dup %d, %d clients with acks: %d acks, %d redelivered, %d unacked; VIP on %v; notes %v",
 				sc, rep.Interruption, rep.Resumed, rep.Load.Sent, rep.Load.Acked, rep.Load.Refused, rep.Load.RefusedCodes, rep.Load.Unconfirmed,
-				rep.Load.DeliveredLive, rep.Load.DeliveredOffline, rep.Load.Lost, rep.Load.Duplicated, rep.VIPHolders, rep.Notes)
+				rep.Load.DeliveredLive, rep.Load.DeliveredOffline, rep.Load.Lost, rep.Load.Duplicated,
+				rep.Load.AckClients, rep.Load.ClientAcks, rep.Load.Redelivered, rep.Load.Unacked, rep.VIPHolders, rep.Notes)
 			if rep.Err != "" {
 				t.Fatalf("drill failed: %s", rep.Err)
 			}
 			if rep.Load.Acked == 0 {
 				t.Fatal("no message was acknowledged: the drill proves nothing")
 			}
-			if rep.Load.Lost != 0 || rep.Load.Duplicated != 0 {
-				t.Errorf("lost %d, duplicated %d; want 0 and 0", rep.Load.Lost, rep.Load.Duplicated)
+			if rep.Load.Lost != 0 || rep.Load.Duplicated != 0 || rep.Load.Unacked != 0 {
+				t.Errorf("lost %d, duplicated %d, not acked by a client with acks %d; want 0, 0 and 0", rep.Load.Lost, rep.Load.Duplicated, rep.Load.Unacked)
+			}
+			if rep.Load.AckClients == 0 || rep.Load.ClientAcks == 0 {
+				t.Error("no client acked: the drill proves nothing about acks")
 			}
 			if len(rep.VIPHolders) != 1 || rep.VIPHolders[0] != rep.ExpectHolder {
 				t.Errorf("VIP on %v, want only %s", rep.VIPHolders, rep.ExpectHolder)
