@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/chatrelay/chatrelay/internal/version"
 )
 
 // Report is the /healthz document of either binary.
@@ -16,6 +18,9 @@ type Report struct {
 	// Service is "relay" or "msgserver"; ID is its configured id.
 	Service string `json:"service"`
 	ID      string `json:"id"`
+	// Version is the build's version (see internal/version); AdminHandler
+	// fills it in.
+	Version string `json:"version"`
 	// Serving is true when the process is up and doing its job; /healthz
 	// answers 200 then and 503 otherwise.
 	Serving bool   `json:"serving"`
@@ -40,10 +45,17 @@ type Report struct {
 }
 
 // NewRegistry returns a Prometheus registry of the project's own with the
-// Go runtime and process collectors registered.
+// Go runtime and process collectors registered, and chatrelay_build_info.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	v := version.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "chatrelay_build_info",
+		Help: "Always 1; the labels say which build runs: version, VCS revision and Go version.",
+	}, []string{"version", "revision", "goversion"})
+	build.WithLabelValues(v.Version, v.Revision, v.GoVersion).Set(1)
+	reg.MustRegister(build)
 	return reg
 }
 
@@ -54,6 +66,9 @@ func AdminHandler(report func() Report, reg *prometheus.Registry, withPprof bool
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		rep := report()
 		rep.Time = time.Now()
+		if rep.Version == "" {
+			rep.Version = version.Get().Version
+		}
 		if rep.Links == nil {
 			rep.Links = []Link{}
 		}

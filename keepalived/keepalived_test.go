@@ -811,15 +811,15 @@ func TestRenderCommand(t *testing.T) {
 		{[]string{"--topology", topologyFile, "--host", "relay-a", "--relay-bin", "relay"}, `relay binary "relay" is not an absolute path`},
 		{[]string{"--topology", topologyFile, "--host", "relay-a", "extra"}, `unexpected arguments ["extra"]`},
 		{[]string{"--topology", topologyFile, "--host", "relay-a", "--out", "/nonexistent-dir/keepalived.conf"}, "write /nonexistent-dir/keepalived.conf"},
-		{[]string{"--no-such-flag"}, "flag provided but not defined"},
+		{[]string{"--no-such-flag"}, "unknown flag --no-such-flag; relay render-keepalived --help lists the flags\n"},
 	} {
 		code, stdout, stderr := run(c.args...)
 		if code != 2 || stdout != "" || !strings.Contains(stderr, c.want) {
 			t.Errorf("%q: exit %d, stdout %q, stderr %q; want exit 2 saying %q", c.args, code, stdout, stderr, c.want)
 		}
 	}
-	if code, _, stderr := run("--help"); code != 0 || !strings.Contains(stderr, "--topology") {
-		t.Errorf("--help: exit %d: %s", code, stderr)
+	if code, stdout, stderr := run("--help"); code != 0 || !strings.Contains(stdout, "--topology") || stderr != "" {
+		t.Errorf("--help: exit %d, stdout %q, stderr %q; want the help on stdout", code, stdout, stderr)
 	}
 }
 

@@ -44,6 +44,7 @@ type Options struct {
 	Unicast      bool     // VRRP adverts by unicast to the peer instead of multicast
 	RedisURL     string   // optional: the check counts registered message servers there (--redis)
 	RedisCA      string   // optional: CA file that verifies a rediss:// RedisURL (--redis-ca-file)
+	RedisPass    string   // optional: file holding the Redis password (--redis-password-file)
 	LinkTLS      bool     // the link port serves TLS: the check probes it over TLS (--link-tls)
 	CheckCert    string   // optional: with CheckKey, the client certificate the probe shows a mutual-TLS link port (--link-cert)
 	CheckKey     string   // its key (--link-key)
@@ -83,6 +84,7 @@ func (o Options) validate() []string {
 		{"notify script", o.NotifyScript, false},
 		{"track file", o.TrackFile, false},
 		{"Redis CA file", o.RedisCA, true},
+		{"Redis password file", o.RedisPass, true},
 		{"check certificate", o.CheckCert, true},
 		{"check key", o.CheckKey, true},
 	} {
@@ -102,6 +104,9 @@ func (o Options) validate() []string {
 	}
 	if o.RedisCA != "" && o.RedisURL == "" {
 		p = append(p, "a Redis CA file without a Redis URL")
+	}
+	if o.RedisPass != "" && o.RedisURL == "" {
+		p = append(p, "a Redis password file without a Redis URL")
 	}
 	if !userRE.MatchString(o.ScriptUser) {
 		p = append(p, fmt.Sprintf("script user %q is not a user name", o.ScriptUser))
@@ -184,6 +189,9 @@ func Render(t *Topology, host string, o Options) ([]byte, error) {
 	}
 	if o.RedisCA != "" {
 		check = append(check, "--redis-ca-file", o.RedisCA)
+	}
+	if o.RedisPass != "" {
+		check = append(check, "--redis-password-file", o.RedisPass)
 	}
 	// RFC 5798: Master_Down_Interval = 3 * advert + (256 - priority) * advert / 256,
 	// computed with the priority of the relay that waits: the peer.

@@ -141,7 +141,8 @@ type Config struct {
 
 	// Logger receives the server's events; nil means slog.Default().
 	Logger *slog.Logger
-	// Metrics, if not nil, records the server's metrics.
+	// Metrics, if not nil, records the server's metrics; New adds a hook
+	// to Redis that times its commands for them.
 	Metrics *Metrics
 }
 

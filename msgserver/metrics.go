@@ -32,6 +32,9 @@ type Metrics struct {
 	redisMemory     prometheus.Gauge
 	offlineFull     prometheus.Gauge
 	tlsFailures     prometheus.Counter
+	logins          prometheus.Counter
+	loginFailures   *prometheus.CounterVec
+	redisLatency    *prometheus.HistogramVec
 	ackedEvents     prometheus.Counter
 }
 
@@ -125,6 +128,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Client connections to the TLS port that failed their handshake (plaintext, wrong CA, timeout); each is logged at debug level only.",
 		}),
 	}
+	m.logins = f.NewCounter(prometheus.CounterOpts{
+		Name: "msgserver_logins_total",
+		Help: "Logins that succeeded.",
+	})
+	m.loginFailures = f.NewCounterVec(prometheus.CounterOpts{
+		Name: "msgserver_login_failures_total",
+		Help: "Logins refused, by the error code the client was sent (auth_failed, bad_name, presence_unavailable, rate_limited, shutting_down, ...).",
+	}, []string{"code"})
+	m.redisLatency = f.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "msgserver_redis_command_duration_seconds",
+		Help:    "Time each Redis command took, failed ones included, by command (a pipeline counts once, as \"pipeline\").",
+		Buckets: prometheus.ExponentialBuckets(100e-6, 4, 8),
+	}, []string{"command"})
 	m.local = m.messages.WithLabelValues("local")
 	m.relayed = m.messages.WithLabelValues("relayed")
 	m.offline = m.messages.WithLabelValues("offline")
@@ -265,5 +281,23 @@ func (m *Metrics) setOfflineFull(full bool) {
 func (m *Metrics) tlsHandshakeFailed() {
 	if m != nil {
 		m.tlsFailures.Inc()
+	}
+}
+
+func (m *Metrics) login(e *clientError) {
+	if m == nil {
+		return
+	}
+	if e == nil {
+		m.logins.Inc()
+		return
+	}
+	m.loginFailures.WithLabelValues(e.code).Inc()
+}
+
+// redisCommand is the Redis timing hook's observer (store.TimingHook).
+func (m *Metrics) redisCommand(command string, d time.Duration) {
+	if m != nil {
+		m.redisLatency.WithLabelValues(command).Observe(d.Seconds())
 	}
 }

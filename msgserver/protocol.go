@@ -62,6 +62,8 @@ const (
 	CodeLineTimeout    = "line_timeout"         // a line not completed within the line timeout of its first byte
 	CodeSlowConsumer   = "slow_consumer"
 	CodeKicked         = "logged_in_elsewhere"
+	CodeKickedByAdmin  = "kicked_by_operator" // an operator closed the session (admin API)
+	CodeDraining       = "draining"           // the server is being taken out of service: reconnect elsewhere (admin API)
 	CodeInternal       = "internal"
 	CodeBadAck         = "bad_ack"          // an ack without acks on, or with an id that is not one
 	CodeTooManyUnacked = "too_many_unacked" // close: the session holds the most unacked events it may

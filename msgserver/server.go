@@ -49,6 +49,8 @@ type Server struct {
 	conns     map[*session]struct{}
 	listeners map[net.Listener]struct{}
 	draining  bool
+	drain     *drainState   // set by Drain (admin.go); draining is set with it
+	drained   chan struct{} // closed when a drain ends (Drained)
 	// redisWasDown is set when a Redis call failed; the next successful
 	// heartbeat rewrites every local user's presence.
 	redisWasDown bool
@@ -91,6 +93,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[string]*session),
 		conns:     make(map[*session]struct{}),
 		listeners: make(map[net.Listener]struct{}),
+		drained:   make(chan struct{}),
 		routes:    routeCache{ttl: cfg.RouteCacheTTL, m: make(map[string]routeEntry)},
 		gate:      forwardGate{dedup: newDedup(cfg.DedupWindow), inflight: make(map[wire.ID]struct{})},
 	}
@@ -99,6 +102,9 @@ func New(cfg Config) (*Server, error) {
 	s.log.Info("client limits", "connections", cfg.MaxSessions, "max_sessions", maxSessions,
 		"fd_limit", fds, "fd_headroom", cfg.FDHeadroom, "per_ip", cfg.MaxConnsPerIP, "exempt", cfg.PerIPExempt)
 	s.m.setConnLimit(cfg.MaxSessions)
+	if cfg.Metrics != nil {
+		cfg.Redis.AddHook(store.TimingHook(cfg.Metrics.redisCommand))
+	}
 	s.store = store.New(cfg.Redis, store.Config{
 		PresenceTTL: cfg.PresenceTTL,
 		RegistryTTL: cfg.RegistryTTL,
@@ -532,7 +538,12 @@ func (s *Server) maintain(ctx context.Context) {
 func (s *Server) heartbeat(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout)
 	defer cancel()
-	err := s.store.Register(cctx, s.cfg.ID, s.cfg.AdvertiseAddr)
+	var err error
+	if s.isDraining() {
+		err = s.store.Deregister(cctx, s.cfg.ID) // out of the registry: clients pick another server
+	} else {
+		err = s.store.Register(cctx, s.cfg.ID, s.cfg.AdvertiseAddr)
+	}
 	s.setRedisState(err)
 	if err == nil && ctx.Err() == nil {
 		// Redis is back after an outage (maybe restarted empty): put every
@@ -719,6 +730,7 @@ func (s *Server) Report() health.Report {
 	s.mu.Lock()
 	draining := s.draining
 	n := len(s.sessions)
+	drain := s.drain
 	s.mu.Unlock()
 	rep := health.Report{
 		Service:   "msgserver",
@@ -736,6 +748,9 @@ func (s *Server) Report() health.Report {
 	}
 	if draining {
 		rep.Reason = "shutting down"
+	}
+	if drain != nil {
+		rep.Reason = fmt.Sprintf("draining: %d sessions left, until %s", n, drain.deadline.UTC().Format(time.RFC3339))
 	}
 	if !s.RedisOK() {
 		rep.Redis = "unreachable"

@@ -136,6 +136,7 @@ const (
 	closeLineTimeout                        // a line not complete within LineTimeout of its first byte
 	closeLoginRateLimit                     // a login request over LoginRatePerIP for its source
 	closeTooManyUnacked                     // a session with acks holds InboxMax+UnackedMax unacked events
+	closeKickedAdmin                        // an operator kicked the user (admin API)
 )
 
 // closeRule is what a close does for one reason.
@@ -236,6 +237,11 @@ var closeRules = [...]closeRule{
 			return fmt.Sprintf("%d events not acked: ack each event with {\"cmd\":\"ack\",\"id\":\"...\"}; they are sent again at the next login", cfg.InboxMax+cfg.UnackedMax)
 		},
 		msg: "disconnecting client", level: slog.LevelInfo,
+	},
+	closeKickedAdmin: {
+		name: "kicked_admin", code: CodeKickedByAdmin,
+		event: "kicked", why: text("disconnected by an operator"),
+		msg: "session kicked by an operator", level: slog.LevelInfo,
 	},
 }
 
@@ -685,6 +691,7 @@ func (s *session) handle(line []byte, at time.Time, lr *lineReader) *clientError
 	case "login":
 		if !s.srv.ips.allowLogin(s.ip) {
 			cerr = errorf(CodeRateLimited, "too many logins from your address; try again later")
+			s.srv.m.login(cerr)
 			s.fail(r.Cmd, r.Ref, cerr)
 			s.close(closeLoginRateLimit)
 			return cerr
@@ -692,6 +699,7 @@ func (s *session) handle(line []byte, at time.Time, lr *lineReader) *clientError
 		if cerr = s.srv.login(s, r); cerr == nil {
 			s.loginBy = 0 // logged in: no deadline any more
 		}
+		s.srv.m.login(cerr)
 	case "chat":
 		cerr = s.srv.chat(s, r, &lr.batch, &lr.credit)
 	case "logout":

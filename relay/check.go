@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/certs"
+	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -124,6 +123,7 @@ func fetchReport(ctx context.Context, admin string, timeout time.Duration) (heal
 	if err != nil {
 		return health.Report{}, err
 	}
+	req.Header.Set(CheckHeader, "1")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return health.Report{}, err
@@ -189,8 +189,8 @@ func ProbeTLS(certFile, keyFile string) (*tls.Config, error) {
 // CheckMain is the "relay check" command. Exit codes: 0 pass, 1 fail, 2 bad
 // flags (an unparsable --redis URL among them).
 func CheckMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("relay check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cli.NewCommand("relay check", "relay check: keepalived vrrp_script health check; exits 0 (pass) or 1 (fail) and prints why.\n\n"+
+		"Usage: relay check [--admin 127.0.0.1:9100] [--link 127.0.0.1:7000] [--redis URL]", stdout, stderr)
 	admin := fs.String("admin", DefaultAdminAddr, "the relay's admin address")
 	link := fs.String("link", "127.0.0.1"+DefaultLinkAddr, "the relay's link address to probe; empty skips the probe")
 	timeout := fs.Duration("timeout", 500*time.Millisecond, "time allowed for each probe")
@@ -200,42 +200,39 @@ func CheckMain(args []string, stdout, stderr io.Writer) int {
 	linkKey := fs.String("link-key", "", "the key of --link-cert")
 	redisURL := fs.String("redis", "", "Redis URL, as msgserver --redis, to count registered message servers in; empty: use the servers the relay has seen")
 	redisCA := fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis, as msgserver --redis-ca-file")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "relay check: keepalived vrrp_script health check; exits 0 (pass) or 1 (fail) and prints why.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	redisPass := fs.String("redis-password-file", "", "file holding the Redis password, as msgserver --redis-password-file")
+	if code, done := fs.Parse(args); done {
+		return code
 	}
 	cfg := CheckConfig{Admin: *admin, Link: *link, Timeout: *timeout, Grace: *grace}
 	if *linkTLS || *linkCert != "" || *linkKey != "" {
 		tc, err := ProbeTLS(*linkCert, *linkKey)
 		if err != nil {
-			fmt.Fprintln(stderr, "relay check: --link-cert:", err)
-			return 2
+			return fs.Fail("--link-cert: %v", err)
 		}
 		cfg.LinkTLS = tc
 	}
 	if *redisURL != "" {
 		opts, err := store.ParseURL(*redisURL)
 		if err != nil {
-			fmt.Fprintln(stderr, "relay check: --redis:", err)
-			return 2
+			return fs.Fail("--redis: %v", err)
 		}
 		if *redisCA != "" {
 			if err := opts.UseCA(*redisCA); err != nil {
-				fmt.Fprintln(stderr, "relay check: --redis-ca-file:", err)
-				return 2
+				return fs.Fail("--redis-ca-file: %v", err)
+			}
+		}
+		if *redisPass != "" {
+			if err := opts.UsePasswordFile(*redisPass); err != nil {
+				return fs.Fail("--redis-password-file: %v", err)
 			}
 		}
 		cfg.Redis = opts.NewClient()
 		defer cfg.Redis.Close()
 	} else if *redisCA != "" {
-		fmt.Fprintln(stderr, "relay check: --redis-ca-file needs --redis")
-		return 2
+		return fs.Fail("--redis-ca-file needs --redis")
+	} else if *redisPass != "" {
+		return fs.Fail("--redis-password-file needs --redis")
 	}
 	res := Check(context.Background(), cfg)
 	if res.OK {

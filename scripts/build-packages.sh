@@ -62,7 +62,13 @@ out=$(cd "$out" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
 
-GOOS=linux GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$tmp/bin/" ./cmd/relay ./cmd/msgserver ./cmd/chatbench
+# The binaries say the package's version (--version, /healthz,
+# chatrelay_build_info) and the commit they were built from.
+ldflags="-s -w -X github.com/chatrelay/chatrelay/internal/version.version=v$version"
+if rev=$(git rev-parse HEAD 2>/dev/null); then
+	ldflags+=" -X github.com/chatrelay/chatrelay/internal/version.revision=$rev"
+fi
+GOOS=linux GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$tmp/bin/" ./cmd/relay ./cmd/msgserver ./cmd/chatbench
 for p in "${packagers[@]}"; do
 	CHATRELAY_BIN=$tmp/bin CHATRELAY_VERSION=$version \
 		go tool nfpm package --config packaging/nfpm.yaml --packager "$p" --target "$out/" >&2

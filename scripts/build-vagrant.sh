@@ -10,6 +10,8 @@
 #   DIR/link.secret           the shared link secret (64 hex characters, mode
 #                             0600), created once and then kept, so rebuilding
 #                             does not break the links of running VMs
+#   DIR/redis.password        the lab Redis's password (the same way); the VMs
+#                             get it as files, never in an env file
 #   DIR/pki/                  the lab's CA and each host's certificates, from
 #                             keepalived/topology.json (relay gen-certs): the
 #                             CA is made once and its key never leaves this
@@ -62,20 +64,23 @@ echo "built $out/chatrelay.x86_64.rpm ($(basename -- "$rpm_file"))"
 # Binaries of earlier builds (before the lab installed the package).
 rm -f -- "$out/relay" "$out/msgserver"
 
-secret=$out/link.secret
-if [[ -s $secret ]]; then
-	echo "kept  $secret"
-else
-	# 32 random bytes as hex; od is in coreutils, so no openssl is needed.
-	(
-		umask 077
-		od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/link.secret"
-		echo >>"$tmp/link.secret"
-	)
-	mv -f -- "$tmp/link.secret" "$secret"
-	echo "made  $secret"
-fi
-chmod 0600 -- "$secret"
+# The link secret and the lab Redis's password: 32 random bytes as hex
+# each, made once (od is in coreutils, so no openssl is needed).
+for name in link.secret redis.password; do
+	secret=$out/$name
+	if [[ -s $secret ]]; then
+		echo "kept  $secret"
+	else
+		(
+			umask 077
+			od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/$name"
+			echo >>"$tmp/$name"
+		)
+		mv -f -- "$tmp/$name" "$secret"
+		echo "made  $secret"
+	fi
+	chmod 0600 -- "$secret"
+done
 
 # Run on this host (not the VMs' build): the CA key stays here.
 go run -trimpath ./cmd/relay gen-certs --topology keepalived/topology.json --out "$out/pki"

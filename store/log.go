@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -15,8 +16,20 @@ import (
 // and carry component=redis. go-redis logs for the whole process and gives
 // its lines no level; they are about trouble or failover, so they go out
 // at Warn.
+// The package's own lines (UsePasswordFile's) go to log too.
 func SetLogger(log *slog.Logger) {
 	redis.SetLogger(slogPrinter{log})
+	pkgLog.Store(log)
+}
+
+var pkgLog atomic.Pointer[slog.Logger]
+
+// logger is SetLogger's logger, or slog's default.
+func logger() *slog.Logger {
+	if l := pkgLog.Load(); l != nil {
+		return l
+	}
+	return slog.Default()
 }
 
 // slogPrinter has the one method of go-redis's logging interface

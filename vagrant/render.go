@@ -46,6 +46,14 @@ const (
 	// labels for SELinux.
 	CheckRelayBin = "/usr/libexec/chatrelay/relay"
 	NotifyScript  = "/usr/libexec/chatrelay/notify.sh"
+	// RedisPasswordFile holds the lab Redis's password for the message
+	// servers (--redis-password-file), readable by the services' user;
+	// CheckRedisPasswordFile is the same password for keepalived's check,
+	// readable by the script user. RedisAuthConf is Redis's side: its
+	// requirepass, written by provision.sh from the same file.
+	RedisPasswordFile      = EtcDir + "/redis.password"
+	CheckRedisPasswordFile = EtcDir + "/redis-check.password"
+	RedisAuthConf          = "/etc/redis/chatrelay-auth.conf"
 	// ShutdownGrace is the message servers' --shutdown-grace;
 	// chatrelay-msgserver.service's TimeoutStopSec must stay above it.
 	ShutdownGrace = "5s"
@@ -89,6 +97,8 @@ type hostData struct {
 	Ports         keepalived.Ports
 	RelayAddr     string
 	RedisURL      string
+	RedisPassFile string
+	RedisAuthConf string
 	SecretFile    string
 	TLSDir        string // the chatrelay services' TLS files (certs.go)
 	RedisTLSDir   string // Redis's
@@ -123,6 +133,8 @@ func RenderHost(t *keepalived.Topology, host string, o Options) ([]File, error) 
 		Ports:         t.Ports,
 		RelayAddr:     t.RelayAddr(),
 		RedisURL:      redisURL(t),
+		RedisPassFile: RedisPasswordFile,
+		RedisAuthConf: RedisAuthConf,
 		SecretFile:    EtcDir + "/link.secret",
 		TLSDir:        TLSDir,
 		RedisTLSDir:   RedisTLSDir,
@@ -153,6 +165,7 @@ func RenderHost(t *keepalived.Topology, host string, o Options) ([]File, error) 
 			NotifyScript: NotifyScript,
 			RedisURL:     redisURL(t),
 			RedisCA:      TLSDir + "/ca.pem",
+			RedisPass:    CheckRedisPasswordFile,
 			LinkTLS:      true,
 			CheckCert:    TLSDir + "/check.pem",
 			CheckKey:     TLSDir + "/check-key.pem",
@@ -183,7 +196,7 @@ func redisURL(t *keepalived.Topology) string {
 //	           servers dial the VIP) and the admin port (Prometheus on the VM
 //	           host) from the lab network
 //	msgserver  the client port from anywhere; the admin port from the lab network
-//	redis      the Redis port from the lab network only (it has no password)
+//	redis      the Redis port from the lab network only
 //
 // The lab network is the VIP's subnet: the VMs, and the VM host on it.
 func FirewallRules(t *keepalived.Topology, host string) ([]Rule, error) {
@@ -224,7 +237,7 @@ func firewallRules(t *keepalived.Topology, h keepalived.Host) ([]Rule, error) {
 			Rule{For: "message server admin (/healthz, /metrics): Prometheus on the VM host", Proto: "tcp", Port: t.Ports.MsgServerAdmin, Source: lab})
 	}
 	if h.Has(keepalived.RoleRedis) {
-		rules = append(rules, Rule{For: "Redis, without a password: message servers and the relays' check, lab network only", Proto: "tcp", Port: t.Ports.Redis, Source: lab})
+		rules = append(rules, Rule{For: "Redis (TLS, password): message servers and the relays' check, lab network only", Proto: "tcp", Port: t.Ports.Redis, Source: lab})
 	}
 	return rules, nil
 }

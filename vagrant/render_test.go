@@ -320,7 +320,7 @@ func TestKeepalivedConfForVMs(t *testing.T) {
 			for _, s := range []string{"interface " + nic + "\n", "dev " + nic + "\n",
 				`script "` + vagrant.CheckRelayBin + " check ",
 				" --link-tls --link-cert " + vagrant.TLSDir + "/check.pem --link-key " + vagrant.TLSDir + "/check-key.pem ",
-				"--redis rediss://" + strings.TrimPrefix(topo.RedisURL(), "redis://") + " --redis-ca-file " + vagrant.TLSDir + `/ca.pem"`,
+				"--redis rediss://" + strings.TrimPrefix(topo.RedisURL(), "redis://") + " --redis-ca-file " + vagrant.TLSDir + "/ca.pem --redis-password-file " + vagrant.CheckRedisPasswordFile + `"`,
 				`notify "` + vagrant.NotifyScript + " " + h.Name + `"`, `file "` + keepalived.DefaultTrackFile + `"`,
 				"script_user " + keepalived.DefaultScriptUser + "\n"} {
 				if !bytes.Contains(conf, []byte(s)) {

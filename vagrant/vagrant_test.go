@@ -131,7 +131,7 @@ func labCopy(t *testing.T, topology string) string {
 	if err := os.Mkdir(filepath.Join(dst, "vagrant", "build"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	standIns := []string{"chatrelay.x86_64.rpm", "link.secret", "pki/ca.pem", "pki/ca-key.pem"}
+	standIns := []string{"chatrelay.x86_64.rpm", "link.secret", "redis.password", "pki/ca.pem", "pki/ca-key.pem"}
 	topo, err := keepalived.LoadTopology(topology)
 	if err != nil {
 		t.Fatal(err)
@@ -361,13 +361,13 @@ func TestProvisionStopsWithoutBuild(t *testing.T) {
 		build map[string]string
 		want  []string
 	}{
-		{"nothing built", nil, []string{"vagrant/build/chatrelay.x86_64.rpm vagrant/build/link.secret not found",
+		{"nothing built", nil, []string{"vagrant/build/chatrelay.x86_64.rpm vagrant/build/link.secret vagrant/build/redis.password not found",
 			"Run scripts/build-vagrant.sh", "vagrant provision " + m.Name}},
 		{"no secret", map[string]string{"chatrelay.x86_64.rpm": rpmMagic},
-			[]string{"vagrant/build/link.secret not found", "Run scripts/build-vagrant.sh"}},
-		{"not an RPM", map[string]string{"chatrelay.x86_64.rpm": "\x7fELF", "link.secret": "0123456789abcdef0123"},
+			[]string{"vagrant/build/link.secret vagrant/build/redis.password not found", "Run scripts/build-vagrant.sh"}},
+		{"not an RPM", map[string]string{"chatrelay.x86_64.rpm": "\x7fELF", "link.secret": "0123456789abcdef0123", "redis.password": "0123456789abcdef0123"},
 			[]string{"vagrant/build/chatrelay.x86_64.rpm is not an RPM", "scripts/build-vagrant.sh"}},
-		{"no certificates", map[string]string{"chatrelay.x86_64.rpm": rpmMagic, "link.secret": "0123456789abcdef0123",
+		{"no certificates", map[string]string{"chatrelay.x86_64.rpm": rpmMagic, "link.secret": "0123456789abcdef0123", "redis.password": "0123456789abcdef0123",
 			"../topology.json": "{}", "../provision/render.sh": "#"},
 			[]string{"vagrant/build/pki/ca.pem", "vagrant/build/pki/" + m.Name + "/relay.pem", "vagrant/build/pki/" + m.Name + "/check-key.pem",
 				"certificates are made on the host", "Run scripts/build-vagrant.sh", "vagrant provision " + m.Name}},
@@ -806,8 +806,15 @@ func TestBuildVagrant(t *testing.T) {
 	if again, _ := os.ReadFile(secret); !bytes.Equal(again, first) {
 		t.Error("a second build changed the link secret (running VMs would lose their links)")
 	}
-	if entries, _ := os.ReadDir(out); len(entries) != 3 {
-		t.Errorf("build folder holds %v, want chatrelay.x86_64.rpm, link.secret, pki", entries)
+	pass := filepath.Join(out, "redis.password")
+	if fi, err := os.Stat(pass); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("redis.password: %v, mode %v, want 0600", err, fi)
+	}
+	if p, _ := os.ReadFile(pass); !regexp.MustCompile(`^[0-9a-f]{64}\n$`).Match(p) || bytes.Equal(p, first) {
+		t.Errorf("redis.password %q: want 64 hex characters, not the link secret", p)
+	}
+	if entries, _ := os.ReadDir(out); len(entries) != 4 {
+		t.Errorf("build folder holds %v, want chatrelay.x86_64.rpm, link.secret, redis.password, pki", entries)
 	}
 	// The lab's CA and certificates (TestLabCertificates checks what they
 	// are good for): made by the first run, kept by the second.
@@ -897,7 +904,7 @@ func TestProvisionAsksForCurlOnlyWithoutOne(t *testing.T) {
 			}
 		}
 		stage := filepath.Join(t.TempDir(), "stage")
-		inputs := map[string]string{"build/chatrelay.x86_64.rpm": rpmMagic, "build/link.secret": "0123456789abcdef0123",
+		inputs := map[string]string{"build/chatrelay.x86_64.rpm": rpmMagic, "build/link.secret": "0123456789abcdef0123", "build/redis.password": "0123456789abcdef0123",
 			"topology.json": "{}", "provision/render.sh": "#", "pki/ca.pem": "stand-in"}
 		for _, f := range []string{"msgserver.pem", "msgserver-key.pem", "redis.pem", "redis-key.pem"} {
 			inputs["pki/host/"+f] = "stand-in"

@@ -36,7 +36,12 @@ import (
 	"github.com/chatrelay/chatrelay/internal/cli"
 )
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	if cli.VersionArg("chatbench", os.Args[1:], os.Stdout) {
+		return
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
 
 const usage = `usage: chatbench MODE [flags]   (chatbench MODE --help lists them)
 

@@ -28,7 +28,12 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	if cli.VersionArg("demo", os.Args[1:], os.Stdout) {
+		return
+	}
+	os.Exit(run(os.Args[1:]))
+}
 
 func run(args []string) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)

@@ -30,6 +30,9 @@ import (
 )
 
 func main() {
+	if cli.VersionArg("drill", os.Args[1:], os.Stdout) {
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "load" {
 		os.Exit(load(os.Args[2:]))
 	}

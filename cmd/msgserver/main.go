@@ -12,10 +12,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -39,8 +39,8 @@ func main() {
 
 func run(args []string) int {
 	host, _ := os.Hostname()
-	fs := flag.NewFlagSet("msgserver", flag.ContinueOnError)
-	cli.Usage(fs, "msgserver: a chat message server.\n\nUsage: msgserver [flags]\n       msgserver token --help   (make a login token)")
+	fs := cli.NewCommand("msgserver", "msgserver: a chat message server.\n\nUsage: msgserver [flags]\n       msgserver token --help   (make a login token)",
+		os.Stdout, os.Stderr, cli.FromEnv(), cli.WithVersion())
 	var (
 		id          = fs.String("id", host, "server id, unique among message servers (letters, digits, . _ -)")
 		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
@@ -62,7 +62,9 @@ func run(args []string) int {
 		linkCert    = fs.String("link-cert", "", "client certificate (PEM) shown to a relay that requires one (relay --link-client-ca), with --link-key; its common name or a DNS name must be --id. Reloaded like --tls-cert")
 		linkKey     = fs.String("link-key", "", "the key of --link-cert (PEM)")
 		redisCA     = fs.String("redis-ca-file", "", "CA certificates (PEM) that verify a rediss:// Redis's certificate instead of the system's")
-		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
+		redisPass   = fs.String("redis-password-file", "", "file holding the Redis password (not in --redis then); read again for each new Redis connection, so a rotated password needs no restart")
+		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz, /metrics and the admin API (/admin/: sessions, kick, drain); empty disables it")
+		adminToken  = fs.String("admin-token-file", "", "file holding the admin API's bearer token (at least 16 bytes): with it, /admin/ answers any address that sends the token; without it, loopback clients only")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
 		unackedMax  = fs.Int("unacked-max", msgserver.DefaultUnackedMax, "events a session with acks may hold unacked beyond --inbox-max; past it the session is closed (too_many_unacked)")
@@ -89,12 +91,8 @@ func run(args []string) int {
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
 	)
-	if err := cli.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(os.Stderr, "msgserver:", err)
-		return 2
+	if code, done := fs.Parse(args); done {
+		return code
 	}
 	log, err := cli.NewLogger(*logLevel, *logFormat)
 	if err != nil {
@@ -116,6 +114,12 @@ func run(args []string) int {
 			return 2
 		}
 	}
+	var adminTok []byte
+	if *adminToken != "" {
+		if adminTok, err = readToken(*adminToken); err != nil {
+			return fs.Fail("--admin-token-file: %v", err)
+		}
+	}
 	exemptNets, err := parsePrefixes(*exempt)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "msgserver: --per-ip-exempt:", err)
@@ -130,6 +134,11 @@ func run(args []string) int {
 		if err := ropts.UseCA(*redisCA); err != nil {
 			fmt.Fprintln(os.Stderr, "msgserver: --redis-ca-file:", err)
 			return 2
+		}
+	}
+	if *redisPass != "" {
+		if err := ropts.UsePasswordFile(*redisPass); err != nil {
+			return fs.Fail("--redis-password-file: %v", err)
 		}
 	}
 	tlsc, err := loadTLS(tlsFlags{
@@ -160,6 +169,9 @@ func run(args []string) int {
 	}
 
 	reg := health.NewRegistry()
+	for i, r := range tlsc.reloaders {
+		reg.MustRegister(r.ExpiryGauge(tlsc.uses[i]))
+	}
 	srv, err := msgserver.New(msgserver.Config{
 		ID:             *id,
 		AdvertiseAddr:  adv,
@@ -206,7 +218,10 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "msgserver:", err)
 		return 2
 	}
-	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(srv.Report, reg, *pprofOn), log)
+	adminMux := http.NewServeMux()
+	adminMux.Handle("/admin/", srv.AdminAPI(adminTok))
+	adminMux.Handle("/", health.AdminHandler(srv.Report, reg, *pprofOn))
+	adminSrv, _, err := cli.ServeAdmin(*admin, adminMux, log)
 	if err != nil {
 		log.Error("cannot serve admin address", "err", err)
 		srv.Close()
@@ -238,15 +253,19 @@ func run(args []string) int {
 	select {
 	case <-ctx.Done():
 		log.Info("signal received, shutting down", "grace", *grace)
+	case <-srv.Drained():
+		log.Info("drain over, shutting down", "grace", *grace)
+	case err := <-errc:
+		log.Error("message server stopped", "err", err)
+		srv.Close()
+		code = 1
+	}
+	if code == 0 {
 		sctx, cancel := context.WithTimeout(context.Background(), *grace)
 		if err := srv.Shutdown(sctx); err != nil {
 			log.Warn("shutdown incomplete", "err", err)
 		}
 		cancel()
-	case err := <-errc:
-		log.Error("message server stopped", "err", err)
-		srv.Close()
-		code = 1
 	}
 	if adminSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -289,6 +308,7 @@ type tlsFlags struct {
 type tlsSetup struct {
 	client, link *tls.Config
 	reloaders    []*certs.Reloader
+	uses         []string // what each reloader's certificate is for (certs.ExpiryGauge)
 }
 
 func loadTLS(f tlsFlags, log *slog.Logger) (tlsSetup, error) {
@@ -300,6 +320,7 @@ func loadTLS(f tlsFlags, log *slog.Logger) (tlsSetup, error) {
 		}
 		t.client = certs.ServerConfig(r)
 		t.reloaders = append(t.reloaders, r)
+		t.uses = append(t.uses, "clients")
 	}
 	if f.linkCA == "" {
 		if f.linkName != "" || f.linkCert != "" || f.linkKey != "" {
@@ -322,6 +343,7 @@ func loadTLS(f tlsFlags, log *slog.Logger) (tlsSetup, error) {
 		}
 		t.link.GetClientCertificate = r.GetClientCertificate
 		t.reloaders = append(t.reloaders, r)
+		t.uses = append(t.uses, "link-client")
 	}
 	return t, nil
 }
@@ -341,4 +363,18 @@ func defaultAdvertise(a net.Addr) string {
 		ip = "127.0.0.1"
 	}
 	return net.JoinHostPort(ip, fmt.Sprint(tcp.Port))
+}
+
+// readToken reads a secret token file: surrounding space trimmed, at
+// least 16 bytes.
+func readToken(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = []byte(strings.TrimSpace(string(b)))
+	if len(b) < 16 {
+		return nil, fmt.Errorf("the token in %s is %d bytes; use at least 16 (e.g. openssl rand -hex 32)", path, len(b))
+	}
+	return b, nil
 }

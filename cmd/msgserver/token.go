@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,11 +13,10 @@ import (
 // tokenMain is `msgserver token`: it prints a login token, for labs and
 // tests. In production the application that lets users in issues them.
 func tokenMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("msgserver token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cli.Usage(fs, "msgserver token: print a login token for --name, for labs and tests.\n\n"+
+	fs := cli.NewCommand("msgserver token", "msgserver token: print a login token for --name, for labs and tests.\n\n"+
 		"Usage: msgserver token --key-file FILE --name NAME [--ttl 1h]\n\n"+
-		"The key file is the HS256 key the servers hold, or the PEM private key whose public key they hold.")
+		"The key file is the HS256 key the servers hold, or the PEM private key whose public key they hold.",
+		stdout, stderr, cli.FromEnv())
 	var (
 		keyFile  = fs.String("key-file", "", "signing key: the HS256 shared key file, or a PEM private key (Ed25519, RSA, ECDSA)")
 		name     = fs.String("name", "", "the user the token is for (its sub)")
@@ -27,31 +24,23 @@ func tokenMain(args []string, stdout, stderr io.Writer) int {
 		audience = fs.String("audience", "", "aud claim, for servers run with --auth-audience")
 		issuer   = fs.String("issuer", "", "iss claim, for servers run with --auth-issuer")
 	)
-	if err := cli.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "msgserver token:", err)
-		return 2
+	if code, done := fs.Parse(args); done {
+		return code
 	}
 	if *keyFile == "" || *name == "" {
-		fmt.Fprintln(stderr, "msgserver token: --key-file and --name are required")
-		return 2
+		return fs.Fail("--key-file and --name are required")
 	}
 	data, err := os.ReadFile(*keyFile)
 	if err != nil {
-		fmt.Fprintln(stderr, "msgserver token:", err)
-		return 2
+		return fs.Fail("%v", err)
 	}
 	key, err := msgserver.ParseSigningKey(data)
 	if err != nil {
-		fmt.Fprintf(stderr, "msgserver token: --key-file %s: %v\n", *keyFile, err)
-		return 2
+		return fs.Fail("--key-file %s: %v", *keyFile, err)
 	}
 	tok, err := key.Token(*name, *ttl, *issuer, *audience)
 	if err != nil {
-		fmt.Fprintln(stderr, "msgserver token:", err)
-		return 2
+		return fs.Fail("%v", err)
 	}
 	fmt.Fprintln(stdout, tok)
 	return 0

@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -41,8 +40,13 @@ func main() {
 
 func run(args []string) int {
 	host, _ := os.Hostname()
-	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
-	cli.Usage(fs, "relay: the chat relay between message servers.\n\nUsage: relay [flags]\n       relay check --help   (health check for keepalived's vrrp_script)")
+	fs := cli.NewCommand("relay", "relay: the chat relay between message servers.\n\n"+
+		"Usage: relay [flags]\n"+
+		"       relay check --help               (health check for keepalived's vrrp_script)\n"+
+		"       relay render-keepalived --help   (a relay host's keepalived.conf from the topology)\n"+
+		"       relay render-lab --help          (the Vagrant lab's files from the topology)\n"+
+		"       relay gen-certs --help           (the lab's CA and certificates)",
+		os.Stdout, os.Stderr, cli.FromEnv(), cli.WithVersion())
 	var (
 		listen     = fs.String("listen", relay.DefaultLinkAddr, "link address message servers dial (host:port); listen on all addresses so the VIP is covered")
 		admin      = fs.String("admin", relay.DefaultAdminAddr, "admin HTTP address for /healthz and /metrics; empty disables it")
@@ -66,12 +70,8 @@ func run(args []string) int {
 		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat  = fs.String("log-format", "text", "text or json")
 	)
-	if err := cli.Parse(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(os.Stderr, "relay:", err)
-		return 2
+	if code, done := fs.Parse(args); done {
+		return code
 	}
 	log, err := cli.NewLogger(*logLevel, *logFormat)
 	if err != nil {
@@ -99,6 +99,9 @@ func run(args []string) int {
 
 	reg := health.NewRegistry()
 	metrics := relay.NewMetrics(reg)
+	if reloader != nil {
+		reg.MustRegister(reloader.ExpiryGauge("link"))
+	}
 	srv, err := relay.New(relay.Config{
 		ID:            *id,
 		Secret:        secret,
@@ -134,7 +137,11 @@ func run(args []string) int {
 	if vipIP != nil {
 		srv.WatchVIP(vipIP, *vipPoll)
 	}
-	adminSrv, _, err := cli.ServeAdmin(*admin, health.AdminHandler(srv.Report, reg, *pprofOn), log)
+	adminH := health.AdminHandler(srv.Report, reg, *pprofOn)
+	if vipIP != nil {
+		adminH = relay.NewCheckWatch(reg).Handler(adminH)
+	}
+	adminSrv, _, err := cli.ServeAdmin(*admin, adminH, log)
 	if err != nil {
 		log.Error("cannot serve admin address", "err", err)
 		return 1

@@ -1,14 +1,13 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/cli"
 	"github.com/chatrelay/chatrelay/keepalived"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/vagrant"
@@ -19,8 +18,8 @@ import (
 // 0 done, 2 anything wrong (flags, topology, options, writing --out).
 func renderMain(args []string, stdout, stderr io.Writer) int {
 	host, _ := os.Hostname()
-	fs, fail := subcommand("render-keepalived", stderr, "relay render-keepalived: print the keepalived.conf of one relay host, rendered from the topology.\n\n"+
-		"Usage: relay render-keepalived --topology keepalived/topology.json --host relay-a [flags]\n\nFlags:")
+	fs := cli.NewCommand("relay render-keepalived", "relay render-keepalived: print the keepalived.conf of one relay host, rendered from the topology.\n\n"+
+		"Usage: relay render-keepalived --topology keepalived/topology.json --host relay-a [flags]", stdout, stderr)
 	var (
 		topology   = fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
 		hostName   = fs.String("host", host, "relay host to render for, a relay name in the topology")
@@ -32,28 +31,26 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		scriptUser = fs.String("script-user", keepalived.DefaultScriptUser, "user keepalived runs the scripts as")
 		redisURL   = fs.String("redis", "", "Redis URL the check counts registered message servers in; empty: the servers the relay has seen")
 		redisCA    = fs.String("redis-ca-file", "", "CA file the check verifies a rediss:// --redis with")
+		redisPass  = fs.String("redis-password-file", "", "file holding the Redis password the check logs in to --redis with")
 		linkTLS    = fs.Bool("link-tls", false, "the relay's link port serves TLS: the check probes it over TLS")
 		linkCert   = fs.String("link-cert", "", "client certificate the check shows a mutual-TLS link port (with --link-key)")
 		linkKey    = fs.String("link-key", "", "the key of --link-cert")
 		out        = fs.String("out", "", "write the config to this file instead of stdout")
 	)
-	if code, done := parse(fs, args); done {
+	if code, done := fs.Parse(args); done {
 		return code
 	}
-	if fs.NArg() > 0 {
-		return fail("unexpected arguments %q (every option is a --flag)", fs.Args())
-	}
 	if *topology == "" {
-		return fail("--topology is required (keepalived/topology.json in the repository)")
+		return fs.Fail("--topology is required (keepalived/topology.json in the repository)")
 	}
 	if *redisURL != "" {
 		if _, err := store.ParseURL(*redisURL); err != nil {
-			return fail("--redis: %v", err)
+			return fs.Fail("--redis: %v", err)
 		}
 	}
 	t, err := keepalived.LoadTopology(*topology)
 	if err != nil {
-		return fail("%v", err)
+		return fs.Fail("%v", err)
 	}
 	conf, err := keepalived.Render(t, *hostName, keepalived.Options{
 		RelayBin:     *relayBin,
@@ -64,21 +61,22 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 		Unicast:      *unicast,
 		RedisURL:     *redisURL,
 		RedisCA:      *redisCA,
+		RedisPass:    *redisPass,
 		LinkTLS:      *linkTLS,
 		CheckCert:    *linkCert,
 		CheckKey:     *linkKey,
 	})
 	if err != nil {
-		return fail("%v", err)
+		return fs.Fail("%v", err)
 	}
 	if *out == "" {
 		if _, err := stdout.Write(conf); err != nil {
-			return fail("write: %v", err)
+			return fs.Fail("write: %v", err)
 		}
 		return 0
 	}
 	if err := writeFileAtomic(*out, conf); err != nil {
-		return fail("%v", err)
+		return fs.Fail("%v", err)
 	}
 	return 0
 }
@@ -88,10 +86,11 @@ func renderMain(args []string, stdout, stderr io.Writer) int {
 // Prometheus config to --prometheus. Exit codes: 0 done, 2 anything wrong
 // (flags, topology, options, writing).
 func renderLabMain(args []string, stdout, stderr io.Writer) int {
-	fs, fail := subcommand("render-lab", stderr, "relay render-lab: render the Vagrant lab's files from the topology: a host's env files,\n"+
+	fs := cli.NewCommand("relay render-lab", "relay render-lab: render the Vagrant lab's files from the topology: a host's env files,\n"+
 		"firewall.sh, redis.conf and keepalived.conf (by role), or the Prometheus config.\n\n"+
 		"Usage: relay render-lab --topology keepalived/topology.json --host msg-1 --out DIR [--interface NIC] [--unicast]\n"+
-		"       relay render-lab --topology keepalived/topology.json --prometheus health/prometheus/prometheus.yml\n\nFlags:")
+		"       relay render-lab --topology keepalived/topology.json --prometheus health/prometheus/prometheus.yml\n"+
+		"       relay render-lab --topology keepalived/topology.json --grafana vagrant/build/grafana", stdout, stderr)
 	var (
 		topology   = fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
 		hostName   = fs.String("host", "", "lab host whose files to render (with --out)")
@@ -99,42 +98,61 @@ func renderLabMain(args []string, stdout, stderr io.Writer) int {
 		iface      = fs.String("interface", "", "relay hosts: network interface for the VIP and adverts; empty: the topology's")
 		unicast    = fs.Bool("unicast", false, "relay hosts: VRRP adverts by unicast to the peer relay instead of multicast")
 		prometheus = fs.String("prometheus", "", `write the lab's Prometheus config to this file ("-": stdout)`)
+		grafanaDir = fs.String("grafana", "", "write Grafana provisioning (a Prometheus datasource, the chatrelay dashboard) into this folder, for Grafana's paths.provisioning")
+		grafanaURL = fs.String("grafana-prometheus", vagrant.DefaultGrafanaPrometheus, "the Prometheus URL the --grafana datasource points at")
 	)
-	if code, done := parse(fs, args); done {
+	if code, done := fs.Parse(args); done {
 		return code
 	}
 	switch {
-	case fs.NArg() > 0:
-		return fail("unexpected arguments %q (every option is a --flag)", fs.Args())
 	case *topology == "":
-		return fail("--topology is required (keepalived/topology.json in the repository)")
+		return fs.Fail("--topology is required (keepalived/topology.json in the repository)")
 	case (*hostName == "") != (*out == ""):
-		return fail("--host and --out go together: the host's files are written into the folder --out")
-	case *hostName == "" && *prometheus == "":
-		return fail("nothing to render: give --host and --out, or --prometheus")
+		return fs.Fail("--host and --out go together: the host's files are written into the folder --out")
+	case *hostName == "" && *prometheus == "" && *grafanaDir == "":
+		return fs.Fail("nothing to render: give --host and --out, --prometheus, or --grafana")
 	}
 	t, err := keepalived.LoadTopology(*topology)
 	if err != nil {
-		return fail("%v", err)
+		return fs.Fail("%v", err)
 	}
 	if *hostName != "" {
 		files, err := vagrant.RenderHost(t, *hostName, vagrant.Options{Interface: *iface, Unicast: *unicast})
 		if err != nil {
-			return fail("%v", err)
+			return fs.Fail("%v", err)
 		}
 		if err := os.MkdirAll(*out, 0o755); err != nil {
-			return fail("%v", err)
+			return fs.Fail("%v", err)
 		}
 		for _, f := range files {
 			if err := writeFileAtomic(filepath.Join(*out, f.Name), f.Data); err != nil {
-				return fail("%v", err)
+				return fs.Fail("%v", err)
+			}
+		}
+	}
+	if *grafanaDir != "" {
+		dir, err := filepath.Abs(*grafanaDir)
+		if err != nil {
+			return fs.Fail("--grafana: %v", err)
+		}
+		files, err := vagrant.RenderGrafana(dir, *grafanaURL)
+		if err != nil {
+			return fs.Fail("%v", err)
+		}
+		for _, f := range files {
+			p := filepath.Join(dir, f.Name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return fs.Fail("%v", err)
+			}
+			if err := writeFileAtomic(p, f.Data); err != nil {
+				return fs.Fail("%v", err)
 			}
 		}
 	}
 	if *prometheus != "" {
 		conf, err := vagrant.RenderPrometheus(t)
 		if err != nil {
-			return fail("%v", err)
+			return fs.Fail("%v", err)
 		}
 		if *prometheus == "-" {
 			_, err = stdout.Write(conf)
@@ -142,7 +160,7 @@ func renderLabMain(args []string, stdout, stderr io.Writer) int {
 			err = writeFileAtomic(*prometheus, conf)
 		}
 		if err != nil {
-			return fail("write: %v", err)
+			return fs.Fail("write: %v", err)
 		}
 	}
 	return 0
@@ -179,60 +197,28 @@ func writeFileAtomic(path string, data []byte) error {
 // scripts/build-vagrant.sh runs it on the VM host. Exit codes: 0 done, 2
 // anything wrong.
 func genCertsMain(args []string, stdout, stderr io.Writer) int {
-	fs, fail := subcommand("gen-certs", stderr, "relay gen-certs: make or renew the lab's CA and each host's certificates from the topology.\n"+
+	fs := cli.NewCommand("relay gen-certs", "relay gen-certs: make or renew the lab's CA and each host's certificates from the topology.\n"+
 		"The CA key stays in --out: copy only ca.pem and a host's own folder to that host.\n\n"+
-		"Usage: relay gen-certs --topology keepalived/topology.json --out vagrant/build/pki\n\nFlags:")
+		"Usage: relay gen-certs --topology keepalived/topology.json --out vagrant/build/pki", stdout, stderr)
 	topology := fs.String("topology", "", "topology file (keepalived/topology.json in the repository); required")
 	out := fs.String("out", "", "folder for the CA and the hosts' certificates (vagrant/build/pki); required")
-	if code, done := parse(fs, args); done {
+	if code, done := fs.Parse(args); done {
 		return code
 	}
 	switch {
-	case fs.NArg() > 0:
-		return fail("unexpected arguments %q (every option is a --flag)", fs.Args())
 	case *topology == "" || *out == "":
-		return fail("--topology and --out are required")
+		return fs.Fail("--topology and --out are required")
 	}
 	t, err := keepalived.LoadTopology(*topology)
 	if err != nil {
-		return fail("%v", err)
+		return fs.Fail("%v", err)
 	}
 	report, err := vagrant.WriteCerts(t, *out, time.Now())
 	if err != nil {
-		return fail("%v", err)
+		return fs.Fail("%v", err)
 	}
 	for _, l := range report {
 		fmt.Fprintln(stdout, l)
 	}
 	return 0
-}
-
-// subcommand is the flag set of "relay NAME", whose help prints usage
-// before the flags, and fail, which prints "relay NAME: ..." to stderr and
-// returns exit code 2.
-func subcommand(name string, stderr io.Writer, usage string) (*flag.FlagSet, func(format string, a ...any) int) {
-	fs := flag.NewFlagSet("relay "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, usage)
-		fs.PrintDefaults()
-	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "relay "+name+": "+format+"\n", a...)
-		return 2
-	}
-	return fs, fail
-}
-
-// parse parses a subcommand's flags; done is true when the command ends
-// here with code: 0 after --help, 2 for a bad flag (the flag package has
-// said why).
-func parse(fs *flag.FlagSet, args []string) (code int, done bool) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, true
-		}
-		return 2, true
-	}
-	return 0, false
 }

@@ -132,3 +132,42 @@ func readLines(t *testing.T, name string) []string {
 	}
 	return lines
 }
+
+// TestEveryAlertHasARunbook: each alert's runbook_url points at a section
+// of this folder's README (a heading whose GitHub anchor it names).
+func TestEveryAlertHasARunbook(t *testing.T) {
+	const base = "https://github.com/chatrelay/chatrelay/blob/main/health/prometheus/README.md#"
+	anchors := map[string]bool{}
+	for _, line := range readLines(t, "README.md") {
+		if h, ok := strings.CutPrefix(line, "### "); ok {
+			anchors[strings.ToLower(strings.ReplaceAll(strings.TrimSpace(h), " ", "-"))] = true
+		}
+	}
+	alertRe := regexp.MustCompile(`^\s*-\s*alert:\s*(\S+)\s*$`)
+	runbookRe := regexp.MustCompile(`^\s*runbook_url:\s*"([^"]*)"\s*$`)
+	current, n := "", 0
+	check := func() {
+		if current != "" {
+			t.Errorf("alert %s has no runbook_url annotation", current)
+		}
+	}
+	for _, line := range readLines(t, "alerts.yml") {
+		if m := alertRe.FindStringSubmatch(line); m != nil {
+			check()
+			current = m[1]
+			n++
+			continue
+		}
+		if m := runbookRe.FindStringSubmatch(line); m != nil && current != "" {
+			anchor, ok := strings.CutPrefix(m[1], base)
+			if !ok || !anchors[anchor] || anchor != strings.ToLower(current) {
+				t.Errorf("alert %s: runbook_url %q is not %s%s, or README.md has no section ### %s", current, m[1], base, strings.ToLower(current), current)
+			}
+			current = ""
+		}
+	}
+	check()
+	if n == 0 {
+		t.Fatal("no alerts found in alerts.yml")
+	}
+}

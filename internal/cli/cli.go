@@ -31,43 +31,23 @@ func EnvName(name string) string {
 }
 
 // Parse parses args, then fills every flag not given on the command line
-// from its environment variable, if set.
+// from its environment variable, if set. --help prints the usage to
+// stdout and returns flag.ErrHelp; any other mistake is returned as one
+// line saying what is wrong and where the help is (the flag package
+// prints nothing). Command does the same with its own writers.
 func Parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] {
-			return
-		}
-		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, err))
-			}
-		}
+	return parse(fs, args, true, func() {
+		out := fs.Output()
+		fs.SetOutput(os.Stdout)
+		fs.Usage()
+		fs.SetOutput(out)
 	})
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected arguments: %q", fs.Args()))
-	}
-	return errors.Join(errs...)
 }
 
-// Usage sets a usage text that lists each flag with its environment variable.
+// Usage sets a usage text that lists each flag with its environment
+// variable, in Command's format.
 func Usage(fs *flag.FlagSet, synopsis string) {
-	fs.Usage = func() {
-		out := fs.Output()
-		fmt.Fprintf(out, "%s\n\nFlags (each can also be set by the environment variable shown):\n", synopsis)
-		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(out, "  --%s (%s)\n    \t%s", f.Name, EnvName(f.Name), f.Usage)
-			if f.DefValue != "" {
-				fmt.Fprintf(out, " (default %q)", f.DefValue)
-			}
-			fmt.Fprintln(out)
-		})
-	}
+	fs.Usage = func() { printHelp(fs.Output(), fs, synopsis, true) }
 }
 
 // NewLogger returns a logger writing to stderr at level ("debug", "info",

@@ -4,12 +4,13 @@
 #
 #   LAB_STAGE/topology.json          ../keepalived/topology.json
 #   LAB_STAGE/provision/*.sh         this folder
-#   LAB_STAGE/build/chatrelay.x86_64.rpm, LAB_STAGE/build/link.secret
+#   LAB_STAGE/build/chatrelay.x86_64.rpm, LAB_STAGE/build/link.secret,
+#   LAB_STAGE/build/redis.password
 #                                    from scripts/build-vagrant.sh: the chatrelay
 #                                    package (relay, msgserver, their units,
 #                                    keepalived's check and notify script, the
 #                                    users, SELinux labels: packaging/) and the
-#                                    link secret
+#                                    link secret and the lab Redis's password
 #   LAB_STAGE/pki/ca.pem, LAB_STAGE/pki/host/*.pem    the lab CA's certificate and this
 #                                    host's certificates and keys (never the CA's key),
 #                                    from scripts/build-vagrant.sh (relay gen-certs)
@@ -49,11 +50,11 @@ trap 'rm -rf -- "$stage"' EXIT
 # --- inputs -----------------------------------------------------------------
 missing=()
 rpm_file=$stage/build/chatrelay.x86_64.rpm
-for f in chatrelay.x86_64.rpm link.secret; do
+for f in chatrelay.x86_64.rpm link.secret redis.password; do
 	[[ -s $stage/build/$f ]] || missing+=("vagrant/build/$f")
 done
 if ((${#missing[@]} > 0)); then
-	die "${missing[*]} not found: the chatrelay package and the link secret are made on the host. Run scripts/build-vagrant.sh in the repository, then: vagrant provision ${LAB_HOST}"
+	die "${missing[*]} not found: the chatrelay package, the link secret and the Redis password are made on the host. Run scripts/build-vagrant.sh in the repository, then: vagrant provision ${LAB_HOST}"
 fi
 # An RPM starts with the lead's magic bytes ed ab ee db.
 if [[ $(head -c 4 "$rpm_file" | od -An -tx1 | tr -d ' \n') != 'edabeedb' ]]; then
@@ -126,6 +127,9 @@ install -d -m 0755 /etc/chatrelay
 install -m 0644 "$stage/topology.json" /etc/chatrelay/topology.json
 # The secret is readable by the services' user, and nobody else.
 install -m 0640 -o root -g chatrelay "$stage/build/link.secret" /etc/chatrelay/link.secret
+# So is the Redis password (--redis-password-file); keepalived's check gets
+# its own copy below.
+install -m 0640 -o root -g chatrelay "$stage/build/redis.password" /etc/chatrelay/redis.password
 # TLS (vagrant/certs.go): the CA's certificate, and this host's certificates
 # with their keys readable by the services' user only. keepalived's check
 # gets its own certificate below, Redis its own under /etc/redis/tls.
@@ -173,10 +177,17 @@ healthy() {
 # --- redis ------------------------------------------------------------------
 # Bound to the lab address (and loopback) without a password, protected mode
 # off (redis.conf says why): the firewall lets only the lab network reach it.
+# Its password (requirepass) is the lab's redis.password, in a file only
+# redis reads.
 if has_role redis; then
 	conf=/etc/redis/redis.conf # CentOS Stream 9's redis (6.2, or the redis:7 module)
 	[[ -f $conf ]] || die "$conf not found: is this CentOS Stream 9's redis package?"
 	install -m 0640 -o root -g redis "$rendered/redis.conf" /etc/redis/chatrelay.conf
+	(
+		umask 077
+		printf 'requirepass %s\n' "$(tr -d '[:space:]' <"$stage/build/redis.password")" >"$stage/chatrelay-auth.conf"
+	)
+	install -m 0640 -o root -g redis "$stage/chatrelay-auth.conf" /etc/redis/chatrelay-auth.conf
 	# TLS only (redis.conf): its certificate, key and the CA's certificate,
 	# where the policy lets redis_t read them.
 	install -d -m 0750 -o root -g redis /etc/redis/tls
@@ -199,7 +210,8 @@ if has_role redis; then
 	systemctl enable redis
 	systemctl restart redis
 	for ((i = 0; ; i++)); do
-		[[ $(redis-cli --tls --cacert /etc/chatrelay/tls/ca.pem -h "$LAB_IP" -p "$LAB_PORT_REDIS" ping 2>/dev/null) == PONG ]] && break
+		[[ $(REDISCLI_AUTH=$(tr -d '[:space:]' <"$stage/build/redis.password") \
+			redis-cli --tls --cacert /etc/chatrelay/tls/ca.pem -h "$LAB_IP" -p "$LAB_PORT_REDIS" ping 2>/dev/null) == PONG ]] && break
 		((i < 50)) || die "redis does not answer PING over TLS on ${LAB_IP}:${LAB_PORT_REDIS}"
 		sleep 0.2
 	done
@@ -222,6 +234,7 @@ if has_role relay; then
 	# by the script user only.
 	install -m 0644 "$stage/pki/host/check.pem" /etc/chatrelay/tls/check.pem
 	install -m 0640 -o root -g keepalived_script "$stage/pki/host/check-key.pem" /etc/chatrelay/tls/check-key.pem
+	install -m 0640 -o root -g keepalived_script "$stage/build/redis.password" /etc/chatrelay/redis-check.password
 	relabel /etc/chatrelay/tls
 
 	install -m 0644 "$rendered/keepalived.conf" /etc/keepalived/keepalived.conf
