@@ -17,10 +17,15 @@ import (
 // (the relay has no route to the destination, which may be reconnecting
 // after a failover) and retries it with backoff until NoRouteGiveUp.
 //
-// It is not welded to one link: each message remembers the connection it
-// last went over (pending.via), a connection that comes up is handed what
-// is on no live connection, and one that ends gives its messages back. A
-// second relay link is then a second connection in the same ledger.
+// It holds up to maxRelayLinks live connections, one per relay address
+// (linkConn.slot), and spreads messages over them by recipient (pick; the
+// design note in docs/two-relays.md says why). Each message remembers the
+// connection it last went over (pending.via). When a connection ends, what
+// went over it is sent again at once over another live one, without
+// waiting for the relay tier to fail over; with none left it waits, and a
+// connection that comes up is handed what is on no live connection. A NACK
+// from one relay sends the message over the other link at once; only when
+// every live link has refused it is it held with backoff.
 //
 // Outcomes are pulled, not called back: acked, nacked and abandon return
 // the delivery a message belongs to and what became of it, and the caller
@@ -53,8 +58,14 @@ type ledger struct {
 	byID     map[wire.ID]*pending
 	awaiting pendingList // sent, or waiting for a connection, and not acked: in due order
 	held     pendingList // NACKed, waiting for their retry time
-	live     *linkConn   // the connection messages go over; nil while none is up
+	// live holds the connection of each relay link (by slot); nil while
+	// that link is down.
+	live [maxRelayLinks]*linkConn
 }
+
+// maxRelayLinks is how many relay addresses a server links to at most:
+// one per VIP, and the relay tier has one or two.
+const maxRelayLinks = 2
 
 // pending is a forwarded message waiting for its ack.
 type pending struct {
@@ -65,6 +76,8 @@ type pending struct {
 	due       time.Time // resend (awaiting) or retry (held) at this time
 	firstNack time.Time
 	nacks     int
+	key       uint32 // spreads messages over the links: a hash of the recipient
+	refused   uint8  // slots whose relay NACKed it since it was last held
 	// via is the connection the message last went over: nil when it has
 	// not gone over one yet, when that one ended, or while held.
 	via *linkConn
@@ -96,10 +109,10 @@ func (g *ledger) send(d *delivery, f *wire.Forward) error {
 		g.mu.Unlock()
 		return errBacklogFull
 	}
-	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame}
+	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame, key: spreadKey(d)}
 	g.byID[f.ID] = p
 	g.m.setUnacked(len(g.byID))
-	g.sendLocked(&b, g.live, p, now)
+	g.sendLocked(&b, g.pickLocked(p.key, nil), p, now)
 	g.mu.Unlock()
 	b.Flush() // the write, if it is ours, happens outside the lock
 	return nil
@@ -120,48 +133,97 @@ func (g *ledger) sendLocked(b *sendq.Batch, c *linkConn, p *pending, now time.Ti
 	}
 }
 
-// up makes c the connection messages go over and sends it every message
-// that is on no live connection, held ones included, in the order they
-// were first sent. It returns how many it sent.
+// up makes c the connection of its link and sends it every message that
+// is on no live connection, held ones included, in the order they were
+// first sent. It returns how many it sent.
 func (g *ledger) up(c *linkConn) int {
 	now := time.Now()
 	var b sendq.Batch
 	defer b.Flush() // after the unlock: the backlog goes out in big writes
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.live = c
-	// What is on no live connection moves to the end, in order, as it is
-	// sent; the rest keeps its place and its due time. left counts the
-	// messages that were there before, so moved ones are not seen again.
-	n := 0
-	for p, left := g.awaiting.head, g.awaiting.n; left > 0; left-- {
-		next := p.next
-		if p.via == nil {
-			g.sendLocked(&b, c, p, now)
-			n++
-		}
-		p = next
-	}
+	g.live[c.slot] = c
+	n := g.moveLocked(&b, nil, now, func(*pending) *linkConn { return c })
 	for p := g.held.head; p != nil; p = g.held.head {
+		p.refused = 0
 		g.sendLocked(&b, c, p, now)
 		n++
 	}
 	return n
 }
 
-// down records that c has ended: what went over it is on no connection
-// now, and goes out again over the next one to come up.
-func (g *ledger) down(c *linkConn) {
+// moveLocked sends every awaiting message whose connection is from over the
+// connection to returns for it (nil: it waits for one), in order. What
+// moves goes to the end of awaiting, in order, as it is sent; the rest
+// keeps its place and its due time. left counts the messages that were
+// there before, so moved ones are not seen again. It returns how many it
+// sent.
+func (g *ledger) moveLocked(b *sendq.Batch, from *linkConn, now time.Time, to func(*pending) *linkConn) int {
+	n := 0
+	for p, left := g.awaiting.head, g.awaiting.n; left > 0; left-- {
+		next := p.next
+		if p.via == from {
+			c := to(p)
+			if c == nil {
+				p.via = nil
+			} else {
+				g.sendLocked(b, c, p, now)
+				n++
+			}
+		}
+		p = next
+	}
+	return n
+}
+
+// down records that c has ended: what went over it goes out again at once
+// over another live connection, or over the next one to come up when
+// there is none. It returns how many it sent again.
+func (g *ledger) down(c *linkConn) int {
+	now := time.Now()
+	var b sendq.Batch
+	defer b.Flush()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.live == c {
-		g.live = nil
+	if g.live[c.slot] == c {
+		g.live[c.slot] = nil
 	}
-	for p := g.awaiting.head; p != nil; p = p.next {
-		if p.via == c {
-			p.via = nil
+	n := g.moveLocked(&b, c, now, func(p *pending) *linkConn { return g.pickLocked(p.key, nil) })
+	if n > 0 {
+		g.m.resent(n)
+	}
+	return n
+}
+
+// pickLocked returns the live connection for a message with key, avoiding
+// not when another is live; nil when none is. A recipient's messages keep
+// to one link while it is up, so they arrive in the order they were sent.
+func (g *ledger) pickLocked(key uint32, not *linkConn) *linkConn {
+	var fallback *linkConn
+	for i := range maxRelayLinks {
+		c := g.live[(int(key%maxRelayLinks)+i)%maxRelayLinks]
+		if c == nil {
+			continue
 		}
+		if c != not {
+			return c
+		}
+		fallback = c
 	}
+	return fallback
+}
+
+// spreadKey is the hash of a delivery's recipient that picks its link.
+func spreadKey(d *delivery) uint32 {
+	if d == nil {
+		return 0
+	}
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(d.ev.To); i++ {
+		h ^= uint32(d.ev.To[i])
+		h *= 16777619
+	}
+	return h
 }
 
 // acked ends the message an Ack is for and returns its delivery and
@@ -182,13 +244,18 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 	return p.d, outTaken
 }
 
-// nacked holds a message the relay could not route, to be tried again
-// after a backoff: the destination server may be reconnecting after a
-// failover. Once it has been refused for longer than giveUp it is ended
-// instead, and its delivery is returned (its outcome is outGaveUp). now is
-// when the NACK arrived.
-func (g *ledger) nacked(a wire.Ack, now time.Time) *delivery {
+// nacked handles a NACK that arrived on c: the relay there could not
+// route the message. If another link is live and its relay has not
+// refused the message yet, it goes over that one at once: the other relay
+// may well have the route. Otherwise it is held, to be tried again after a
+// backoff: the destination server may be reconnecting after a failover.
+// Once it has been refused for longer than giveUp it is ended instead, and
+// its delivery is returned (its outcome is outGaveUp). now is when the
+// NACK arrived.
+func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) *delivery {
 	g.m.nacked()
+	var b sendq.Batch
+	defer b.Flush()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	p := g.byID[a.ID]
@@ -202,8 +269,19 @@ func (g *ledger) nacked(a wire.Ack, now time.Time) *delivery {
 		g.removeLocked(p)
 		return p.d
 	}
+	if c != nil {
+		p.refused |= 1 << c.slot
+	}
+	for _, o := range g.live {
+		if o != nil && p.refused&(1<<o.slot) == 0 {
+			g.sendLocked(&b, o, p, now)
+			g.m.resent(1)
+			return nil
+		}
+	}
 	g.awaiting.remove(p)
 	p.via = nil
+	p.refused = 0
 	p.due = now.Add(min(g.retryMin<<min(p.nacks, 6), maxRetryWait))
 	p.nacks++
 	g.held.pushBack(p)
@@ -216,15 +294,15 @@ func (g *ledger) removeLocked(p *pending) {
 	g.m.setUnacked(len(g.byID))
 }
 
-// resendDue sends again, over the live connection, the messages whose ack
-// is overdue and the held ones whose retry time has come.
+// resendDue sends again the messages whose ack is overdue, over another
+// link than last time when there is one (the silent one may be the
+// problem), and the held ones whose retry time has come.
 func (g *ledger) resendDue(now time.Time) {
 	var b sendq.Batch
 	defer b.Flush() // after the unlock: one write for all of them
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	c := g.live
-	if c == nil {
+	if g.pickLocked(0, nil) == nil {
 		return // everything goes out when a connection comes up
 	}
 	overdue := 0
@@ -233,12 +311,13 @@ func (g *ledger) resendDue(now time.Time) {
 	}
 	n := overdue
 	for ; overdue > 0; overdue-- {
-		g.sendLocked(&b, c, g.awaiting.head, now)
+		p := g.awaiting.head
+		g.sendLocked(&b, g.pickLocked(p.key, p.via), p, now)
 	}
 	for p := g.held.head; p != nil; {
 		next := p.next
 		if !p.due.After(now) {
-			g.sendLocked(&b, c, p, now)
+			g.sendLocked(&b, g.pickLocked(p.key, nil), p, now)
 			n++
 		}
 		p = next

@@ -45,7 +45,7 @@ func run(args []string) int {
 		id          = fs.String("id", host, "server id, unique among message servers (letters, digits, . _ -)")
 		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
 		advertise   = fs.String("advertise", "", "client address published in the server registry; default: this host's private IP (go-sockaddr) and the listen port")
-		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port); empty runs without a relay")
+		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port), or both VIPs comma-separated (vipA:7000,vipB:7000) when both relays carry traffic: a link to each; empty runs without a relay")
 		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://host:6379/0, rediss://, redis-sentinel://h1:26379,h2:26379/mymaster, redis-cluster://h1:7000,h2:7000; go-redis options as query parameters (?dial_timeout=1s&pool_size=50)")
 		secretFile  = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes); needed with --relay")
 		nextFile    = fs.String("link-secret-next-file", "", "file holding a second link secret: a relay proving it is accepted too (the other secret of a rotation in progress)")

@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/msgserver"
+	"github.com/chatrelay/chatrelay/testenv"
+)
+
+// twoRelays is a tier whose message servers each hold a link to two relays
+// (--relay A,B), as with two VIPs.
+type twoRelays struct {
+	*system
+	relays [2]*testenv.Proc
+	addrs  [2]string
+}
+
+func startTwoRelays(t *testing.T) *twoRelays {
+	tr := &twoRelays{system: newSystem(t)}
+	for i, id := range []string{"relay-a", "relay-b"} {
+		tr.relays[i] = testenv.Start(t, id, tr.relayBin, "--id", id, "--listen", "127.0.0.1:0",
+			"--admin", "", "--link-secret-file", tr.secretFile)
+		tr.addrs[i] = tr.relays[i].WaitAddr("relay listening", 10*time.Second)
+	}
+	tr.relayAddr = tr.addrs[0] + "," + tr.addrs[1]
+	return tr
+}
+
+// startServer starts a message server linked to both relays and waits for
+// both links.
+func (tr *twoRelays) startServer(id string) string {
+	addr, p := tr.system.startServer(id)
+	testenv.Eventually(tr.t, 10*time.Second, id+" linked to both relays", func() bool {
+		return strings.Count(p.Output(), "relay link up") >= 2
+	})
+	return addr
+}
+
+// recipients returns n user names, half of whose messages go over each of
+// a server's two relay links: the link is picked by a hash of the
+// recipient (FNV-1a, msgserver's spreadKey), so the names are chosen for it.
+func recipients(n int) []string {
+	var names []string
+	var per [2]int
+	for i := 0; len(names) < n; i++ {
+		name := fmt.Sprintf("zhima%03d", 300+i)
+		h := fnv.New32a()
+		h.Write([]byte(name))
+		slot := h.Sum32() % 2
+		if per[slot] < n/2 {
+			per[slot]++
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// arrival is one chat event and when it arrived.
+type arrival struct {
+	content string
+	at      time.Time
+}
+
+// collect reads a receiver's chat events until n distinct ones arrived (or
+// the wait runs out), then flushes with a ping.
+func collect(c *testenv.Client, n int, within time.Duration) ([]arrival, error) {
+	var got []arrival
+	distinct := map[string]bool{}
+	for len(distinct) < n {
+		m, err := c.Read(within)
+		if err != nil {
+			return got, fmt.Errorf("%d of %d distinct messages: %w", len(distinct), n, err)
+		}
+		if m.S("event") == "chat" {
+			got = append(got, arrival{m.S("content"), time.Now()})
+			distinct[m.S("content")] = true
+		}
+	}
+	c.SendLine(`{"cmd":"ping"}`)
+	for {
+		m, err := c.Read(within)
+		if err != nil {
+			return got, err
+		}
+		if m.S("reply") == "ping" {
+			return got, nil
+		}
+		if m.S("event") == "chat" {
+			got = append(got, arrival{m.S("content"), time.Now()})
+		}
+	}
+}
+
+// With two relay links up and messages on both, one relay is killed (or
+// frozen) mid-stream: every message reaches its recipient exactly once,
+// and no recipient waits longer than the link's dead-after allows, since
+// what was unacknowledged on the lost link goes over the other at once,
+// with no relay failover to wait for.
+func TestOneOfTwoRelaysFailsMidStreamEveryMessageOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault func(p *testenv.Proc)
+		// maxGap bounds the longest pause a recipient sees. A killed relay's
+		// links end at once (the kernel closes them); a frozen one's are
+		// declared dead after msgserver's dead-after.
+		maxGap time.Duration
+	}{
+		{"kill", func(p *testenv.Proc) { p.Kill() }, msgserver.DefaultDeadAfter / 2},
+		{"sigstop", func(p *testenv.Proc) {
+			p.Signal(syscall.SIGSTOP)
+			time.AfterFunc(3*time.Second, func() { p.Signal(syscall.SIGCONT) })
+		}, msgserver.DefaultDeadAfter + msgserver.DefaultDeadAfter/2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := startTwoRelays(t)
+			addr1 := tr.startServer("msg-1")
+			addr2 := tr.startServer("msg-2")
+			const perUser = 400
+			names := recipients(4)
+			var streams []*testenv.Stream
+			var recv []*testenv.Client
+			for i, name := range names {
+				r := testenv.Dial(t, addr2)
+				r.Login(name)
+				recv = append(recv, r)
+				s := testenv.Dial(t, addr1)
+				s.Login(fmt.Sprintf("zhima%03d", 200+i))
+				streams = append(streams, testenv.StartStream(t, s, name, perUser))
+			}
+			results := make([][]arrival, len(names))
+			errs := make([]error, len(names))
+			var wg sync.WaitGroup
+			for i := range names {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i], errs[i] = collect(recv[i], perUser, 20*time.Second)
+				}()
+			}
+			streams[0].WaitSent(t, perUser/3)
+			faultAt := time.Now()
+			tc.fault(tr.relays[0])
+			wg.Wait()
+			for i, name := range names {
+				if errs[i] != nil {
+					t.Errorf("%s: %v", name, errs[i])
+				}
+				count := map[string]int{}
+				var gap time.Duration
+				var gapAt time.Time
+				for j, a := range results[i] {
+					count[a.content]++
+					if j > 0 {
+						if d := a.at.Sub(results[i][j-1].at); d > gap {
+							gap, gapAt = d, a.at
+						}
+					}
+				}
+				for k := 0; k < perUser; k++ {
+					if c := count[fmt.Sprint(k)]; c != 1 {
+						t.Errorf("%s: message %d shown %d times", name, k, c)
+					}
+				}
+				t.Logf("%s: longest pause %s, ending %s after the fault", name, gap.Round(time.Millisecond), gapAt.Sub(faultAt).Round(time.Millisecond))
+				if gap > tc.maxGap {
+					t.Errorf("%s: delivery paused %s (ending %s after the fault), more than %s", name, gap, gapAt.Sub(faultAt), tc.maxGap)
+				}
+			}
+		})
+	}
+}
