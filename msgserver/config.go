@@ -118,6 +118,12 @@ type Config struct {
 	AckTimeout    time.Duration // resend a forwarded message not acked by then (default 2s)
 	NoRouteGiveUp time.Duration // keep retrying a message the relay cannot route this long, then store it offline (default 15s)
 	DialTimeout   time.Duration // relay dial and handshake (default 1s)
+	// StallAfter applies with two relay links: a link that has received
+	// nothing for this long while a message sent over it this long ago
+	// awaits its ack is presumed stalled (a frozen relay, a cut cable),
+	// and its messages go over the other link at once instead of after
+	// DeadAfter (default 20ms). Negative: never.
+	StallAfter time.Duration
 	// ConnectTimeout bounds each TCP connect to the relay within
 	// DialTimeout; one not done by then is tried again at once (default 100ms).
 	ConnectTimeout time.Duration
@@ -172,6 +178,7 @@ const (
 	DefaultNoRouteGiveUp     = 15 * time.Second
 	DefaultDialTimeout       = time.Second
 	DefaultConnectTimeout    = 100 * time.Millisecond
+	DefaultStallAfter        = 20 * time.Millisecond
 	DefaultPingInterval      = 200 * time.Millisecond
 	DefaultDeadAfter         = time.Second
 	DefaultBackoffMin        = 20 * time.Millisecond
@@ -213,6 +220,7 @@ func (c *Config) setDefaults() {
 	setDefault(&c.NoRouteGiveUp, DefaultNoRouteGiveUp)
 	setDefault(&c.DialTimeout, DefaultDialTimeout)
 	setDefault(&c.ConnectTimeout, DefaultConnectTimeout)
+	setDefault(&c.StallAfter, DefaultStallAfter)
 	setDefault(&c.PingInterval, DefaultPingInterval)
 	setDefault(&c.DeadAfter, DefaultDeadAfter)
 	setDefault(&c.BackoffMin, DefaultBackoffMin)

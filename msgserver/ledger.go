@@ -52,6 +52,7 @@ type ledger struct {
 	ackTimeout time.Duration // resend a message not acked by then
 	retryMin   time.Duration // wait after a first NACK, doubled per NACK up to maxRetryWait
 	giveUp     time.Duration // NACKed for longer than this: stored offline instead
+	stallAfter time.Duration // a link silent this long with a message this old on it is stalled; <= 0: never
 	m          *Metrics
 
 	mu       sync.Mutex
@@ -61,6 +62,10 @@ type ledger struct {
 	// live holds the connection of each relay link (by slot); nil while
 	// that link is down.
 	live [maxRelayLinks]*linkConn
+	// stalled marks a live connection presumed stalled (checkStalls):
+	// new messages avoid it while another is live. It is cleared when the
+	// connection is heard from again.
+	stalled [maxRelayLinks]time.Time
 }
 
 // maxRelayLinks is how many relay addresses a server links to at most:
@@ -92,6 +97,7 @@ func newLedger(cfg *Config, m *Metrics) *ledger {
 		ackTimeout: cfg.AckTimeout,
 		retryMin:   cfg.BackoffMin,
 		giveUp:     cfg.NoRouteGiveUp,
+		stallAfter: cfg.StallAfter,
 		m:          m,
 		byID:       make(map[wire.ID]*pending),
 	}
@@ -143,6 +149,7 @@ func (g *ledger) up(c *linkConn) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.live[c.slot] = c
+	g.stalled[c.slot] = time.Time{}
 	n := g.moveLocked(&b, nil, now, func(*pending) *linkConn { return c })
 	for p := g.held.head; p != nil; p = g.held.head {
 		p.refused = 0
@@ -187,6 +194,7 @@ func (g *ledger) down(c *linkConn) int {
 	defer g.mu.Unlock()
 	if g.live[c.slot] == c {
 		g.live[c.slot] = nil
+		g.stalled[c.slot] = time.Time{}
 	}
 	n := g.moveLocked(&b, c, now, func(p *pending) *linkConn { return g.pickLocked(p.key, nil) })
 	if n > 0 {
@@ -201,14 +209,17 @@ func (g *ledger) down(c *linkConn) int {
 func (g *ledger) pickLocked(key uint32, not *linkConn) *linkConn {
 	var fallback *linkConn
 	for i := range maxRelayLinks {
-		c := g.live[(int(key%maxRelayLinks)+i)%maxRelayLinks]
+		slot := (int(key%maxRelayLinks) + i) % maxRelayLinks
+		c := g.live[slot]
 		if c == nil {
 			continue
 		}
-		if c != not {
+		if c != not && g.stalled[slot].IsZero() {
 			return c
 		}
-		fallback = c
+		if fallback == nil || fallback == not {
+			fallback = c
+		}
 	}
 	return fallback
 }
@@ -305,6 +316,7 @@ func (g *ledger) resendDue(now time.Time) {
 	if g.pickLocked(0, nil) == nil {
 		return // everything goes out when a connection comes up
 	}
+	g.checkStallsLocked(&b, now)
 	overdue := 0
 	for p := g.awaiting.head; p != nil && !p.due.After(now); p = p.next {
 		overdue++ // awaiting is in due order
@@ -324,6 +336,70 @@ func (g *ledger) resendDue(now time.Time) {
 	}
 	if n > 0 {
 		g.m.resent(n)
+	}
+}
+
+// checkStallsLocked finds live connections that have gone silent with
+// messages on them: a connection that has received nothing for stallAfter
+// while a message sent over it at least stallAfter ago awaits its ack. A
+// relay that forwards traffic hears acks all the time, so that silence
+// means it is frozen or cut off, and DeadAfter (a second) is long to wait
+// for the link to be declared dead. While another connection is live and
+// not stalled, everything on the silent one goes over that one at once and
+// new messages avoid it, until it is heard from again; if the relay was
+// only slow, its copies arrive too and the destination drops them by id.
+func (g *ledger) checkStallsLocked(b *sendq.Batch, now time.Time) {
+	if g.stallAfter <= 0 {
+		return
+	}
+	// First which connections are silent with messages on them, then the
+	// moves: when both are, the destination rather than a relay is slow,
+	// and nothing moves.
+	var silent [maxRelayLinks]bool
+	var heard [maxRelayLinks]time.Time
+	for slot, c := range g.live {
+		if c == nil {
+			continue
+		}
+		heard[slot] = c.silentSince()
+		if !g.stalled[slot].IsZero() {
+			if heard[slot].After(g.stalled[slot]) {
+				g.stalled[slot] = time.Time{} // heard from again
+			} else {
+				silent[slot] = true
+			}
+			continue
+		}
+		if now.Sub(heard[slot]) < g.stallAfter {
+			continue
+		}
+		// awaiting is in due order, and due is when sent plus ackTimeout.
+		sentBefore := now.Add(g.ackTimeout - g.stallAfter)
+		for p := g.awaiting.head; p != nil && !p.due.After(sentBefore); p = p.next {
+			if p.via == c {
+				silent[slot] = true
+				break
+			}
+		}
+	}
+	for slot, c := range g.live {
+		if !silent[slot] || !g.stalled[slot].IsZero() {
+			continue
+		}
+		var other *linkConn
+		for o, oc := range g.live {
+			if oc != nil && o != slot && !silent[o] {
+				other = oc
+			}
+		}
+		if other == nil {
+			continue // nowhere else to go: wait for DeadAfter
+		}
+		g.stalled[slot] = now
+		n := g.moveLocked(b, c, now, func(*pending) *linkConn { return other })
+		g.m.resent(n)
+		g.m.stalled()
+		c.log.Warn("relay link silent with messages on it: sending them over the other link", "relay", c.relayID, "silent_for", now.Sub(heard[slot]).Round(time.Millisecond), "moved", n)
 	}
 }
 

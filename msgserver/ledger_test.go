@@ -283,3 +283,57 @@ func TestLedgerTriesTheOtherLinkOnANack(t *testing.T) {
 	g.resendDue(time.Now().Add(maxRetryWait))
 	expectSent(t, relay0, wire.ID{1}) // retried after the backoff, on its own link again
 }
+
+// A link that goes silent while a message sent over it awaits its ack is
+// presumed stalled: its messages go over the other link, and new ones
+// avoid it until it is heard from again.
+func TestLedgerMovesMessagesOffASilentLink(t *testing.T) {
+	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
+	var stats0, stats1 wire.LinkStats
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
+	g.up(c0)
+	g.up(c1)
+	u0 := onSlot(t, 0)
+	start := time.Now()
+	stats0.LastRecv.Store(start.UnixNano())
+	stats1.LastRecv.Store(start.UnixNano())
+	_ = g.send(to(u0), fwd(1))
+	expectSent(t, relay0, wire.ID{1})
+	g.resendDue(start.Add(10 * time.Millisecond))
+	expectSent(t, relay1) // not silent for long enough yet
+	stats1.LastRecv.Store(start.Add(30 * time.Millisecond).UnixNano()) // the other link is heard from
+	g.resendDue(start.Add(30 * time.Millisecond))
+	expectSent(t, relay1, wire.ID{1})
+	_ = g.send(to(u0), fwd(2)) // avoids the silent link
+	expectSent(t, relay1, wire.ID{2})
+	stats0.LastRecv.Store(start.Add(40 * time.Millisecond).UnixNano()) // heard from again
+	g.resendDue(start.Add(40 * time.Millisecond))
+	_ = g.send(to(u0), fwd(3))
+	expectSent(t, relay0, wire.ID{3})
+}
+
+// When both links are silent, the destination rather than a relay is slow:
+// messages stay where they are instead of bouncing between the links.
+func TestLedgerLeavesMessagesWhenBothLinksAreSilent(t *testing.T) {
+	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
+	var stats0, stats1 wire.LinkStats
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
+	g.up(c0)
+	g.up(c1)
+	start := time.Now()
+	stats0.LastRecv.Store(start.UnixNano())
+	stats1.LastRecv.Store(start.UnixNano())
+	_ = g.send(to(onSlot(t, 0)), fwd(1))
+	_ = g.send(to(onSlot(t, 1)), fwd(2))
+	expectSent(t, relay0, wire.ID{1})
+	expectSent(t, relay1, wire.ID{2})
+	for _, ms := range []time.Duration{30, 60, 90} {
+		g.resendDue(start.Add(ms * time.Millisecond))
+	}
+	expectSent(t, relay0)
+	expectSent(t, relay1)
+}

@@ -22,6 +22,7 @@ type Metrics struct {
 	unacked         prometheus.Gauge
 	resentTotal     prometheus.Counter
 	nackedTotal     prometheus.Counter
+	stalledTotal    prometheus.Counter
 	redisErrors     prometheus.Counter
 	clientErrors    *prometheus.CounterVec
 	authFailures    *prometheus.CounterVec
@@ -76,6 +77,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		nackedTotal: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_nacks_total",
 			Help: "No-route NACKs received from the relay.",
+		}),
+		stalledTotal: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_relay_link_stalls_total",
+			Help: "Times one of two relay links went silent with messages on it (--stall-after) and they were sent over the other link.",
 		}),
 		redisErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_redis_errors_total",
@@ -181,6 +186,12 @@ func (m *Metrics) linkKnown(addr string) {
 	if m != nil {
 		m.relayLinkUp.WithLabelValues(addr).Add(0)
 		m.reconnects.WithLabelValues(addr)
+	}
+}
+
+func (m *Metrics) stalled() {
+	if m != nil {
+		m.stalledTotal.Inc()
 	}
 }
 

@@ -90,7 +90,8 @@ type relayLink struct {
 // linkConn is one established connection of a relayLink, from handshake to
 // failure: what the ledger hands messages to, and remembers them by.
 type linkConn struct {
-	slot    int // the relayLink's
+	slot    int             // the relayLink's
+	stats   *wire.LinkStats // the relayLink's: LastRecv says when it last heard from the relay
 	conn    net.Conn
 	q       *sendq.Queue
 	relayID string
@@ -309,6 +310,7 @@ func (l *relayLink) start(ctx context.Context, conn net.Conn, relayID string) *l
 	q.Start(conn, l.cfg.WriteTimeout) // written inline by whoever queues to it
 	c := &linkConn{
 		slot:     l.slot,
+		stats:    &l.stats,
 		conn:     conn,
 		q:        q,
 		relayID:  relayID,
@@ -375,6 +377,15 @@ func (l *relayLink) status() health.Link {
 	s.FramesIn, s.FramesOut = l.stats.FramesIn.Load(), l.stats.FramesOut.Load()
 	s.BytesIn, s.BytesOut = l.stats.BytesIn.Load(), l.stats.BytesOut.Load()
 	return s
+}
+
+// silentSince returns when the connection last received a frame (zero
+// when unknown).
+func (c *linkConn) silentSince() time.Time {
+	if c.stats == nil {
+		return time.Time{}
+	}
+	return time.Unix(0, c.stats.LastRecv.Load())
 }
 
 // send lets fn append a frame to the connection's queue; with a batch, the

@@ -138,7 +138,11 @@ func New(cfg Config) (*Server, error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.ledger.run(ctx, max(cfg.PingInterval/2, 10*time.Millisecond))
+			every := max(cfg.PingInterval/2, 10*time.Millisecond)
+			if len(s.relays) > 1 && s.cfg.StallAfter > 0 {
+				every = max(min(every, s.cfg.StallAfter/2), time.Millisecond) // to notice a stalled link soon
+			}
+			s.ledger.run(ctx, every)
 		}()
 	}
 	s.wg.Add(2)

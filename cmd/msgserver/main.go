@@ -79,6 +79,8 @@ func run(args []string) int {
 		exempt      = fs.String("per-ip-exempt", "127.0.0.0/8,::1/128", "comma-separated networks the per-address limits skip (a local proxy, load tests); empty: none")
 		park        = fs.Duration("park-idle-after", msgserver.DefaultParkIdleAfter, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
 		maxUnacked  = fs.Int("max-unacked", msgserver.DefaultMaxUnacked, "forwarded messages kept for resending until acked")
+		stallAfter  = fs.Duration("stall-after", msgserver.DefaultStallAfter, "with two relays: a link silent this long while a message sent over it this long ago awaits its ack is presumed stalled, and its messages go over the other link; negative: wait for the link to be declared dead")
+		connectTO   = fs.Duration("connect-timeout", msgserver.DefaultConnectTimeout, "each TCP connect to a relay; one not done by then (a SYN lost while a VIP moves) is tried again at once")
 		noRoute     = fs.Duration("no-route-timeout", msgserver.DefaultNoRouteGiveUp, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
 		pprofOn     = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
@@ -151,27 +153,29 @@ func run(args []string) int {
 
 	reg := health.NewRegistry()
 	srv, err := msgserver.New(msgserver.Config{
-		ID:            *id,
-		AdvertiseAddr: adv,
-		RelayAddr:     *relayAddr,
-		Secret:        secret,
-		NextSecret:    next,
-		Redis:         rdb,
-		TLS:           tlsc.client,
-		LinkTLS:       tlsc.link,
-		PresenceTTL:   *presenceTTL,
-		InboxMax:      *inboxMax,
-		InboxTTL:      *inboxTTL,
-		MaxSessions:   *maxSessions,
-		FDHeadroom:    *fdHeadroom,
-		IdleTimeout:   *idle,
-		ParkIdleAfter: *park,
-		MaxUnacked:    *maxUnacked,
-		NoRouteGiveUp: *noRoute,
-		AuthKey:       authKey,
-		AuthLeeway:    *authLeeway,
-		AuthAudience:  *authAud,
-		AuthIssuer:    *authIss,
+		ID:             *id,
+		AdvertiseAddr:  adv,
+		RelayAddr:      *relayAddr,
+		StallAfter:     *stallAfter,
+		ConnectTimeout: *connectTO,
+		Secret:         secret,
+		NextSecret:     next,
+		Redis:          rdb,
+		TLS:            tlsc.client,
+		LinkTLS:        tlsc.link,
+		PresenceTTL:    *presenceTTL,
+		InboxMax:       *inboxMax,
+		InboxTTL:       *inboxTTL,
+		MaxSessions:    *maxSessions,
+		FDHeadroom:     *fdHeadroom,
+		IdleTimeout:    *idle,
+		ParkIdleAfter:  *park,
+		MaxUnacked:     *maxUnacked,
+		NoRouteGiveUp:  *noRoute,
+		AuthKey:        authKey,
+		AuthLeeway:     *authLeeway,
+		AuthAudience:   *authAud,
+		AuthIssuer:     *authIss,
 
 		LoginTimeout:    *loginTO,
 		LineTimeout:     *lineTO,
