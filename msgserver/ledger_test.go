@@ -302,7 +302,7 @@ func TestLedgerMovesMessagesOffASilentLink(t *testing.T) {
 	_ = g.send(to(u0), fwd(1))
 	expectSent(t, relay0, wire.ID{1})
 	g.resendDue(start.Add(10 * time.Millisecond))
-	expectSent(t, relay1) // not silent for long enough yet
+	expectSent(t, relay1)                                              // not silent for long enough yet
 	stats1.LastRecv.Store(start.Add(30 * time.Millisecond).UnixNano()) // the other link is heard from
 	g.resendDue(start.Add(30 * time.Millisecond))
 	expectSent(t, relay1, wire.ID{1})
