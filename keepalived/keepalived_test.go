@@ -203,13 +203,19 @@ func TestRenderGolden(t *testing.T) {
 	cases := []struct {
 		file, host string
 		o          keepalived.Options
+		oneVIP     bool // the topology without vip_b: active-passive
 	}{
-		{"relay-a.conf", "relay-a", keepalived.Options{}},
-		{"relay-b-unicast.conf", "relay-b", keepalived.Options{Unicast: true, RedisURL: topo.RedisURL()}},
+		{"relay-a.conf", "relay-a", keepalived.Options{}, false},
+		{"relay-b-unicast.conf", "relay-b", keepalived.Options{Unicast: true, RedisURL: topo.RedisURL()}, false},
+		{"relay-a-one-vip.conf", "relay-a", keepalived.Options{}, true},
 	}
 	for _, c := range cases {
 		t.Run(c.file, func(t *testing.T) {
-			got, err := keepalived.Render(topo, c.host, c.o)
+			topo := *topo
+			if c.oneVIP {
+				topo.VIPB, topo.VirtualRouterIDB = "", 0
+			}
+			got, err := keepalived.Render(&topo, c.host, c.o)
 			if err != nil {
 				t.Fatal(err)
 			}

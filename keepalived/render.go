@@ -129,12 +129,11 @@ func (o Options) validate() []string {
 // confData is what the template sees.
 type confData struct {
 	Host, Peer   Host
-	VIP          string
+	Instances    []instance // one VRRP instance per VIP
+	Two          bool       // two VIPs: both relays carry traffic
 	Prefix       int
 	Interface    string
-	VRID         int
 	AdvertInt    string
-	MasterDown   string
 	LinkPort     int
 	Unicast      bool
 	ScriptUser   string
@@ -142,6 +141,16 @@ type confData struct {
 	TrackFile    string
 	NotifyScript string
 	ExtraGlobal  []string
+}
+
+// instance is one VRRP instance: one VIP.
+type instance struct {
+	Name       string // VI_RELAY for the first VIP, VI_RELAY_B for the second
+	VIP        string
+	VRID       int
+	Priority   int    // this host's priority in it
+	Role       string // "MASTER" or "BACKUP" at the first election
+	MasterDown string // how long the peer waits for a silent MASTER, in seconds
 }
 
 // Render returns the keepalived.conf of the relay host called host.
@@ -187,7 +196,23 @@ func Render(t *Topology, host string, o Options) ([]byte, error) {
 	}
 	// RFC 5798: Master_Down_Interval = 3 * advert + (256 - priority) * advert / 256,
 	// computed with the priority of the relay that waits: the peer.
-	down := 3*t.AdvertInt + float64(256-peer.Priority)*t.AdvertInt/256
+	down := func(prio int) string {
+		return strconv.FormatFloat(3*t.AdvertInt+float64(256-prio)*t.AdvertInt/256, 'f', 2, 64)
+	}
+	role := func(mine, theirs int) string {
+		if mine > theirs {
+			return "MASTER"
+		}
+		return "BACKUP"
+	}
+	insts := []instance{{Name: "VI_RELAY", VIP: t.VIP, VRID: t.VirtualRouterID, Priority: h.Priority,
+		Role: role(h.Priority, peer.Priority), MasterDown: down(peer.Priority)}}
+	if t.VIPB != "" {
+		// The second VIP's priorities are the first's swapped: the
+		// backup of the first VIP is the master of the second.
+		insts = append(insts, instance{Name: "VI_RELAY_B", VIP: t.VIPB, VRID: t.VirtualRouterIDB, Priority: peer.Priority,
+			Role: role(peer.Priority, h.Priority), MasterDown: down(h.Priority)})
+	}
 	extra := make([]string, 0, len(o.ExtraGlobal))
 	for _, l := range o.ExtraGlobal {
 		if l = strings.TrimSpace(l); l != "" {
@@ -198,12 +223,11 @@ func Render(t *Topology, host string, o Options) ([]byte, error) {
 	data := confData{
 		Host:         h,
 		Peer:         peer,
-		VIP:          t.VIP,
+		Instances:    insts,
+		Two:          len(insts) > 1,
 		Prefix:       t.Prefix,
 		Interface:    ifname,
-		VRID:         t.VirtualRouterID,
 		AdvertInt:    strconv.FormatFloat(t.AdvertInt, 'f', -1, 64),
-		MasterDown:   strconv.FormatFloat(down, 'f', 2, 64),
 		LinkPort:     t.Ports.RelayLink,
 		Unicast:      o.Unicast,
 		ScriptUser:   o.ScriptUser,

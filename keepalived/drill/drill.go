@@ -24,13 +24,14 @@ import (
 )
 
 // Scenario names, in the order "all" runs them.
-var Scenarios = []string{"kill-relay", "stop-keepalived", "cut-network", "restart-old-master", "kill-msgserver", "restart-redis"}
+var Scenarios = []string{"kill-relay", "stop-keepalived", "cut-network", "sigstop-relay", "restart-old-master", "kill-msgserver", "restart-redis"}
 
 // Describe says what each scenario does.
 var Describe = map[string]string{
 	"kill-relay":         "SIGKILL the relay process on the VIP holder",
 	"stop-keepalived":    "stop keepalived on the VIP holder (SIGTERM, as systemctl stop)",
 	"cut-network":        "take the VIP holder's network interface down",
+	"sigstop-relay":      "freeze the relay process on the VIP holder for 3 s (SIGSTOP, then SIGCONT)",
 	"restart-old-master": "after a relay kill moved the VIP, start the old master's relay again",
 	"kill-msgserver":     "SIGKILL message server msg-2",
 	"restart-redis":      "kill Redis and start it again, empty",
@@ -45,12 +46,18 @@ type Config struct {
 	Pairs                  int
 	Rate                   float64
 	Before, After          time.Duration // traffic before and after the fault
-	Log                    io.Writer     // progress; nil for none
+	// OneVIP runs the topology with its first VIP only (active-passive);
+	// otherwise a topology with two VIPs runs with both, the message
+	// servers linked to both relays.
+	OneVIP bool
+	Log    io.Writer // progress; nil for none
 }
 
 // Report is one drill's outcome.
 type Report struct {
 	Scenario string `json:"scenario"`
+	// VIPs is how many VIPs the lab ran with: 1 (active-passive) or 2.
+	VIPs int `json:"vips"`
 	// Interruption is the longest pause in delivery that ends after the
 	// fault, in seconds: how long users saw nothing. Resumed is from the
 	// fault to the end of that pause.
@@ -58,6 +65,10 @@ type Report struct {
 	Resumed      float64    `json:"resumed_after_seconds"`
 	VIPHolders   []string   `json:"vip_holders"`
 	ExpectHolder string     `json:"expected_holder"`
+	// With two VIPs, the same for the second: after a fault on the first
+	// VIP's holder, the peer holds both.
+	VIPBHolders   []string `json:"vip_b_holders,omitempty"`
+	ExpectHolderB string   `json:"expected_holder_b,omitempty"`
 	Load         LoadResult `json:"load"`
 	Notes        []string   `json:"notes,omitempty"`
 	Err          string     `json:"error,omitempty"`
@@ -67,7 +78,8 @@ type Report struct {
 // duplicated, and the VIP on exactly the expected relay.
 func (r *Report) OK() bool {
 	return r.Err == "" && r.Load.Lost == 0 && r.Load.Duplicated == 0 &&
-		len(r.VIPHolders) == 1 && r.VIPHolders[0] == r.ExpectHolder
+		len(r.VIPHolders) == 1 && r.VIPHolders[0] == r.ExpectHolder &&
+		(r.ExpectHolderB == "" || len(r.VIPBHolders) == 1 && r.VIPBHolders[0] == r.ExpectHolderB)
 }
 
 func (c *Config) logf(format string, args ...any) {
@@ -88,11 +100,12 @@ func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 		rep.Err = "drills need root: they build network namespaces and run keepalived"
 		return rep
 	}
-	spec, err := loadSpec(cfg.Topology)
+	spec, err := loadSpec(cfg.Topology, cfg.OneVIP)
 	if err != nil {
 		rep.Err = err.Error()
 		return rep
 	}
+	rep.VIPs = len(spec.vips)
 	hosts := map[string]string{"client": spec.clientIP}
 	for h, a := range spec.ip {
 		hosts[h] = a
@@ -152,20 +165,58 @@ func (d *drill) run(scenario string) error {
 	if err := d.startRedis(); err != nil {
 		return err
 	}
-	// The master first, and the backup only once the master holds the VIP:
-	// with nopreempt, whichever relay is ready first keeps the VIP, and the
-	// drills start from a known holder.
+	// With one VIP, the master first, and the backup only once the master
+	// holds the VIP: with nopreempt, whichever relay is ready first keeps
+	// the VIP, and the drills start from a known holder. With two, each
+	// instance's first election must be decided by priority (relay-a takes
+	// the first VIP, relay-b the second), so both relays must become
+	// candidates at the same moment: keepalived starts on both with the
+	// track files saying "down", and once both checks pass, both files say
+	// "up" at once (keepalived reads them through inotify).
 	master, backup := d.spec.relays[0], d.spec.relays[1]
-	for _, r := range d.spec.relays {
-		if err := d.startRelay(r); err != nil {
-			return err
-		}
-		if err := d.startKeepalived(r); err != nil {
-			return err
-		}
-		if r == master {
-			if err := d.waitVIP(master, 10*time.Second); err != nil {
+	two := len(d.spec.vips) > 1
+	if two {
+		for _, r := range d.spec.relays {
+			if err := d.startRelay(r); err != nil {
 				return err
+			}
+		}
+		for _, r := range d.spec.relays {
+			if err := writeTrack(d.trackFile(r), "1"); err != nil {
+				return err
+			}
+			if err := d.startKeepalived(r); err != nil {
+				return err
+			}
+		}
+		for _, r := range d.spec.relays {
+			if err := d.keepalived[r].WaitOutput("VRRP_Script(chk_relay) succeeded", 10*time.Second); err != nil {
+				return fmt.Errorf("keepalived on %s: %w", r, err)
+			}
+		}
+		for _, r := range d.spec.relays {
+			if err := writeTrack(d.trackFile(r), "0"); err != nil {
+				return err
+			}
+		}
+		if err := d.waitVIP(master, d.spec.vips[0], 10*time.Second); err != nil {
+			return err
+		}
+		if err := d.waitVIP(backup, d.spec.vips[1], 10*time.Second); err != nil {
+			return err
+		}
+	} else {
+		for _, r := range d.spec.relays {
+			if err := d.startRelay(r); err != nil {
+				return err
+			}
+			if err := d.startKeepalived(r); err != nil {
+				return err
+			}
+			if r == master {
+				if err := d.waitVIP(master, d.spec.vip, 10*time.Second); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -174,7 +225,11 @@ func (d *drill) run(scenario string) error {
 			return err
 		}
 	}
-	d.cfg.logf("%s: lab up, VIP on %s; traffic %.0f msgs/s over %d pairs", scenario, master, d.cfg.Rate, d.cfg.Pairs)
+	if two {
+		d.cfg.logf("%s: lab up, VIP %s on %s and %s on %s; traffic %.0f msgs/s over %d pairs", scenario, d.spec.vips[0], master, d.spec.vips[1], backup, d.cfg.Rate, d.cfg.Pairs)
+	} else {
+		d.cfg.logf("%s: lab up, VIP on %s; traffic %.0f msgs/s over %d pairs", scenario, master, d.cfg.Rate, d.cfg.Pairs)
+	}
 
 	load, err := d.startLoad()
 	if err != nil {
@@ -184,7 +239,12 @@ func (d *drill) run(scenario string) error {
 		return err
 	}
 	t0 := time.Now()
+	// After a fault on the master, the backup holds the first VIP (and
+	// keeps the second); faults elsewhere leave both where they were.
 	d.rep.ExpectHolder = backup
+	if two {
+		d.rep.ExpectHolderB = backup
+	}
 	switch scenario {
 	case "kill-relay":
 		err = d.killRelay(master)
@@ -192,9 +252,12 @@ func (d *drill) run(scenario string) error {
 		err = d.keepalived[master].Signal(syscall.SIGTERM)
 	case "cut-network":
 		err = ip("-n", d.lab.NS(master), "link", "set", "eth1", "down")
+	case "sigstop-relay":
+		err = d.signalRelay(master, syscall.SIGSTOP)
+		time.AfterFunc(3*time.Second, func() { _ = d.signalRelay(master, syscall.SIGCONT) })
 	case "restart-old-master":
 		if err = d.killRelay(master); err == nil {
-			if err = d.waitVIP(backup, 5*time.Second); err == nil {
+			if err = d.waitVIP(backup, d.spec.vip, 5*time.Second); err == nil {
 				if err = d.pause(time.Second); err == nil {
 					t0 = time.Now()
 					err = d.startRelay(master)
@@ -203,9 +266,15 @@ func (d *drill) run(scenario string) error {
 		}
 	case "kill-msgserver":
 		d.rep.ExpectHolder = master
+		if two {
+			d.rep.ExpectHolderB = backup
+		}
 		err = d.servers["msg-2"].Signal(syscall.SIGKILL)
 	case "restart-redis":
 		d.rep.ExpectHolder = master
+		if two {
+			d.rep.ExpectHolderB = backup
+		}
 		if err = d.redis.Signal(syscall.SIGKILL); err == nil {
 			d.redis.Wait(5 * time.Second)
 			if err = d.pause(500 * time.Millisecond); err == nil { // Redis stays down a moment
@@ -232,11 +301,14 @@ func (d *drill) run(scenario string) error {
 		if d.lab.HasAddr(r, d.spec.vip) {
 			d.rep.VIPHolders = append(d.rep.VIPHolders, r)
 		}
+		if two && d.lab.HasAddr(r, d.spec.vips[1]) {
+			d.rep.VIPBHolders = append(d.rep.VIPBHolders, r)
+		}
 	}
 	if scenario == "kill-msgserver" {
 		d.rep.Notes = append(d.rep.Notes, d.checkPresenceExpired())
 	}
-	if len(d.rep.VIPHolders) != 1 || d.rep.VIPHolders[0] != d.rep.ExpectHolder {
+	if !d.rep.OK() && d.rep.Load.Lost == 0 && d.rep.Load.Duplicated == 0 { // the VIPs are not where they should be
 		for _, r := range d.spec.relays {
 			d.rep.Notes = append(d.rep.Notes, fmt.Sprintf("keepalived on %s said:\n%s", r, d.keepalived[r].Output()))
 		}
@@ -274,12 +346,21 @@ func (d *drill) startRedis() error {
 
 func (d *drill) trackFile(host string) string { return filepath.Join(d.dir, host+".down") }
 
+// writeTrack replaces a track file atomically, as relay-supervise.sh does.
+func writeTrack(path, v string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(v+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 func (d *drill) startRelay(host string) error {
 	cert, key := d.cert(host, "relay")
 	p, err := d.lab.Start(host, "relay", []string{"CHATRELAY_TRACK_FILE=" + d.trackFile(host), "CHATRELAY_PID_FILE=" + d.pidFile(host)},
 		filepath.Join(d.cfg.ScriptsDir, "relay-supervise.sh"), d.cfg.RelayBin,
 		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.linkPort), "--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.adminPort),
-		"--link-secret-file", filepath.Join(d.dir, "link.secret"), "--vip", d.spec.vip, "--log-level", "info",
+		"--link-secret-file", filepath.Join(d.dir, "link.secret"), "--vip", strings.Join(d.spec.vips, ","), "--log-level", "info",
 		"--tls-cert", cert, "--tls-key", key, "--link-client-ca", d.caFile())
 	if err != nil {
 		return err
@@ -292,7 +373,10 @@ func (d *drill) pidFile(host string) string { return filepath.Join(d.dir, host+"
 
 // killRelay SIGKILLs the relay process itself, not its supervisor, which
 // then reports the death in keepalived's track file.
-func (d *drill) killRelay(host string) error {
+func (d *drill) killRelay(host string) error { return d.signalRelay(host, syscall.SIGKILL) }
+
+// signalRelay sends sig to the relay process itself, not its supervisor.
+func (d *drill) signalRelay(host string, sig syscall.Signal) error {
 	b, err := os.ReadFile(d.pidFile(host))
 	if err != nil {
 		return fmt.Errorf("find the relay under its supervisor: %w", err)
@@ -301,7 +385,7 @@ func (d *drill) killRelay(host string) error {
 	if _, err := fmt.Sscan(string(b), &pid); err != nil {
 		return fmt.Errorf("bad relay pid file on %s: %q", host, b)
 	}
-	return syscall.Kill(pid, syscall.SIGKILL)
+	return syscall.Kill(pid, sig)
 }
 
 func (d *drill) startKeepalived(host string) error {
@@ -325,11 +409,11 @@ func (d *drill) startKeepalived(host string) error {
 	return nil
 }
 
-func (d *drill) waitVIP(host string, within time.Duration) error {
+func (d *drill) waitVIP(host, vip string, within time.Duration) error {
 	deadline := time.Now().Add(within)
-	for !d.lab.HasAddr(host, d.spec.vip) {
+	for !d.lab.HasAddr(host, vip) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("VIP %s not on %s after %s; keepalived said:\n%s", d.spec.vip, host, within, d.keepalived[host].Output())
+			return fmt.Errorf("VIP %s not on %s after %s; keepalived said:\n%s", vip, host, within, d.keepalived[host].Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -342,7 +426,7 @@ func (d *drill) startMsgserver(host string) error {
 		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.clientPort),
 		"--advertise", fmt.Sprintf("%s:%d", d.spec.ip[host], d.spec.clientPort),
 		"--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.msgAdminPort),
-		"--relay", fmt.Sprintf("%s:%d", d.spec.vip, d.spec.linkPort),
+		"--relay", d.spec.topo.RelayAddr(),
 		"--redis", d.redisURL(), "--redis-ca-file", d.caFile(),
 		"--link-secret-file", filepath.Join(d.dir, "link.secret"),
 		"--tls-cert", cert, "--tls-key", key,
@@ -352,7 +436,18 @@ func (d *drill) startMsgserver(host string) error {
 		return err
 	}
 	d.servers[host] = p
-	return p.WaitOutput("relay link up", 10*time.Second)
+	if err := p.WaitOutput("relay link up", 10*time.Second); err != nil {
+		return err
+	}
+	// With two VIPs, a link to each.
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(p.Output(), "relay link up") < len(d.spec.vips) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not link to all of %v:\n%s", host, d.spec.vips, p.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
 }
 
 func (d *drill) startLoad() (*Proc, error) {
