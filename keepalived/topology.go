@@ -35,20 +35,20 @@ const (
 // with its own, for two relays that both carry traffic), shared by two
 // relay hosts, and the hosts that use it. Field names are the JSON keys.
 type Topology struct {
-	VIP             string  `json:"vip"`               // the virtual IP message servers dial, IPv4
-	Prefix          int     `json:"prefix"`            // VIP prefix length; every host is in VIP/prefix
-	Interface       string  `json:"interface"`         // NIC carrying the VIP and the VRRP adverts on the relay hosts
-	VirtualRouterID int     `json:"virtual_router_id"` // VRRP VRID, 1..255, unique on the LAN segment
+	VIP             string `json:"vip"`               // the virtual IP message servers dial, IPv4
+	Prefix          int    `json:"prefix"`            // VIP prefix length; every host is in VIP/prefix
+	Interface       string `json:"interface"`         // NIC carrying the VIP and the VRRP adverts on the relay hosts
+	VirtualRouterID int    `json:"virtual_router_id"` // VRRP VRID, 1..255, unique on the LAN segment
 	// VIPB, if set, is a second VIP in the same subnet, with its own VRRP
 	// instance (VirtualRouterIDB): the higher-priority relay is MASTER of
 	// VIP and BACKUP of VIPB, its peer the reverse, and message servers
 	// link to both, so both relays carry traffic. Empty: one VIP, one
 	// relay active and the other waiting.
-	VIPB             string `json:"vip_b,omitempty"`
-	VirtualRouterIDB int    `json:"virtual_router_id_b,omitempty"`
-	AdvertInt       float64 `json:"advert_int"`        // VRRP advert interval in seconds (VRRPv3: 0.01 steps)
-	Ports           Ports   `json:"ports"`
-	Hosts           []Host  `json:"hosts"`
+	VIPB             string  `json:"vip_b,omitempty"`
+	VirtualRouterIDB int     `json:"virtual_router_id_b,omitempty"`
+	AdvertInt        float64 `json:"advert_int"` // VRRP advert interval in seconds (VRRPv3: 0.01 steps)
+	Ports            Ports   `json:"ports"`
+	Hosts            []Host  `json:"hosts"`
 }
 
 // Ports are the TCP ports each service listens on, the same on every host.

@@ -61,17 +61,17 @@ type Report struct {
 	// Interruption is the longest pause in delivery that ends after the
 	// fault, in seconds: how long users saw nothing. Resumed is from the
 	// fault to the end of that pause.
-	Interruption float64    `json:"interruption_seconds"`
-	Resumed      float64    `json:"resumed_after_seconds"`
-	VIPHolders   []string   `json:"vip_holders"`
-	ExpectHolder string     `json:"expected_holder"`
+	Interruption float64  `json:"interruption_seconds"`
+	Resumed      float64  `json:"resumed_after_seconds"`
+	VIPHolders   []string `json:"vip_holders"`
+	ExpectHolder string   `json:"expected_holder"`
 	// With two VIPs, the same for the second: after a fault on the first
 	// VIP's holder, the peer holds both.
-	VIPBHolders   []string `json:"vip_b_holders,omitempty"`
-	ExpectHolderB string   `json:"expected_holder_b,omitempty"`
-	Load         LoadResult `json:"load"`
-	Notes        []string   `json:"notes,omitempty"`
-	Err          string     `json:"error,omitempty"`
+	VIPBHolders   []string   `json:"vip_b_holders,omitempty"`
+	ExpectHolderB string     `json:"expected_holder_b,omitempty"`
+	Load          LoadResult `json:"load"`
+	Notes         []string   `json:"notes,omitempty"`
+	Err           string     `json:"error,omitempty"`
 }
 
 // OK reports whether the drill kept the promise: nothing lost or
