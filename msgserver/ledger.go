@@ -344,10 +344,11 @@ func (g *ledger) resendDue(now time.Time) {
 // while a message sent over it at least stallAfter ago awaits its ack. A
 // relay that forwards traffic hears acks all the time, so that silence
 // means it is frozen or cut off, and DeadAfter (a second) is long to wait
-// for the link to be declared dead. While another connection is live and
-// not stalled, everything on the silent one goes over that one at once and
-// new messages avoid it, until it is heard from again; if the relay was
-// only slow, its copies arrive too and the destination drops them by id.
+// for the link to be declared dead. While another connection is live, not
+// silent itself and heard from within the last stallAfter/2, everything on
+// the silent one goes over that one at once and new messages avoid it,
+// until it is heard from again; if the relay was only slow, its copies
+// arrive too and the destination drops them by id.
 func (g *ledger) checkStallsLocked(b *sendq.Batch, now time.Time) {
 	if g.stallAfter <= 0 {
 		return
@@ -386,9 +387,12 @@ func (g *ledger) checkStallsLocked(b *sendq.Batch, now time.Time) {
 		if !silent[slot] || !g.stalled[slot].IsZero() {
 			continue
 		}
+		// Only to a connection heard from just now: if both went quiet
+		// (this process starved of CPU, say, or the destination slow),
+		// moving would only double the work.
 		var other *linkConn
 		for o, oc := range g.live {
-			if oc != nil && o != slot && !silent[o] {
+			if oc != nil && o != slot && !silent[o] && now.Sub(heard[o]) < g.stallAfter/2 {
 				other = oc
 			}
 		}
