@@ -177,3 +177,67 @@ func TestOneOfTwoRelaysFailsMidStreamEveryMessageOnce(t *testing.T) {
 		})
 	}
 }
+
+// With two relays, a message server's /healthz and /metrics show a link to
+// each, and a relay watching two VIPs says which one it holds.
+func TestTwoRelaysHealthAndMetrics(t *testing.T) {
+	// relay-a watches 127.0.0.1, which this host has, and 127.0.0.2, which
+	// it has not (loopback carries 127.0.0.1 only).
+	o := newObserved(t, "--vip", "127.0.0.1,127.0.0.2")
+	relayA := o.relayAddr
+	b := testenv.Start(t, "relay-b", o.relayBin, "--id", "relay-b", "--listen", "127.0.0.1:0",
+		"--admin", "", "--link-secret-file", o.secretFile)
+	relayB := b.WaitAddr("relay listening", 10*time.Second)
+	o.relayAddr = relayA + "," + relayB
+	s := o.addServer("msg-1")
+
+	testenv.Eventually(t, 10*time.Second, "msg-1 to report two links up", func() bool {
+		_, rep := healthz(t, s.admin)
+		up := 0
+		for _, l := range rep.Links {
+			if l.Up {
+				up++
+			}
+		}
+		return up == 2
+	})
+	_, rep := healthz(t, s.admin)
+	if rep.LinksUp != 2 || rep.Links[0].Peer != "relay-e2e" || rep.Links[1].Peer != "relay-b" {
+		t.Fatalf("msgserver /healthz links %+v, want relay-e2e then relay-b, both up", rep.Links)
+	}
+	_, body := get(t, "http://"+s.admin+"/metrics")
+	for _, want := range []string{
+		fmt.Sprintf("msgserver_relay_link_up{addr=%q} 1", relayA),
+		fmt.Sprintf("msgserver_relay_link_up{addr=%q} 1", relayB),
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("msgserver /metrics lacks %s", want)
+		}
+	}
+
+	testenv.Eventually(t, 5*time.Second, "relay to report the VIP it holds", func() bool {
+		_, rep := healthz(t, o.relayAdmin)
+		return rep.Role == "master"
+	})
+	_, rep = healthz(t, o.relayAdmin)
+	if rep.VIP != "127.0.0.1,127.0.0.2" || len(rep.VIPsHeld) != 1 || rep.VIPsHeld[0] != "127.0.0.1" {
+		t.Fatalf("relay /healthz vip %q held %v, want both watched and 127.0.0.1 held", rep.VIP, rep.VIPsHeld)
+	}
+	_, body = get(t, "http://"+o.relayAdmin+"/metrics")
+	for _, want := range []string{`relay_vip_held{vip="127.0.0.1"} 1`, `relay_vip_held{vip="127.0.0.2"} 0`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("relay /metrics lacks %s", want)
+		}
+	}
+
+	// relay-b dies: msg-1 reports that link down and the other up.
+	b.Kill()
+	testenv.Eventually(t, 5*time.Second, "msg-1 to report its link to relay-b down", func() bool {
+		_, rep := healthz(t, s.admin)
+		return len(rep.Links) == 2 && rep.Links[0].Up && !rep.Links[1].Up
+	})
+	_, body = get(t, "http://"+s.admin+"/metrics")
+	if want := fmt.Sprintf("msgserver_relay_link_up{addr=%q} 0", relayB); !strings.Contains(string(body), want) {
+		t.Errorf("msgserver /metrics lacks %s", want)
+	}
+}
