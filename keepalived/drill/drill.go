@@ -181,28 +181,7 @@ func (d *drill) run(scenario string) error {
 				return err
 			}
 		}
-		for _, r := range d.spec.relays {
-			if err := writeTrack(d.trackFile(r), "1"); err != nil {
-				return err
-			}
-			if err := d.startKeepalived(r); err != nil {
-				return err
-			}
-		}
-		for _, r := range d.spec.relays {
-			if err := d.keepalived[r].WaitOutput("VRRP_Script(chk_relay) succeeded", 10*time.Second); err != nil {
-				return fmt.Errorf("keepalived on %s: %w", r, err)
-			}
-		}
-		for _, r := range d.spec.relays {
-			if err := writeTrack(d.trackFile(r), "0"); err != nil {
-				return err
-			}
-		}
-		if err := d.waitVIP(master, d.spec.vips[0], 10*time.Second); err != nil {
-			return err
-		}
-		if err := d.waitVIP(backup, d.spec.vips[1], 10*time.Second); err != nil {
+		if err := d.startTwoVIPs(master, backup); err != nil {
 			return err
 		}
 	} else {
@@ -345,6 +324,63 @@ func (d *drill) startRedis() error {
 }
 
 func (d *drill) trackFile(host string) string { return filepath.Join(d.dir, host+".down") }
+
+// startTwoVIPs starts keepalived on both relays so that master ends up
+// holding the first VIP and backup the second. The first elections are
+// decided by VRRP timers 20 ms apart, which a loaded host can run late by
+// more than that; the loser then stays BACKUP (nopreempt). So when the VIPs
+// land elsewhere, both keepalived are stopped and started again (a few
+// times at most).
+func (d *drill) startTwoVIPs(master, backup string) error {
+	const attempts = 4
+	for attempt := 1; ; attempt++ {
+		for _, r := range d.spec.relays {
+			if err := writeTrack(d.trackFile(r), "1"); err != nil {
+				return err
+			}
+			if err := d.startKeepalived(r); err != nil {
+				return err
+			}
+		}
+		for _, r := range d.spec.relays {
+			if err := d.keepalived[r].WaitOutput("VRRP_Script(chk_relay) succeeded", 10*time.Second); err != nil {
+				return fmt.Errorf("keepalived on %s: %w", r, err)
+			}
+		}
+		for _, r := range d.spec.relays {
+			if err := writeTrack(d.trackFile(r), "0"); err != nil {
+				return err
+			}
+		}
+		errA := d.waitVIP(master, d.spec.vips[0], 5*time.Second)
+		errB := d.waitVIP(backup, d.spec.vips[1], 2*time.Second)
+		if errA == nil && errB == nil {
+			return nil
+		}
+		if attempt == attempts {
+			return errors.Join(errA, errB)
+		}
+		d.cfg.logf("VIPs not on their own relays at start (attempt %d); starting keepalived again", attempt)
+		for _, r := range d.spec.relays {
+			_ = d.keepalived[r].Signal(syscall.SIGTERM)
+		}
+		for _, r := range d.spec.relays {
+			if !d.keepalived[r].Wait(10 * time.Second) {
+				return fmt.Errorf("keepalived on %s did not stop", r)
+			}
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for d.lab.HasAddr(master, d.spec.vips[0]) || d.lab.HasAddr(master, d.spec.vips[1]) ||
+			d.lab.HasAddr(backup, d.spec.vips[0]) || d.lab.HasAddr(backup, d.spec.vips[1]) {
+			if time.Now().After(deadline) {
+				return errors.New("a VIP stayed configured after keepalived stopped")
+			}
+			if err := d.pause(20 * time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
+}
 
 // writeTrack replaces a track file atomically, as relay-supervise.sh does.
 func writeTrack(path, v string) error {
