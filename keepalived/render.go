@@ -151,6 +151,17 @@ type instance struct {
 	Priority   int    // this host's priority in it
 	Role       string // "MASTER" or "BACKUP" at the first election
 	MasterDown string // how long the peer waits for a silent MASTER, in seconds
+	// ReleaseFile, with two VIPs, is the file whose 1 hands this VIP to
+	// the peer (ReleaseFile()).
+	ReleaseFile string
+}
+
+// ReleaseFile is, with two VIPs, the file that hands vip to the peer
+// relay: keepalived faults vip's instance on this host while it holds 1.
+// It sits beside the track file: /run/chatrelay/relay.down gives
+// /run/chatrelay/relay.release-192.168.56.101.
+func ReleaseFile(trackFile, vip string) string {
+	return strings.TrimSuffix(trackFile, filepath.Ext(trackFile)) + ".release-" + vip
 }
 
 // Render returns the keepalived.conf of the relay host called host.
@@ -207,11 +218,12 @@ func Render(t *Topology, host string, o Options) ([]byte, error) {
 	}
 	insts := []instance{{Name: "VI_RELAY", VIP: t.VIP, VRID: t.VirtualRouterID, Priority: h.Priority,
 		Role: role(h.Priority, peer.Priority), MasterDown: down(peer.Priority)}}
+	insts[0].ReleaseFile = ReleaseFile(o.TrackFile, t.VIP)
 	if t.VIPB != "" {
 		// The second VIP's priorities are the first's swapped: the
 		// backup of the first VIP is the master of the second.
 		insts = append(insts, instance{Name: "VI_RELAY_B", VIP: t.VIPB, VRID: t.VirtualRouterIDB, Priority: peer.Priority,
-			Role: role(peer.Priority, h.Priority), MasterDown: down(h.Priority)})
+			Role: role(peer.Priority, h.Priority), MasterDown: down(h.Priority), ReleaseFile: ReleaseFile(o.TrackFile, t.VIPB)})
 	}
 	extra := make([]string, 0, len(o.ExtraGlobal))
 	for _, l := range o.ExtraGlobal {

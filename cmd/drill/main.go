@@ -130,6 +130,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 				if ctx.Err() != nil {
 					break
 				}
+				if one && drill.NeedsTwoVIPs[n] {
+					continue
+				}
 				c := cfg
 				c.OneVIP = one
 				reports = append(reports, drill.Run(ctx, c, n))

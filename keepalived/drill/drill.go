@@ -20,11 +20,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chatrelay/chatrelay/keepalived"
 	"github.com/chatrelay/chatrelay/vagrant"
 )
 
 // Scenario names, in the order "all" runs them.
-var Scenarios = []string{"kill-relay", "stop-keepalived", "cut-network", "sigstop-relay", "restart-old-master", "kill-msgserver", "restart-redis"}
+var Scenarios = []string{"kill-relay", "stop-keepalived", "cut-network", "sigstop-relay", "restart-old-master", "hand-back", "kill-msgserver", "restart-redis"}
+
+// NeedsTwoVIPs names the scenarios that only make sense with two VIPs.
+var NeedsTwoVIPs = map[string]bool{"hand-back": true}
 
 // Describe says what each scenario does.
 var Describe = map[string]string{
@@ -33,6 +37,7 @@ var Describe = map[string]string{
 	"cut-network":        "take the VIP holder's network interface down",
 	"sigstop-relay":      "freeze the relay process on the VIP holder for 3 s (SIGSTOP, then SIGCONT)",
 	"restart-old-master": "after a relay kill moved the VIP, start the old master's relay again",
+	"hand-back":          "two VIPs: after a relay kill put both VIPs on the peer and the relay is back, the peer hands the first VIP back (its release file)",
 	"kill-msgserver":     "SIGKILL message server msg-2",
 	"restart-redis":      "kill Redis and start it again, empty",
 }
@@ -106,6 +111,10 @@ func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 		return rep
 	}
 	rep.VIPs = len(spec.vips)
+	if NeedsTwoVIPs[scenario] && rep.VIPs < 2 {
+		rep.Err = scenario + " needs a topology with two VIPs"
+		return rep
+	}
 	hosts := map[string]string{"client": spec.clientIP}
 	for h, a := range spec.ip {
 		hosts[h] = a
@@ -210,7 +219,13 @@ func (d *drill) run(scenario string) error {
 		d.cfg.logf("%s: lab up, VIP on %s; traffic %.0f msgs/s over %d pairs", scenario, master, d.cfg.Rate, d.cfg.Pairs)
 	}
 
-	load, err := d.startLoad()
+	// hand-back injects its fault some 5 s after the others (a kill, the
+	// relay back, its keepalived a candidate again): traffic runs longer.
+	var extra time.Duration
+	if scenario == "hand-back" {
+		extra = handBackLead
+	}
+	load, err := d.startLoad(extra)
 	if err != nil {
 		return err
 	}
@@ -243,6 +258,10 @@ func (d *drill) run(scenario string) error {
 				}
 			}
 		}
+	case "hand-back":
+		// Both VIPs end where they started: the first one handed back.
+		d.rep.ExpectHolder = master
+		err = d.handBack(master, backup, &t0)
 	case "kill-msgserver":
 		d.rep.ExpectHolder = master
 		if two {
@@ -382,6 +401,44 @@ func (d *drill) startTwoVIPs(master, backup string) error {
 	}
 }
 
+// handBack kills the relay on master, waits for backup to hold both VIPs,
+// starts master's relay again and waits for its keepalived to be a
+// candidate again, then hands the first VIP back from backup through its
+// release file. t0 is set to the moment of the hand-back.
+func (d *drill) handBack(master, backup string, t0 *time.Time) error {
+	mark := len(d.keepalived[master].Output())
+	if err := d.killRelay(master); err != nil {
+		return err
+	}
+	if err := d.waitVIP(backup, d.spec.vip, 5*time.Second); err != nil {
+		return err
+	}
+	if err := d.startRelay(master); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.keepalived[master].Output()[mark:], "(VI_RELAY) Entering BACKUP STATE") {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("keepalived on %s did not become BACKUP again:\n%s", master, d.keepalived[master].Output()[mark:])
+		}
+		if err := d.pause(20 * time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if err := d.pause(time.Second); err != nil { // traffic on two links to one relay
+		return err
+	}
+	release := keepalived.ReleaseFile(d.trackFile(backup), d.spec.vip)
+	*t0 = time.Now()
+	if err := writeTrack(release, "1"); err != nil {
+		return err
+	}
+	if err := d.waitVIP(master, d.spec.vip, 5*time.Second); err != nil {
+		return err
+	}
+	return writeTrack(release, "0")
+}
+
 // writeTrack replaces a track file atomically, as relay-supervise.sh does.
 func writeTrack(path, v string) error {
 	tmp := path + ".tmp"
@@ -486,14 +543,17 @@ func (d *drill) startMsgserver(host string) error {
 	return nil
 }
 
-func (d *drill) startLoad() (*Proc, error) {
+// handBackLead is how much longer traffic runs in hand-back.
+const handBackLead = 8 * time.Second
+
+func (d *drill) startLoad(extra time.Duration) (*Proc, error) {
 	var servers []string
 	for _, m := range d.spec.msgs {
 		servers = append(servers, fmt.Sprintf("%s:%d", d.spec.ip[m], d.spec.clientPort))
 	}
 	return d.lab.Start("client", "load", nil, d.cfg.LoadBin, "load",
 		"--servers", strings.Join(servers, ","), "--pairs", fmt.Sprint(d.cfg.Pairs),
-		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String(), "--ca", d.caFile())
+		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After + extra).String(), "--ca", d.caFile())
 }
 
 // pause waits d, or less if the drill is interrupted.
@@ -509,7 +569,7 @@ func (d *drill) pause(t time.Duration) error {
 func (d *drill) finishLoad(p *Proc) (*LoadResult, error) {
 	select {
 	case <-p.done:
-	case <-time.After(d.cfg.Before + d.cfg.After + 60*time.Second):
+	case <-time.After(d.cfg.Before + d.cfg.After + handBackLead + 60*time.Second):
 		return nil, errors.New("load generator did not finish")
 	case <-d.ctx.Done():
 		return nil, errors.New("interrupted")
