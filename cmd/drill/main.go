@@ -169,12 +169,12 @@ func scenarioList() string {
 // scenario and mode (one VIP, two VIPs), side by side.
 func table(w io.Writer, reports []*drill.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tVIPs\tinterruption s\tresumed after s\tsent\tacked\trefused\tlost\tdup\tVIP on\texpected\tok")
+	fmt.Fprintln(tw, "scenario\tVIPs\tinterruption s\tresumed after s\tat fault s\tbefore fault s\tsent\tacked\trefused\tlost\tdup\tVIP on\texpected\tok")
 	type key struct {
 		scenario string
 		vips     int
 	}
-	by := map[key][]float64{}
+	by, atFault := map[key][]float64{}, map[key][]float64{}
 	lost, dup := map[key]int64{}, map[key]int64{}
 	modes := map[int]bool{}
 	var notes []string
@@ -188,11 +188,12 @@ func table(w io.Writer, reports []*drill.Report) {
 			on += " / " + strings.Join(r.VIPBHolders, ",")
 			want += " / " + r.ExpectHolderB
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.VIPs, r.Interruption, r.Resumed,
-			r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, on, want, ok)
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.VIPs, r.Interruption, r.Resumed,
+			r.AtFault, r.Baseline, r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, on, want, ok)
 		k := key{r.Scenario, r.VIPs}
 		if r.Err == "" {
 			by[k] = append(by[k], r.Interruption)
+			atFault[k] = append(atFault[k], r.AtFault)
 			modes[r.VIPs] = true
 		}
 		lost[k] += r.Load.Lost
@@ -213,7 +214,7 @@ func table(w io.Writer, reports []*drill.Report) {
 	header := "scenario"
 	for _, v := range []int{1, 2} {
 		if modes[v] {
-			header += fmt.Sprintf("\t%d VIP: runs\tmedian s\tmax s\tlost\tdup", v)
+			header += fmt.Sprintf("\t%d VIP: runs\tmedian s\tmax s\tat fault median s\tmax s\tlost\tdup", v)
 		}
 	}
 	fmt.Fprintln(tw, header)
@@ -226,12 +227,14 @@ func table(w io.Writer, reports []*drill.Report) {
 			k := key{n, v}
 			d := by[k]
 			if len(d) == 0 {
-				line += "\t0\t-\t-\t-\t-"
+				line += "\t0\t-\t-\t-\t-\t-\t-"
 				continue
 			}
 			any = true
 			sort.Float64s(d)
-			line += fmt.Sprintf("\t%d\t%.3f\t%.3f\t%d\t%d", len(d), d[len(d)/2], d[len(d)-1], lost[k], dup[k])
+			f := atFault[k]
+			sort.Float64s(f)
+			line += fmt.Sprintf("\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d", len(d), d[len(d)/2], d[len(d)-1], f[len(f)/2], f[len(f)-1], lost[k], dup[k])
 		}
 		if any {
 			fmt.Fprintln(tw, line)

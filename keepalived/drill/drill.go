@@ -66,7 +66,13 @@ type Report struct {
 	// Interruption is the longest pause in delivery that ends after the
 	// fault, in seconds: how long users saw nothing. Resumed is from the
 	// fault to the end of that pause.
-	Interruption float64  `json:"interruption_seconds"`
+	Interruption float64 `json:"interruption_seconds"`
+	// AtFault is the longest pause that spans a moment of the first
+	// faultWindow after the fault: the pause the fault itself caused,
+	// without later ones from elsewhere (on a loaded host, the load's
+	// own). Baseline is the longest pause before the fault: the noise.
+	AtFault      float64  `json:"at_fault_seconds"`
+	Baseline     float64  `json:"baseline_seconds"`
 	Resumed      float64  `json:"resumed_after_seconds"`
 	VIPHolders   []string `json:"vip_holders"`
 	ExpectHolder string   `json:"expected_holder"`
@@ -293,6 +299,12 @@ func (d *drill) run(scenario string) error {
 		if g.To > t0.UnixNano() && g.Seconds() > d.rep.Interruption {
 			d.rep.Interruption = g.Seconds()
 			d.rep.Resumed = float64(g.To-t0.UnixNano()) / 1e9
+		}
+		if g.To > t0.UnixNano() && g.From < t0.Add(faultWindow).UnixNano() {
+			d.rep.AtFault = max(d.rep.AtFault, g.Seconds())
+		}
+		if g.To <= t0.UnixNano() {
+			d.rep.Baseline = max(d.rep.Baseline, g.Seconds())
 		}
 	}
 	for _, r := range d.spec.relays {
@@ -542,6 +554,10 @@ func (d *drill) startMsgserver(host string) error {
 	}
 	return nil
 }
+
+// faultWindow is how long after the fault a pause counts as the fault's
+// (AtFault): sigstop-relay's relay thaws after 3 s.
+const faultWindow = 4 * time.Second
 
 // handBackLead is how much longer traffic runs in hand-back.
 const handBackLead = 8 * time.Second
