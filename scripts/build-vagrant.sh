@@ -2,8 +2,11 @@
 # build-vagrant.sh: build what the Vagrant VMs run, on the host, before
 # `vagrant up` (see vagrant/README.md):
 #
-#   DIR/relay, DIR/msgserver  linux/amd64, statically linked (CGO_ENABLED=0):
-#                             the VMs are CentOS Stream 9 x86_64 and have no Go
+#   DIR/chatrelay.x86_64.rpm  the chatrelay package (scripts/build-packages.sh:
+#                             relay and msgserver for linux/amd64, statically
+#                             linked, their units, keepalived's check and
+#                             notify script): the VMs are CentOS Stream 9
+#                             x86_64, have no Go, and install it with rpm -U
 #   DIR/link.secret           the shared link secret (64 hex characters, mode
 #                             0600), created once and then kept, so rebuilding
 #                             does not break the links of running VMs
@@ -13,11 +16,10 @@
 #                             host; certificates are reissued when missing,
 #                             near their end or no longer matching the topology
 #
-# DIR is vagrant/build (ignored by git) unless --out DIR is given. Both
-# binaries are built by one `go build` (one compile of what they share, linked
-# in parallel) into a temporary folder and renamed into place, so a failed
-# build never leaves a half-written binary for the provisioner to install.
-# The relay binary also holds the templates each VM renders its files from
+# DIR is vagrant/build (ignored by git) unless --out DIR is given. The package
+# is built in a temporary folder and renamed into place, so a failed build
+# never leaves a half-written one for the provisioner to install. The relay
+# binary also holds the templates each VM renders its files from
 # (vagrant/templates, keepalived/keepalived.conf.tmpl): after changing one,
 # build again.
 set -euo pipefail
@@ -54,11 +56,11 @@ tmp=$(mktemp -d "$out/.build.XXXXXX")
 trap 'rm -rf -- "$tmp"' EXIT
 
 cd "$root"
-GOOS=linux GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -o "$tmp/" ./cmd/relay ./cmd/msgserver
-for bin in relay msgserver; do
-	mv -f -- "$tmp/$bin" "$out/$bin"
-	echo "built $out/$bin (linux/amd64)"
-done
+rpm_file=$("$root/scripts/build-packages.sh" --rpm-only --out "$tmp/pkg")
+mv -f -- "$rpm_file" "$out/chatrelay.x86_64.rpm"
+echo "built $out/chatrelay.x86_64.rpm ($(basename -- "$rpm_file"))"
+# Binaries of earlier builds (before the lab installed the package).
+rm -f -- "$out/relay" "$out/msgserver"
 
 secret=$out/link.secret
 if [[ -s $secret ]]; then

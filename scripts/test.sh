@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
 # gcc and libc6-dev: the race detector needs cgo. procps (pgrep) and
-# systemd (systemd-analyze) are used by the drill and the lab's unit checks.
-packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant gcc libc6-dev procps systemd ca-certificates)
+# systemd (systemd-analyze) are used by the drill and the lab's unit checks;
+# rpm (rpm -qlp, rpm -qp --scripts) inspects the built RPM (packaging/).
+packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant gcc libc6-dev procps systemd ca-certificates rpm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,10 +24,15 @@ if ((${#missing[@]} > 0)); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian packages start their own daemons; the tests start private ones.
+# This script never stops, starts or reconfigures a service of the machine.
+# The tests start private redis-server, keepalived and prometheus/promtool
+# processes on free ports (keepalived in network namespaces, with pid files of
+# its own), so a system redis-server on 6379, prometheus on 9090 or keepalived
+# holding a VIP can keep running beside them. Debian starts the services of
+# the packages it has just installed: say so, rather than stop them.
 for svc in redis-server prometheus keepalived; do
   if systemctl is-active --quiet "$svc" 2>/dev/null; then
-    systemctl stop "$svc" 2>/dev/null || true
+    echo "note: the system's $svc service is running; left alone (the tests run private instances)"
   fi
 done
 

@@ -41,9 +41,11 @@ const (
 	// on every VM.
 	EtcDir = "/etc/chatrelay"
 	// CheckRelayBin is the copy of the relay that keepalived's check runs,
-	// in the folder provision.sh labels for SELinux (beside notify.sh,
-	// keepalived.DefaultNotifyScript).
-	CheckRelayBin = "/usr/local/libexec/chatrelay/relay"
+	// and NotifyScript keepalived/notify.sh, as the chatrelay package
+	// installs them (packaging/nfpm.yaml), in the folder its postinstall.sh
+	// labels for SELinux.
+	CheckRelayBin = "/usr/libexec/chatrelay/relay"
+	NotifyScript  = "/usr/libexec/chatrelay/notify.sh"
 	// ShutdownGrace is the message servers' --shutdown-grace;
 	// chatrelay-msgserver.service's TimeoutStopSec must stay above it.
 	ShutdownGrace = "5s"
@@ -147,14 +149,15 @@ func RenderHost(t *keepalived.Topology, host string, o Options) ([]File, error) 
 	}
 	if h.Has(keepalived.RoleRelay) {
 		conf, err := keepalived.Render(t, host, keepalived.Options{
-			RelayBin:  CheckRelayBin,
-			RedisURL:  redisURL(t),
-			RedisCA:   TLSDir + "/ca.pem",
-			LinkTLS:   true,
-			CheckCert: TLSDir + "/check.pem",
-			CheckKey:  TLSDir + "/check-key.pem",
-			Interface: o.Interface,
-			Unicast:   o.Unicast,
+			RelayBin:     CheckRelayBin,
+			NotifyScript: NotifyScript,
+			RedisURL:     redisURL(t),
+			RedisCA:      TLSDir + "/ca.pem",
+			LinkTLS:      true,
+			CheckCert:    TLSDir + "/check.pem",
+			CheckKey:     TLSDir + "/check-key.pem",
+			Interface:    o.Interface,
+			Unicast:      o.Unicast,
 		})
 		if err != nil {
 			return nil, err

@@ -321,7 +321,7 @@ func TestKeepalivedConfForVMs(t *testing.T) {
 				`script "` + vagrant.CheckRelayBin + " check ",
 				" --link-tls --link-cert " + vagrant.TLSDir + "/check.pem --link-key " + vagrant.TLSDir + "/check-key.pem ",
 				"--redis rediss://" + strings.TrimPrefix(topo.RedisURL(), "redis://") + " --redis-ca-file " + vagrant.TLSDir + `/ca.pem"`,
-				`notify "` + keepalived.DefaultNotifyScript + " " + h.Name + `"`, `file "` + keepalived.DefaultTrackFile + `"`,
+				`notify "` + vagrant.NotifyScript + " " + h.Name + `"`, `file "` + keepalived.DefaultTrackFile + `"`,
 				"script_user " + keepalived.DefaultScriptUser + "\n"} {
 				if !bytes.Contains(conf, []byte(s)) {
 					t.Errorf("%s %s: keepalived.conf lacks %q", l.name, h.Name, s)

@@ -98,10 +98,10 @@ func vagrantEnv(t *testing.T, extra ...string) []string {
 	return append(env, extra...)
 }
 
-// labCopy copies the lab's files (vagrant/ without build/ and .vagrant/, and
-// keepalived/notify.sh) to a temporary tree, with topology as
-// keepalived/topology.json and a stand-in vagrant/build/ (binaries, secret,
-// the lab's CA and every host's certificates), and returns the
+// labCopy copies the lab's files (the Vagrantfile and provision/) to a
+// temporary tree, with topology as keepalived/topology.json and a stand-in
+// vagrant/build/ (package, secret, the lab's CA and every host's
+// certificates), and returns the
 // copy's vagrant folder: what Vagrant loads there does not depend on whether
 // scripts/build-vagrant.sh has run in this checkout.
 func labCopy(t *testing.T, topology string) string {
@@ -109,7 +109,19 @@ func labCopy(t *testing.T, topology string) string {
 	r := root(t)
 	dst := t.TempDir()
 	copyFile(t, topology, filepath.Join(dst, "keepalived", "topology.json"))
-	for _, glob := range []string{"vagrant/Vagrantfile", "keepalived/notify.sh", "vagrant/provision/*.sh", "vagrant/systemd/*.service"} {
+	defer func() {
+		// The Vagrantfile's version requirement, relaxed for an older
+		// installed Vagrant (relaxVersion).
+		vf := filepath.Join(dst, "vagrant", "Vagrantfile")
+		b, err := os.ReadFile(vf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(vf, relaxVersion(t, b, installedVagrant(t, needVagrant(t))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	for _, glob := range []string{"vagrant/Vagrantfile", "vagrant/provision/*.sh"} {
 		files, _ := filepath.Glob(filepath.Join(r, glob))
 		for _, f := range files {
 			rel, _ := filepath.Rel(r, f)
@@ -119,7 +131,7 @@ func labCopy(t *testing.T, topology string) string {
 	if err := os.Mkdir(filepath.Join(dst, "vagrant", "build"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	standIns := []string{"relay", "msgserver", "link.secret", "pki/ca.pem", "pki/ca-key.pem"}
+	standIns := []string{"chatrelay.x86_64.rpm", "link.secret", "pki/ca.pem", "pki/ca-key.pem"}
 	topo, err := keepalived.LoadTopology(topology)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +174,9 @@ func TestVagrantValidate(t *testing.T) {
 	// --ignore-provider: validate everything but the provider blocks, which
 	// need VirtualBox or vagrant-libvirt installed (the machines' golden
 	// file has those settings, as Vagrant loads them).
-	out, errOut, err := run(t, filepath.Join(root(t), "vagrant"), vagrantEnv(t), bin, "validate", "--ignore-provider")
+	// On a copy, whose version requirement accepts the installed Vagrant
+	// (TestVagrantRequiresVersion checks the real one).
+	out, errOut, err := run(t, labCopy(t, labs(t)[0].topology), vagrantEnv(t), bin, "validate", "--ignore-provider")
 	if err != nil || !strings.Contains(out, "Vagrantfile validated successfully") {
 		t.Fatalf("vagrant validate --ignore-provider: %v\n%s%s", err, out, errOut)
 	}
@@ -314,7 +328,10 @@ func TestMachines(t *testing.T) {
 	}
 }
 
-// provision.sh stops at once, with the command to run, when the binaries or
+// rpmMagic is the lead an RPM file starts with.
+const rpmMagic = "\xed\xab\xee\xdb"
+
+// provision.sh stops at once, with the command to run, when the package or
 // the secret were not built. It runs here with a PATH of four tools, so
 // nothing past its input check could do anything, and with the environment
 // the Vagrantfile gives the first machine (its golden file).
@@ -344,15 +361,14 @@ func TestProvisionStopsWithoutBuild(t *testing.T) {
 		build map[string]string
 		want  []string
 	}{
-		{"nothing built", nil, []string{"vagrant/build/relay vagrant/build/msgserver vagrant/build/link.secret not found",
+		{"nothing built", nil, []string{"vagrant/build/chatrelay.x86_64.rpm vagrant/build/link.secret not found",
 			"Run scripts/build-vagrant.sh", "vagrant provision " + m.Name}},
-		{"no secret", map[string]string{"relay": "\x7fELF", "msgserver": "\x7fELF"},
+		{"no secret", map[string]string{"chatrelay.x86_64.rpm": rpmMagic},
 			[]string{"vagrant/build/link.secret not found", "Run scripts/build-vagrant.sh"}},
-		{"not a Linux binary", map[string]string{"relay": "MZ\x90\x00", "msgserver": "\x7fELF", "link.secret": "0123456789abcdef0123"},
-			[]string{"vagrant/build/relay is not a Linux binary", "scripts/build-vagrant.sh"}},
-		{"no certificates", map[string]string{"relay": "\x7fELF", "msgserver": "\x7fELF", "link.secret": "0123456789abcdef0123",
-			"../topology.json": "{}", "../notify.sh": "#", "../provision/render.sh": "#",
-			"../systemd/chatrelay-relay.service": "#", "../systemd/chatrelay-msgserver.service": "#"},
+		{"not an RPM", map[string]string{"chatrelay.x86_64.rpm": "\x7fELF", "link.secret": "0123456789abcdef0123"},
+			[]string{"vagrant/build/chatrelay.x86_64.rpm is not an RPM", "scripts/build-vagrant.sh"}},
+		{"no certificates", map[string]string{"chatrelay.x86_64.rpm": rpmMagic, "link.secret": "0123456789abcdef0123",
+			"../topology.json": "{}", "../provision/render.sh": "#"},
 			[]string{"vagrant/build/pki/ca.pem", "vagrant/build/pki/" + m.Name + "/relay.pem", "vagrant/build/pki/" + m.Name + "/check-key.pem",
 				"certificates are made on the host", "Run scripts/build-vagrant.sh", "vagrant provision " + m.Name}},
 	} {
@@ -504,8 +520,8 @@ func unitsForVerify(t *testing.T) []string {
 	var out []string
 	for _, bin := range []string{"relay", "msgserver"} {
 		name := "chatrelay-" + bin + ".service"
-		s := strings.ReplaceAll(unit(t, name), "\nExecStart=/usr/local/bin/"+bin+"\n", "\nExecStart="+testenv.Build(t, bin)+"\n")
-		if strings.Contains(s, "ExecStart=/usr/local/bin/") {
+		s := strings.ReplaceAll(unit(t, name), "\nExecStart=/usr/bin/"+bin+"\n", "\nExecStart="+testenv.Build(t, bin)+"\n")
+		if strings.Contains(s, "ExecStart=/usr/bin/") {
 			t.Fatalf("%s: ExecStart not rewritten:\n%s", name, s)
 		}
 		p := filepath.Join(dir, name)
@@ -529,7 +545,7 @@ func TestUnits(t *testing.T) {
 		name := "chatrelay-" + bin + ".service"
 		u := unit(t, name)
 		for _, line := range []string{"Type=simple", "User=chatrelay", "Group=chatrelay", "Restart=on-failure", "RestartSec=1",
-			"LimitNOFILE=262144", "ExecStart=/usr/local/bin/" + bin, "EnvironmentFile=" + vagrant.EtcDir + "/" + bin + ".env",
+			"LimitNOFILE=262144", "ExecStart=/usr/bin/" + bin, "EnvironmentFile=" + vagrant.EtcDir + "/" + bin + ".env",
 			"WantedBy=multi-user.target"} {
 			if !strings.Contains(u, "\n"+line+"\n") {
 				t.Errorf("%s: no line %s", name, line)
@@ -604,48 +620,62 @@ func TestRelayUnitWritesTrackFile(t *testing.T) {
 	}
 }
 
-// fcontextRule returns the regex provision.sh gives SELinux type typ.
+// fcontextRule returns the regex the package's postinstall.sh gives SELinux
+// type typ.
 func fcontextRule(t *testing.T, text, typ string) *regexp.Regexp {
 	t.Helper()
-	g := regexp.MustCompile(`(?m)^\s*fcontext ` + typ + ` '([^']+)'`).FindStringSubmatch(text)
+	g := regexp.MustCompile(`(?m)^\s*semanage fcontext -a -t ` + typ + ` '([^']+)'`).FindStringSubmatch(text)
 	if g == nil {
-		t.Fatalf("provision.sh sets no file context %s", typ)
+		t.Fatalf("postinstall.sh sets no file context %s", typ)
 	}
 	return regexp.MustCompile("^(?:" + g[1] + ")$") // semanage regexes match whole paths
 }
 
-// What the relay VMs' keepalived.conf runs is installed by provision.sh and
-// labelled so SELinux lets it run unconfined; the track file's folder is
-// keepalived's and exists at boot; the script user exists.
-func TestProvisionSetsUpKeepalivedPaths(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(root(t), "vagrant", "provision", "provision.sh"))
-	if err != nil {
-		t.Fatal(err)
+// What the relay VMs' keepalived.conf runs is installed by the chatrelay
+// package (provision.sh installs it) and labelled by its postinstall.sh so
+// SELinux lets it run unconfined; the track file's folder is keepalived's
+// and exists at boot (tmpfiles.d); the script user exists (sysusers.d).
+// TestPackages (packaging/) checks the built packages hold these files.
+func TestPackageSetsUpKeepalivedPaths(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(root(t), "packaging", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
 	}
-	text := string(b)
-	scripts := fcontextRule(t, text, "keepalived_unconfined_script_exec_t")
-	runDir := fcontextRule(t, text, "keepalived_var_run_t")
-	for _, p := range []string{vagrant.CheckRelayBin, keepalived.DefaultNotifyScript} {
+	post, nfpm := read("postinstall.sh"), read("nfpm.yaml")
+	scripts := fcontextRule(t, post, "keepalived_unconfined_script_exec_t")
+	runDir := fcontextRule(t, post, "keepalived_var_run_t")
+	for _, p := range []string{vagrant.CheckRelayBin, vagrant.NotifyScript} {
 		if !scripts.MatchString(p) {
 			t.Errorf("%s is not under the keepalived_unconfined_script_exec_t rule %s", p, scripts)
 		}
-		if !strings.Contains(text, " "+p+"\n") {
-			t.Errorf("provision.sh does not install %s", p)
+		if !strings.Contains(nfpm, "\n    dst: "+p+"\n") {
+			t.Errorf("the package (nfpm.yaml) does not install %s", p)
 		}
 	}
 	if !runDir.MatchString(keepalived.DefaultTrackFile) || !runDir.MatchString(filepath.Dir(keepalived.DefaultTrackFile)) {
 		t.Errorf("%s (and its folder) are not under the keepalived_var_run_t rule %s", keepalived.DefaultTrackFile, runDir)
 	}
-	if !strings.Contains(text, "'d "+filepath.Dir(keepalived.DefaultTrackFile)+" 0755 root root -'") {
-		t.Errorf("provision.sh writes no tmpfiles.d line for %s", filepath.Dir(keepalived.DefaultTrackFile))
+	if !strings.Contains(read("chatrelay.tmpfiles"), "\nd "+filepath.Dir(keepalived.DefaultTrackFile)+" 0755 root root -\n") {
+		t.Errorf("chatrelay.tmpfiles has no line for %s", filepath.Dir(keepalived.DefaultTrackFile))
 	}
-	if !strings.Contains(text, "--shell /usr/sbin/nologin "+keepalived.DefaultScriptUser+"\n") {
-		t.Errorf("provision.sh does not create the script user %s", keepalived.DefaultScriptUser)
+	if !regexp.MustCompile(`(?m)^u ` + keepalived.DefaultScriptUser + ` - `).MatchString(read("chatrelay.sysusers")) {
+		t.Errorf("chatrelay.sysusers does not create the script user %s", keepalived.DefaultScriptUser)
+	}
+	b, err := os.ReadFile(filepath.Join(root(t), "vagrant", "provision", "provision.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "rpm -U --replacepkgs --oldpackage") || !strings.Contains(string(b), "policycoreutils-python-utils") {
+		t.Error("provision.sh does not install the package (rpm -U --replacepkgs --oldpackage), after semanage (policycoreutils-python-utils)")
 	}
 }
 
-// shellcheck runs once, on every script of the lab (vagrant/**.sh,
-// scripts/build-vagrant.sh), every rendered firewall.sh, and one script with
+// shellcheck runs once, on every script of the lab (vagrant/**.sh) and of
+// scripts/ that build and test it (build-vagrant.sh, build-packages.sh,
+// test.sh), every rendered firewall.sh, and one script with
 // a mistake: it must report that one, and nothing else.
 func TestShellScripts(t *testing.T) {
 	sc := testenv.Need(t, "shellcheck", "shellcheck")
@@ -666,7 +696,9 @@ func TestShellScripts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scripts = append(scripts, filepath.Join(r, "scripts", "build-vagrant.sh"))
+	for _, s := range []string{"build-vagrant.sh", "build-packages.sh", "test.sh"} {
+		scripts = append(scripts, filepath.Join(r, "scripts", s))
+	}
 	if len(scripts) < 4 {
 		t.Fatalf("found only %v", scripts)
 	}
@@ -705,13 +737,13 @@ func TestShellScripts(t *testing.T) {
 	}
 }
 
-// scripts/build-vagrant.sh builds both binaries for linux/amd64, statically,
-// and a link secret it keeps across runs. From a cold build cache this is
+// scripts/build-vagrant.sh builds the chatrelay RPM, with both binaries for
+// linux/amd64, statically linked, and a link secret it keeps across runs. From a cold build cache this is
 // the slow test of the package (all dependencies compiled once more, with
 // CGO_ENABLED=0 and -trimpath); -short skips it outside CI.
 func TestBuildVagrant(t *testing.T) {
 	if testing.Short() && os.Getenv("CI") == "" {
-		t.Skip("-short: not cross-building the VMs' binaries")
+		t.Skip("-short: not cross-building the VMs' package")
 	}
 	testenv.Need(t, "go", "golang (Go on PATH)")
 	out := filepath.Join(t.TempDir(), "build")
@@ -720,9 +752,18 @@ func TestBuildVagrant(t *testing.T) {
 	if err != nil {
 		t.Fatalf("build-vagrant.sh --out %s: %v\n%s%s", out, err, o, e)
 	}
+	pkg := filepath.Join(out, "chatrelay.x86_64.rpm")
+	rpmInfo, e, err := run(t, root(t), os.Environ(), testenv.Need(t, "rpm", "rpm"), "-qp", "--qf", "%{NAME} %{ARCH}", pkg)
+	if err != nil || rpmInfo != "chatrelay x86_64" {
+		t.Fatalf("rpm -qp %s: %v %q%s, want chatrelay x86_64", pkg, err, rpmInfo, e)
+	}
+	files := testenv.RPMContents(t, pkg)
 	for _, bin := range []string{"relay", "msgserver"} {
-		p := filepath.Join(out, bin)
-		f, err := elf.Open(p)
+		b, ok := files["/usr/bin/"+bin]
+		if !ok {
+			t.Fatalf("the package has no /usr/bin/%s", bin)
+		}
+		f, err := elf.NewFile(bytes.NewReader(b))
 		if err != nil {
 			t.Fatalf("%s: not ELF: %v", bin, err)
 		}
@@ -734,8 +775,7 @@ func TestBuildVagrant(t *testing.T) {
 				t.Errorf("%s is dynamically linked (has an interpreter); the VMs need a static binary (CGO_ENABLED=0)", bin)
 			}
 		}
-		f.Close()
-		info, err := buildinfo.ReadFile(p)
+		info, err := buildinfo.Read(bytes.NewReader(b))
 		if err != nil {
 			t.Fatalf("%s: %v", bin, err)
 		}
@@ -748,9 +788,6 @@ func TestBuildVagrant(t *testing.T) {
 		}
 		if info.Path != "github.com/chatrelay/chatrelay/cmd/"+bin {
 			t.Errorf("%s is %s", bin, info.Path)
-		}
-		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm()&0o111 == 0 {
-			t.Errorf("%s is not executable", bin)
 		}
 	}
 	secret := filepath.Join(out, "link.secret")
@@ -769,8 +806,8 @@ func TestBuildVagrant(t *testing.T) {
 	if again, _ := os.ReadFile(secret); !bytes.Equal(again, first) {
 		t.Error("a second build changed the link secret (running VMs would lose their links)")
 	}
-	if entries, _ := os.ReadDir(out); len(entries) != 4 {
-		t.Errorf("build folder holds %v, want relay, msgserver, link.secret, pki", entries)
+	if entries, _ := os.ReadDir(out); len(entries) != 3 {
+		t.Errorf("build folder holds %v, want chatrelay.x86_64.rpm, link.secret, pki", entries)
 	}
 	// The lab's CA and certificates (TestLabCertificates checks what they
 	// are good for): made by the first run, kept by the second.
@@ -806,5 +843,91 @@ func TestGitIgnoresBuildAndState(t *testing.T) {
 	}
 	if out, err := exec.Command(git, "-C", r, "check-ignore", "--no-index", "-q", "vagrant/Vagrantfile").CombinedOutput(); err == nil {
 		t.Errorf("git ignores vagrant/Vagrantfile %s", out)
+	}
+}
+
+// provision.sh asks dnf for curl only on an image without one: CentOS
+// Stream 9's images ship curl-minimal (it provides /usr/bin/curl and
+// conflicts with the curl package, so `dnf install curl` aborts the
+// provisioning). It runs here with every input in place, as root would, up
+// to dnf: a stand-in that records its arguments and fails, so nothing past it
+// runs (no dnf here). The tools provision.sh needs before dnf are the real
+// ones; `id` says root; curl is there or not.
+func TestProvisionAsksForCurlOnlyWithoutOne(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join("testdata", "lab", "machines.json.golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m machine
+	for _, mm := range parseMachines(t, b) {
+		if mm.Name == "msg-1" { // a message server and Redis: no NIC lookup before dnf
+			m = mm
+		}
+	}
+	if m.Name == "" {
+		t.Fatal("no machine msg-1 in testdata/lab/machines.json.golden")
+	}
+	script := filepath.Join(root(t), "vagrant", "provision", "provision.sh")
+	for _, withCurl := range []bool{true, false} {
+		tools := t.TempDir()
+		for _, tool := range []string{"head", "od", "tr", "rm"} {
+			p, err := exec.LookPath(tool)
+			if err != nil {
+				t.Skipf("%s: %v", tool, err)
+			}
+			if err := os.Symlink(p, filepath.Join(tools, tool)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		record := filepath.Join(t.TempDir(), "dnf-args")
+		standIns := map[string]string{
+			"id":  "#!/bin/sh\necho 0\n",
+			"dnf": "#!/bin/sh\necho \"$@\" > " + record + "\nexit 1\n",
+		}
+		if withCurl {
+			standIns["curl"] = "#!/bin/sh\nexit 0\n"
+		}
+		for name, body := range standIns {
+			if err := os.WriteFile(filepath.Join(tools, name), []byte(body), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stage := filepath.Join(t.TempDir(), "stage")
+		inputs := map[string]string{"build/chatrelay.x86_64.rpm": rpmMagic, "build/link.secret": "0123456789abcdef0123",
+			"topology.json": "{}", "provision/render.sh": "#", "pki/ca.pem": "stand-in"}
+		for _, f := range []string{"msgserver.pem", "msgserver-key.pem", "redis.pem", "redis-key.pem"} {
+			inputs["pki/host/"+f] = "stand-in"
+		}
+		for f, content := range inputs {
+			p := filepath.Join(stage, f)
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		env := []string{"PATH=" + tools}
+		for k, v := range m.labEnv(t) {
+			env = append(env, k+"="+v)
+		}
+		env = append(env, "LAB_STAGE="+stage)
+		out, errOut, err := run(t, stage, env, bash, script)
+		got, rerr := os.ReadFile(record)
+		if rerr != nil || exitCode(err) != 1 {
+			t.Fatalf("curl installed %v: provision.sh did not reach dnf (exit %v):\n%s%s", withCurl, err, out, errOut)
+		}
+		args := strings.Fields(string(got))
+		want := []string{"-y", "-q", "install", "firewalld", "policycoreutils-python-utils", "redis"}
+		if !withCurl {
+			want = []string{"-y", "-q", "install", "firewalld", "policycoreutils-python-utils", "curl", "redis"}
+		}
+		if !slices.Equal(args, want) {
+			t.Errorf("curl installed %v: dnf %q, want dnf %q", withCurl, args, want)
+		}
 	}
 }

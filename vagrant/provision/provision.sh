@@ -3,39 +3,33 @@
 # Vagrant runs it as root after uploading its inputs to LAB_STAGE:
 #
 #   LAB_STAGE/topology.json          ../keepalived/topology.json
-#   LAB_STAGE/notify.sh              ../keepalived/notify.sh
 #   LAB_STAGE/provision/*.sh         this folder
-#   LAB_STAGE/systemd/*.service      ../systemd
-#   LAB_STAGE/build/{relay,msgserver,link.secret}   from scripts/build-vagrant.sh
+#   LAB_STAGE/build/chatrelay.x86_64.rpm, LAB_STAGE/build/link.secret
+#                                    from scripts/build-vagrant.sh: the chatrelay
+#                                    package (relay, msgserver, their units,
+#                                    keepalived's check and notify script, the
+#                                    users, SELinux labels: packaging/) and the
+#                                    link secret
 #   LAB_STAGE/pki/ca.pem, LAB_STAGE/pki/host/*.pem    the lab CA's certificate and this
 #                                    host's certificates and keys (never the CA's key),
 #                                    from scripts/build-vagrant.sh (relay gen-certs)
 #
-# Every file that depends on the topology (env files, firewall rules, Redis
-# settings, keepalived.conf) is rendered here from LAB_STAGE/topology.json by
-# the relay binary (render.sh), then installed. The other LAB_* variables
-# (this host's name, address and roles, the ports it checks) are set by the
+# The package is installed first (rpm -U --replacepkgs --oldpackage: a
+# rebuilt package replaces the installed one, whatever their versions), then
+# every file that depends on the topology (env files, firewall rules, Redis
+# settings, keepalived.conf) is rendered from LAB_STAGE/topology.json by the
+# installed relay (render.sh), and installed. The other LAB_* variables (this
+# host's name, address and roles, the ports it checks) are set by the
 # Vagrantfile from the same topology. Re-running (`vagrant provision`)
-# renders and reinstalls everything and restarts the services. LAB_STAGE is
+# reinstalls and renders everything and restarts the services. LAB_STAGE is
 # removed at the end, as it holds the link secret and this host's TLS keys.
 #
-# SELinux stays enforcing. What it needs here, from the RHEL 9 policy
-# (selinux-policy's keepalived.te/.fc):
-# - keepalived runs as keepalived_t, which may only connect to a few port
-#   types (http, mysql, smtp, ...): `relay check` (ports 9100, 7000, 6379) and
-#   notify.sh (writes /var/log/chatrelay) would be denied. A program labelled
-#   keepalived_unconfined_script_exec_t is run in keepalived_unconfined_script_t,
-#   an unconfined domain: the policy's own answer for keepalived scripts (it
-#   labels /usr/libexec/keepalived so). `semanage fcontext` makes our
-#   /usr/local/libexec/chatrelay the same, persistently (a plain chcon is
-#   undone by the next restorecon or relabel).
-# - The check runs a copy of the relay binary in that folder, not
-#   /usr/local/bin/relay: systemd starts /usr/local/bin/relay (bin_t) as an
-#   ordinary service (unconfined_service_t), and relabelling it for keepalived
-#   would change the domain the service itself starts in.
-# - keepalived_t reads and writes only keepalived_var_run_t under /run, not
-#   var_run_t: /run/chatrelay (the track file's folder) gets that label, or
-#   keepalived could neither create nor read relay.down.
+# SELinux stays enforcing. The package's postinstall.sh gives keepalived
+# what it needs (packaging/postinstall.sh says why): its check and notify
+# script in /usr/libexec/chatrelay run unconfined
+# (keepalived_unconfined_script_exec_t), and /run/chatrelay, the track file's
+# folder, is keepalived_var_run_t. It needs semanage, so
+# policycoreutils-python-utils is installed before the package.
 set -euo pipefail
 
 : "${LAB_STAGE:?set by the Vagrantfile}" "${LAB_HOST:?}" "${LAB_IP:?}" "${LAB_ROLES:?}"
@@ -54,16 +48,18 @@ trap 'rm -rf -- "$stage"' EXIT
 
 # --- inputs -----------------------------------------------------------------
 missing=()
-for f in relay msgserver link.secret; do
+rpm_file=$stage/build/chatrelay.x86_64.rpm
+for f in chatrelay.x86_64.rpm link.secret; do
 	[[ -s $stage/build/$f ]] || missing+=("vagrant/build/$f")
 done
 if ((${#missing[@]} > 0)); then
-	die "${missing[*]} not found: the linux/amd64 binaries and the link secret are made on the host. Run scripts/build-vagrant.sh in the repository, then: vagrant provision ${LAB_HOST}"
+	die "${missing[*]} not found: the chatrelay package and the link secret are made on the host. Run scripts/build-vagrant.sh in the repository, then: vagrant provision ${LAB_HOST}"
 fi
-if [[ $(head -c 4 "$stage/build/relay" | od -An -c | tr -d ' ') != '177ELF' ]]; then
-	die "vagrant/build/relay is not a Linux binary: rebuild it with scripts/build-vagrant.sh"
+# An RPM starts with the lead's magic bytes ed ab ee db.
+if [[ $(head -c 4 "$rpm_file" | od -An -tx1 | tr -d ' \n') != 'edabeedb' ]]; then
+	die "vagrant/build/chatrelay.x86_64.rpm is not an RPM: rebuild it with scripts/build-vagrant.sh"
 fi
-for f in topology.json notify.sh provision/render.sh systemd/chatrelay-relay.service systemd/chatrelay-msgserver.service; do
+for f in topology.json provision/render.sh; do
 	[[ -s $stage/$f ]] || missing+=("$f")
 done
 if ((${#missing[@]} > 0)); then
@@ -86,48 +82,46 @@ fi
 
 [[ $(id -u) -eq 0 ]] || die "run as root (Vagrant's shell provisioner does)"
 
-# --- this host's files, rendered from the topology --------------------------
-# Before anything is installed, so a topology the renderer refuses stops here.
-# On relay hosts, keepalived puts the VIP on the NIC that holds the host's lab
-# address: eth1 on the default box (the topology's interface); with another
-# box it may be named otherwise.
-nic=""
-if has_role relay; then
-	nic=$(ip -o -4 addr show to "${LAB_IP}/32" | awk '{print $2; exit}')
-	[[ -n $nic ]] || die "no interface holds ${LAB_IP}: is the private network up?"
-fi
-# LAB_VRRP_UNICAST, from the Vagrantfile, reaches render.sh as it is. The
-# upload need not have kept the binary's executable bit.
-chmod 0755 "$stage/build/relay"
-LAB_RELAY=$stage/build/relay LAB_TOPOLOGY=$stage/topology.json LAB_NIC=$nic \
-	bash "$stage/provision/render.sh" "$rendered"
-
 # --- packages ---------------------------------------------------------------
-packages=(firewalld policycoreutils-python-utils curl)
+# curl: the images ship curl-minimal, which provides /usr/bin/curl and
+# conflicts with the curl package (dnf would abort): ask for curl only where
+# there is none.
+packages=(firewalld policycoreutils-python-utils)
+command -v curl >/dev/null 2>&1 || packages+=(curl)
 has_role relay && packages+=(keepalived)
 has_role redis && packages+=(redis)
 log "dnf install ${packages[*]}"
 dnf -y -q install "${packages[@]}"
+log "rpm -U $(rpm -qp --qf '%{NAME}-%{VERSION}-%{RELEASE}' "$rpm_file" 2>/dev/null || echo chatrelay)"
+rpm -U --replacepkgs --oldpackage --quiet "$rpm_file" ||
+	die "installing vagrant/build/chatrelay.x86_64.rpm failed (above)"
 
 selinux=0
 if selinuxenabled 2>/dev/null; then
 	selinux=1
 	log "SELinux: $(getenforce)"
 fi
-# fcontext TYPE REGEX: a persistent file-context rule (added or changed).
-fcontext() {
-	((selinux)) || return 0
-	semanage fcontext -a -t "$1" "$2" 2>/dev/null || semanage fcontext -m -t "$1" "$2"
-}
 relabel() {
 	((selinux)) || return 0
 	restorecon -RF "$@"
 }
 
-# --- common: user, binaries, configuration, firewall ------------------------
-id chatrelay >/dev/null 2>&1 ||
-	useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin chatrelay
+# --- this host's files, rendered from the topology --------------------------
+# By the relay the package installed. On relay hosts, keepalived puts the VIP
+# on the NIC that holds the host's lab address: eth1 on the default box (the
+# topology's interface); with another box it may be named otherwise.
+nic=""
+if has_role relay; then
+	nic=$(ip -o -4 addr show to "${LAB_IP}/32" | awk '{print $2; exit}')
+	[[ -n $nic ]] || die "no interface holds ${LAB_IP}: is the private network up?"
+fi
+# LAB_VRRP_UNICAST, from the Vagrantfile, reaches render.sh as it is.
+LAB_RELAY=/usr/bin/relay LAB_TOPOLOGY=$stage/topology.json LAB_NIC=$nic \
+	bash "$stage/provision/render.sh" "$rendered"
 
+# --- common: configuration, firewall ---------------------------------------
+# The chatrelay user, /etc/chatrelay, the binaries and units come with the
+# package.
 install -d -m 0755 /etc/chatrelay
 install -m 0644 "$stage/topology.json" /etc/chatrelay/topology.json
 # The secret is readable by the services' user, and nobody else.
@@ -152,23 +146,13 @@ for f in relay.env msgserver.env; do
 	fi
 done
 
-# install (not mv) creates new files, which get the target folder's label.
-for bin in relay msgserver; do
-	if has_role "$bin"; then
-		install -m 0755 "$stage/build/$bin" "/usr/local/bin/$bin"
-		relabel "/usr/local/bin/$bin"
-	fi
-done
 relabel /etc/chatrelay
 
 systemctl enable --now firewalld
 bash "$rendered/firewall.sh"
 
-# unit NAME: install vagrant/systemd/NAME, enable it and (re)start it.
+# unit NAME: enable the package's unit NAME and (re)start it.
 unit() {
-	install -m 0644 "$stage/systemd/$1" "/etc/systemd/system/$1"
-	relabel "/etc/systemd/system/$1"
-	systemctl daemon-reload
 	systemctl enable "$1"
 	systemctl restart "$1"
 }
@@ -230,28 +214,9 @@ fi
 
 # --- relay + keepalived -----------------------------------------------------
 if has_role relay; then
-	id keepalived_script >/dev/null 2>&1 ||
-		useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin keepalived_script
-
-	# The track file's folder must exist before keepalived starts (else it
-	# drops the tracker): tmpfiles.d creates it at every boot, before services.
-	fcontext keepalived_var_run_t '/run/chatrelay(/.*)?'
-	echo 'd /run/chatrelay 0755 root root -' >/etc/tmpfiles.d/chatrelay.conf
-	relabel /etc/tmpfiles.d/chatrelay.conf
-	systemd-tmpfiles --create /etc/tmpfiles.d/chatrelay.conf
-	relabel /run/chatrelay
-
-	# notify.sh runs as keepalived_script and appends its transitions here.
-	install -d -m 0750 -o keepalived_script -g keepalived_script /var/log/chatrelay
-	relabel /var/log/chatrelay
-
-	# What keepalived runs: root-owned, writable by nobody else (keepalived's
-	# enable_script_security refuses anything else), labelled for SELinux.
-	fcontext keepalived_unconfined_script_exec_t '/usr/local/libexec/chatrelay(/.*)?'
-	install -d -m 0755 /usr/local/libexec/chatrelay
-	install -m 0755 "$stage/notify.sh" /usr/local/libexec/chatrelay/notify.sh
-	install -m 0755 "$stage/build/relay" /usr/local/libexec/chatrelay/relay
-	relabel /usr/local/libexec/chatrelay
+	# The package made the keepalived_script user, /run/chatrelay (at every
+	# boot too: tmpfiles.d), /var/log/chatrelay and installed the check and
+	# notify.sh in /usr/libexec/chatrelay, labelled for SELinux.
 
 	# The check's client certificate for the link port (mutual TLS), readable
 	# by the script user only.

@@ -7,7 +7,9 @@
 #   cd vagrant && VAGRANT_HOME=$(mktemp -d) ruby testdata/dump-vagrantfile.rb
 #
 # vagrant_test.go compares the output with a golden file, and with
-# keepalived/topology.json. Uploaded files are named relative to the current
+# keepalived/topology.json. The Vagrantfile's Vagrant.require_version must
+# accept the Vagrant that runs this (the tests relax it in their copy when
+# the installed Vagrant is older: vagrant_test.go, labCopy). Uploaded files are named relative to the current
 # directory, so the output does not depend on where the repository is.
 # vagrant-libvirt is not installed where the tests run, so a stand-in config
 # class with the two settings the Vagrantfile uses (memory, cpus) is
@@ -67,12 +69,16 @@ Dir.mktmpdir("chatrelay-vagrant-data") do |data|
     # read the configuration.
     result = vf.machine_config(name, :virtualbox, env.boxes, nil, false)
     cfg = result[:config]
+    # The same machine as `vagrant up --provider=libvirt` loads it: only
+    # the box_url of the libvirt block's override differs.
+    lv_cfg = vf.machine_config(name, :libvirt, env.boxes, nil, false)[:config]
     vb = cfg.vm.get_provider_config(:virtualbox)
     lv = cfg.vm.get_provider_config(:libvirt)
     {
       "name" => name.to_s,
       "hostname" => cfg.vm.hostname,
       "box" => cfg.vm.box,
+      "box_url" => { "virtualbox" => cfg.vm.box_url, "libvirt" => lv_cfg.vm.box_url },
       "networks" => cfg.vm.networks.map { |type, opts|
         o = opts.reject { |k, _| k == :id }
         { "type" => type.to_s, "options" => o.map { |k, v| [k.to_s, v] }.to_h }
