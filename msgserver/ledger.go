@@ -66,6 +66,12 @@ type ledger struct {
 	// new messages avoid it while another is live. It is cleared when the
 	// connection is heard from again.
 	stalled [maxRelayLinks]time.Time
+	// ackLatency is a moving average of the time from sending a message
+	// to its ack. The stall threshold is at least four times it: under a
+	// load that makes every ack slow, a link quiet for 20 ms is no sign of
+	// a stalled relay (a saturated host starves whole processes for that
+	// long), and moving its messages would only add work.
+	ackLatency time.Duration
 }
 
 // maxRelayLinks is how many relay addresses a server links to at most:
@@ -247,6 +253,10 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 		g.mu.Unlock()
 		return nil, 0
 	}
+	if g.stallAfter > 0 {
+		lat := time.Since(p.due.Add(-g.ackTimeout)) // since it was last sent
+		g.ackLatency += (lat - g.ackLatency) / 16
+	}
 	g.removeLocked(p)
 	g.mu.Unlock()
 	if a.Code == wire.AckNotHere {
@@ -341,7 +351,8 @@ func (g *ledger) resendDue(now time.Time) {
 
 // checkStallsLocked finds live connections that have gone silent with
 // messages on them: a connection that has received nothing for stallAfter
-// while a message sent over it at least stallAfter ago awaits its ack. A
+// (or four times the average ack latency, if that is longer) while a
+// message sent over it at least that long ago awaits its ack. A
 // relay that forwards traffic hears acks all the time, so that silence
 // means it is frozen or cut off, and DeadAfter (a second) is long to wait
 // for the link to be declared dead. While another connection is live, not
@@ -353,6 +364,7 @@ func (g *ledger) checkStallsLocked(b *sendq.Batch, now time.Time) {
 	if g.stallAfter <= 0 {
 		return
 	}
+	stallAfter := max(g.stallAfter, 4*g.ackLatency)
 	// First which connections are silent with messages on them, then the
 	// moves: when both are, the destination rather than a relay is slow,
 	// and nothing moves.
@@ -371,11 +383,11 @@ func (g *ledger) checkStallsLocked(b *sendq.Batch, now time.Time) {
 			}
 			continue
 		}
-		if now.Sub(heard[slot]) < g.stallAfter {
+		if now.Sub(heard[slot]) < stallAfter {
 			continue
 		}
 		// awaiting is in due order, and due is when sent plus ackTimeout.
-		sentBefore := now.Add(g.ackTimeout - g.stallAfter)
+		sentBefore := now.Add(g.ackTimeout - stallAfter)
 		for p := g.awaiting.head; p != nil && !p.due.After(sentBefore); p = p.next {
 			if p.via == c {
 				silent[slot] = true
@@ -392,7 +404,7 @@ func (g *ledger) checkStallsLocked(b *sendq.Batch, now time.Time) {
 		// moving would only double the work.
 		var other *linkConn
 		for o, oc := range g.live {
-			if oc != nil && o != slot && !silent[o] && now.Sub(heard[o]) < g.stallAfter/2 {
+			if oc != nil && o != slot && !silent[o] && now.Sub(heard[o]) < stallAfter/2 {
 				other = oc
 			}
 		}

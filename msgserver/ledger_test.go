@@ -337,3 +337,26 @@ func TestLedgerLeavesMessagesWhenBothLinksAreSilent(t *testing.T) {
 	expectSent(t, relay0)
 	expectSent(t, relay1)
 }
+
+// Under a load that makes acks slow, a link quiet for stall-after is not
+// presumed stalled: the threshold follows the ack latency.
+func TestLedgerStallThresholdFollowsAckLatency(t *testing.T) {
+	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
+	g.ackLatency = 50 * time.Millisecond // acks take 50 ms on average
+	var stats0, stats1 wire.LinkStats
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
+	g.up(c0)
+	g.up(c1)
+	start := time.Now()
+	stats0.LastRecv.Store(start.UnixNano())
+	_ = g.send(to(onSlot(t, 0)), fwd(1))
+	expectSent(t, relay0, wire.ID{1})
+	stats1.LastRecv.Store(start.Add(100 * time.Millisecond).UnixNano())
+	g.resendDue(start.Add(100 * time.Millisecond))
+	expectSent(t, relay1) // 100 ms < 4 x 50 ms
+	stats1.LastRecv.Store(start.Add(250 * time.Millisecond).UnixNano())
+	g.resendDue(start.Add(250 * time.Millisecond))
+	expectSent(t, relay1, wire.ID{1})
+}

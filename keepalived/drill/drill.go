@@ -363,7 +363,7 @@ func (d *drill) trackFile(host string) string { return filepath.Join(d.dir, host
 // land elsewhere, both keepalived are stopped and started again (a few
 // times at most).
 func (d *drill) startTwoVIPs(master, backup string) error {
-	const attempts = 4
+	const attempts = 8
 	for attempt := 1; ; attempt++ {
 		for _, r := range d.spec.relays {
 			if err := writeTrack(d.trackFile(r), "1"); err != nil {
