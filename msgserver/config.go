@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -57,8 +58,14 @@ type Config struct {
 	// TLS, if set, makes the client port serve TLS (certs.ServerConfig,
 	// whose certificate is reloaded on renewal); nil serves plaintext.
 	TLS *tls.Config
-	// HandshakeTimeout bounds a client's TLS handshake (default 5s).
+	// HandshakeTimeout bounds a client's TLS handshake (default 5s), and
+	// on the web port the time to a request's last header.
 	HandshakeTimeout time.Duration
+	// AllowedOrigins are the browser origins, besides the page's own, whose
+	// pages may open a WebSocket session on the web port (ServeWeb): host
+	// patterns ("chat.example.com", "*.example.com") or, with a scheme,
+	// origin patterns ("https://chat.example.com"), as path.Match reads them.
+	AllowedOrigins []string
 	// LinkTLS, if set, dials the relay over TLS: RootCAs verifies the
 	// relay's certificate, for ServerName (empty: RelayAddr's host), and a
 	// client certificate (GetClientCertificate) is shown to a relay that
@@ -287,6 +294,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxNameLen > wire.MaxIDLen {
 		errs = append(errs, fmt.Errorf("max name length %d is above %d", c.MaxNameLen, wire.MaxIDLen))
+	}
+	for _, o := range c.AllowedOrigins {
+		if _, err := path.Match(o, ""); err != nil || o == "" || o == "*" {
+			errs = append(errs, fmt.Errorf("allowed origin %q is not a host or origin pattern (\"*\" is refused: it would let any site's page use its visitors' logins)", o))
+		}
 	}
 	if c.InboxMax < 1 {
 		errs = append(errs, fmt.Errorf("inbox max %d must be at least 1", c.InboxMax))

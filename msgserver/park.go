@@ -35,7 +35,13 @@ func (s *session) park(left time.Duration) bool {
 	if s.isClosed() {
 		return false // a closer came first: finish on this goroutine
 	}
-	cancel, err := s.srv.poller.Wait(s.raw, s.resume)
+	var cancel func() bool
+	var err error
+	if wc, ok := s.conn.(*wsConn); ok {
+		cancel, err = wc.waitMessage(s.resume)
+	} else {
+		cancel, err = s.srv.poller.Wait(s.raw, s.resume)
+	}
 	if err != nil {
 		s.srv.log.Debug("session not parked: it keeps its goroutine", "session", s.id, "remote", s.remote, "err", err)
 		return false

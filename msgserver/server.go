@@ -36,6 +36,7 @@ type Server struct {
 	ledger   *ledger        // messages forwarded through the relays until acked; nil without relay
 	poller   *poller.Poller // parked idle sessions; nil when parking is off
 	ips      *ipLimits      // connections and logins per source address
+	web      webServer      // the web port, if served (web.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -573,10 +574,11 @@ func (s *Server) RedisOK() bool { return s.redisOK.Load() }
 // Parked returns how many connections wait in the poller, idle, with no
 // goroutine of their own.
 func (s *Server) Parked() int {
+	n := int(s.web.parked.Load()) // WebSocket sessions park outside the poller
 	if s.poller == nil {
-		return 0
+		return n
 	}
-	return s.poller.Waiting()
+	return n + s.poller.Waiting()
 }
 
 // Sessions returns the number of logged-in sessions.
@@ -661,6 +663,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	s.web.close()
 	if s.poller != nil {
 		_ = s.poller.Close() // every session has finished: nothing waits in it
 	}

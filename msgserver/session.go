@@ -253,6 +253,9 @@ func (s *session) close(r closeReason) {
 			// Not s.name: close runs on any goroutine, the name is the reader's.
 			s.srv.log.Log(context.Background(), c.level, c.msg, "session", s.id, "remote", s.remote, "reason", r, "queued_bytes", s.q.Len())
 		}
+		if wc, ok := s.conn.(*wsConn); ok {
+			wc.closeCode(c.code) // the WebSocket close frame says it too
+		}
 		if c.event != "" {
 			_ = s.q.Write(appendJSONLine(nil, closingEvent{Event: c.event, Code: c.code, Reason: c.why(&s.srv.cfg)}))
 		}
@@ -381,7 +384,8 @@ func (s *session) readLoop() (parked bool) {
 		lineReaders.Put(lr)
 	}()
 	br := lr.br
-	canPark := s.raw != nil && cfg.ParkIdleAfter > 0 && cfg.ParkIdleAfter < cfg.IdleTimeout
+	_, ws := s.conn.(*wsConn) // parks on its own (wsConn.waitMessage)
+	canPark := (s.raw != nil || ws) && cfg.ParkIdleAfter > 0 && cfg.ParkIdleAfter < cfg.IdleTimeout
 	var long []byte // a line longer than the buffer, gathered so far
 	tooLong := false
 	var deadlineSet time.Time

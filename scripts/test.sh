@@ -11,8 +11,9 @@ export PATH="$PATH:/usr/local/go/bin"
 
 # gcc and libc6-dev: the race detector needs cgo. procps (pgrep) and
 # systemd (systemd-analyze) are used by the drill and the lab's unit checks;
-# rpm (rpm -qlp, rpm -qp --scripts) inspects the built RPM (packaging/).
-packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant gcc libc6-dev procps systemd ca-certificates rpm)
+# rpm (rpm -qlp, rpm -qp --scripts) inspects the built RPM (packaging/);
+# chromium: the chat page's real-browser test (msgserver, chromedp).
+packages=(redis-server keepalived iproute2 prometheus shellcheck vagrant gcc libc6-dev procps systemd ca-certificates rpm chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -44,6 +44,7 @@ type idleConfig struct {
 	SourceIPs   string      // "auto", "none" or a comma-separated list
 	KeyFile     string      // signs a token for each login (as msgserver token does); empty: name-only logins
 	TLS         *tls.Config // if set, the client port serves TLS (tlsFlag)
+	WS          bool        // Server is a web port: the sessions are WebSockets (ws.go)
 	Progress    io.Writer
 }
 
@@ -154,6 +155,7 @@ func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	tlsCA := tlsFlag(fs)
+	fs.BoolVar(&cfg.WS, "ws", false, "--server is a web port (msgserver --http-listen): open WebSocket sessions")
 	if code, done := parseFlags(fs, args, stderr); done {
 		return code
 	}
@@ -465,7 +467,7 @@ var loginOK = []byte(`"ok":true`)
 // and a reader goroutine drains what the server sends.
 func (r *idleRun) login(i int) error {
 	d := r.dialers[i%len(r.dialers)]
-	c, err := dialClient(d, r.cfg.Server, r.cfg.TLS)
+	c, err := dialUser(d, r.cfg.Server, r.cfg.TLS, r.cfg.WS)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", r.cfg.Server, err)
 	}

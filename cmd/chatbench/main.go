@@ -5,6 +5,7 @@
 //	chatbench xnode --servers ... --rate 5000 --duration 10s
 //	chatbench idle --server 127.0.0.1:7001 --sessions 20000 --metrics http://127.0.0.1:9200/metrics
 //	chatbench direct --users 1000 --window 8 --duration 10s
+//	chatbench ws --servers 127.0.0.1:7001,127.0.0.1:7002 --web 127.0.0.1:8001,127.0.0.1:8002 --rounds 3
 //
 // xnode: users are paired across servers (user 2k on one server, 2k+1 on
 // the next); each sends to its partner. Every message carries its send time
@@ -42,7 +43,8 @@ const usage = `usage: chatbench MODE [flags]   (chatbench MODE --help lists them
 modes:
   xnode    cross-server chat load against running message servers
   idle     many idle sessions on one message server: login rate, RSS per session
-  direct   the direct-link baseline: two chatbench nodes, one TCP link, xnode load`
+  direct   the direct-link baseline: two chatbench nodes, one TCP link, xnode load
+  ws       xnode over TCP and over WebSocket (the web ports), alternating rounds, side by side`
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -56,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runIdleCmd(args[1:], stdout, stderr)
 	case "direct":
 		return runDirectCmd(args[1:], stdout, stderr)
+	case "ws":
+		return runTransportsCmd(args[1:], stdout, stderr)
 	case "direct-node":
 		return runDirectNodeCmd(args[1:], stdout, stderr)
 	default:
@@ -106,6 +110,7 @@ func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	pids := fs.String("pids", "", "name=pid,... of the tier's processes: report each one's CPU time per 1,000 delivered messages")
 	tlsCA := tlsFlag(fs)
+	fs.BoolVar(&cfg.WS, "ws", false, "--servers are web ports (msgserver --http-listen): the load runs over WebSocket")
 	if code, done := parseFlags(fs, args, stderr); done {
 		return code
 	}

@@ -30,6 +30,7 @@ type xnodeConfig struct {
 	Progress io.Writer
 	Watch    map[string]int // process name -> pid whose CPU per 1k messages is reported
 	TLS      *tls.Config    // if set, the client ports serve TLS (tlsFlag)
+	WS       bool           // Servers are web ports: the protocol over WebSocket (ws.go)
 }
 
 // parsePids reads "relay=123,msg-1=456".
@@ -235,7 +236,7 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := u.login(addr, cfg.TLS); err != nil {
+			if err := u.login(addr, cfg.TLS, cfg.WS); err != nil {
 				errc <- err
 			}
 		}()
@@ -253,8 +254,8 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 	return users, nil
 }
 
-func (u *benchUser) login(addr string, tc *tls.Config) error {
-	c, err := dialClient(&net.Dialer{Timeout: 5 * time.Second}, addr, tc)
+func (u *benchUser) login(addr string, tc *tls.Config, ws bool) error {
+	c, err := dialUser(&net.Dialer{Timeout: 5 * time.Second}, addr, tc, ws)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", addr, err)
 	}

@@ -38,6 +38,7 @@ func run(args []string) int {
 		relayPort = fs.Int("relay-port", 7000, "relay link port")
 		port1     = fs.Int("port1", 7001, "client port of message server msg-1")
 		port2     = fs.Int("port2", 7002, "client port of message server msg-2")
+		webPort   = fs.Int("web-port", 8001, "chat page port of msg-1 (http://127.0.0.1:PORT/); msg-2 uses the next; 0: no chat page")
 		adminPort = fs.Int("admin-port", 9100, "relay admin port; msg-1 and msg-2 use the next two; 0 picks free ports")
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		auth      = fs.Bool("auth", false, "turn on signed logins: generate an HS256 key, give it to both message servers and print a token for each example user")
@@ -62,7 +63,7 @@ func run(args []string) int {
 			return 2
 		}
 	}
-	if err := demo(log, ropts, *redisURL, *relayPort, *port1, *port2, *adminPort, *auth); err != nil {
+	if err := demo(log, ropts, *redisURL, *relayPort, *port1, *port2, *adminPort, *webPort, *auth); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
@@ -72,7 +73,7 @@ func run(args []string) int {
 // demo runs until a signal, with the Redis of ropts (described by
 // redisDesc), or an embedded one when ropts is nil; with auth, logins
 // need a token.
-func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, port1, port2, adminPort int, auth bool) error {
+func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, port1, port2, adminPort, webPort int, auth bool) error {
 	ctx, stop := cli.SignalContext()
 	defer stop()
 
@@ -141,6 +142,7 @@ func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, p
 	}
 
 	var servers []*msgserver.Server
+	var pages []string
 	for i, port := range []int{port1, port2} {
 		id := fmt.Sprintf("msg-%d", i+1)
 		rdb := ropts.NewClient()
@@ -165,6 +167,18 @@ func demo(log *slog.Logger, ropts *store.Options, redisDesc string, relayPort, p
 				log.Error("message server stopped", "server", id, "err", err)
 			}
 		}()
+		if webPort != 0 {
+			wl, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", webPort+i))
+			if err != nil {
+				return fmt.Errorf("%s chat page: %w", id, err)
+			}
+			pages = append(pages, fmt.Sprintf("http://%s/", wl.Addr()))
+			go func() {
+				if err := srv.ServeWeb(wl); err != nil {
+					log.Error("chat page stopped", "server", id, "err", err)
+				}
+			}()
+		}
 		if err := serveAdmin(1+i, health.AdminHandler(srv.Report, reg, false)); err != nil {
 			return err
 		}
@@ -196,9 +210,9 @@ In another:        telnet 127.0.0.1 %d
   %s
 Then, in the first:
   {"cmd":"chat","send":"zhima201","recv":"zhima202","content":"how are you"}
-
+%s
 Ctrl-C stops everything.
-`, redisDesc, relayPort, admins[0], port1, admins[1], port2, admins[2], authNote, port1, login1, port2, login2)
+`, redisDesc, relayPort, admins[0], port1, admins[1], port2, admins[2], authNote, port1, login1, port2, login2, pagesNote(pages, demoAuth != nil))
 
 	<-ctx.Done()
 	log.Info("stopping")
@@ -208,6 +222,21 @@ Ctrl-C stops everything.
 		_ = s.Shutdown(sctx)
 	}
 	return nil
+}
+
+// pagesNote tells where the chat pages are.
+func pagesNote(pages []string, auth bool) string {
+	if len(pages) == 0 {
+		return ""
+	}
+	note := "\nOr chat in a browser (or both: telnet and browser users chat together):\n"
+	for i, p := range pages {
+		note += fmt.Sprintf("  msg-%d chat page  %s\n", i+1, p)
+	}
+	if auth {
+		note += "  (log in with a name and its token, the \"token\" of a login line above)\n"
+	}
+	return note
 }
 
 // demoTokenTTL is how long the demo's tokens are valid.

@@ -44,6 +44,8 @@ func run(args []string) int {
 	var (
 		id          = fs.String("id", host, "server id, unique among message servers (letters, digits, . _ -)")
 		listen      = fs.String("listen", ":7001", "client address (host:port); one JSON object per line, telnet works")
+		httpListen  = fs.String("http-listen", "", "web address (host:port) for the chat page (GET /) and the client protocol over WebSocket (GET /ws); HTTPS with --tls-cert. Empty: off")
+		origins     = fs.String("allowed-origins", "", "comma-separated browser origins, besides the page's own, whose pages may open WebSocket sessions: hosts or patterns (chat.example.com, *.example.com, https://chat.example.com)")
 		advertise   = fs.String("advertise", "", "client address published in the server registry; default: this host's private IP (go-sockaddr) and the listen port")
 		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port), or both VIPs comma-separated (vipA:7000,vipB:7000) when both relays carry traffic: a link to each; empty runs without a relay")
 		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://host:6379/0, rediss://, redis-sentinel://h1:26379,h2:26379/mymaster, redis-cluster://h1:7000,h2:7000; go-redis options as query parameters (?dial_timeout=1s&pool_size=50)")
@@ -79,7 +81,7 @@ func run(args []string) int {
 		exempt      = fs.String("per-ip-exempt", "127.0.0.0/8,::1/128", "comma-separated networks the per-address limits skip (a local proxy, load tests); empty: none")
 		park        = fs.Duration("park-idle-after", msgserver.DefaultParkIdleAfter, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
 		maxUnacked  = fs.Int("max-unacked", msgserver.DefaultMaxUnacked, "forwarded messages kept for resending until acked")
-		stallAfter  = fs.Duration("stall-after", msgserver.DefaultStallAfter, "with two relays: a link silent this long while a message sent over it this long ago awaits its ack is presumed stalled, and its messages go over the other link; negative: wait for the link to be declared dead")
+		stallAfter  = fs.Duration("stall-after", msgserver.DefaultStallAfter, "with two relays: a link silent this long (or 4x the average ack latency, if longer) while a message sent over it that long ago awaits its ack is presumed stalled, and its messages go over the other link; negative: wait for the link to be declared dead")
 		connectTO   = fs.Duration("connect-timeout", msgserver.DefaultConnectTimeout, "each TCP connect to a relay; one not done by then (a SYN lost while a VIP moves) is tried again at once")
 		noRoute     = fs.Duration("no-route-timeout", msgserver.DefaultNoRouteGiveUp, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
@@ -140,6 +142,12 @@ func run(args []string) int {
 	}
 	rdb := ropts.NewClient()
 	defer rdb.Close()
+	var allowed []string
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			allowed = append(allowed, o)
+		}
+	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -163,6 +171,7 @@ func run(args []string) int {
 		Redis:          rdb,
 		TLS:            tlsc.client,
 		LinkTLS:        tlsc.link,
+		AllowedOrigins: allowed,
 		PresenceTTL:    *presenceTTL,
 		InboxMax:       *inboxMax,
 		InboxTTL:       *inboxTTL,
@@ -209,8 +218,22 @@ func run(args []string) int {
 	for _, r := range tlsc.reloaders {
 		go r.Watch(ctx, 0)
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if *httpListen != "" {
+		hl, err := net.Listen("tcp", *httpListen)
+		if err != nil {
+			log.Error("cannot listen for the web port", "addr", *httpListen, "err", err)
+			srv.Close()
+			return 1
+		}
+		scheme := "http"
+		if tlsc.client != nil {
+			scheme = "https"
+		}
+		log.Info("chat page", "url", scheme+"://"+hl.Addr().String()+"/")
+		go func() { errc <- srv.ServeWeb(hl) }()
+	}
 	code := 0
 	select {
 	case <-ctx.Done():
