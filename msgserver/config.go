@@ -104,10 +104,14 @@ type Config struct {
 	// than failing to accept.
 	FDHeadroom int
 
-	PresenceTTL   time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
-	RegistryTTL   time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
-	InboxMax      int           // offline messages an inbox holds; more are refused with inbox_full (default 200)
-	InboxTTL      time.Duration // how long an offline inbox lives (default 7 days)
+	PresenceTTL time.Duration // TTL of a user's presence record (default 30s), refreshed every third of it
+	RegistryTTL time.Duration // TTL of this server's registry entry (default 6s), refreshed every third
+	InboxMax    int           // offline messages an inbox holds; more are refused with inbox_full (default 200)
+	InboxTTL    time.Duration // how long an offline inbox lives (default 7 days)
+	// UnackedMax is how many events a session with acks may hold unacked
+	// beyond its inbox's InboxMax (default 100): past it the session is
+	// closed with too_many_unacked (acks.go).
+	UnackedMax    int
 	RouteCacheTTL time.Duration // how long a looked-up location is trusted (default 10s)
 	RedisTimeout  time.Duration // per Redis call from a client request (default 1s)
 
@@ -122,6 +126,7 @@ type Config struct {
 	OfflineRate int
 
 	MaxUnacked    int           // forwarded messages awaiting their ack (default 100000)
+	SendWindow    int           // forwarded messages in flight before clients that send more wait, unread (default 4096; at most MaxUnacked; flow.go)
 	AckTimeout    time.Duration // resend a forwarded message not acked by then (default 2s)
 	NoRouteGiveUp time.Duration // keep retrying a message the relay cannot route this long, then store it offline (default 15s)
 	DialTimeout   time.Duration // relay dial and handshake (default 1s)
@@ -175,12 +180,14 @@ const (
 	DefaultPresenceTTL       = 30 * time.Second
 	DefaultRegistryTTL       = 6 * time.Second
 	DefaultInboxMax          = 200
+	DefaultUnackedMax        = 100
 	DefaultInboxTTL          = 7 * 24 * time.Hour
 	DefaultOfflineMaxBytes   = 256 << 20
 	DefaultOfflineRate       = 300
 	DefaultRouteCacheTTL     = 10 * time.Second
 	DefaultRedisTimeout      = time.Second
 	DefaultMaxUnacked        = 100000
+	DefaultSendWindow        = 4096
 	DefaultAckTimeout        = 2 * time.Second
 	DefaultNoRouteGiveUp     = 15 * time.Second
 	DefaultDialTimeout       = time.Second
@@ -217,12 +224,14 @@ func (c *Config) setDefaults() {
 	setDefault(&c.PresenceTTL, DefaultPresenceTTL)
 	setDefault(&c.RegistryTTL, DefaultRegistryTTL)
 	setDefault(&c.InboxMax, DefaultInboxMax)
+	setDefault(&c.UnackedMax, DefaultUnackedMax)
 	setDefault(&c.InboxTTL, DefaultInboxTTL)
 	setDefault(&c.OfflineMaxBytes, DefaultOfflineMaxBytes)
 	setDefault(&c.OfflineRate, DefaultOfflineRate)
 	setDefault(&c.RouteCacheTTL, DefaultRouteCacheTTL)
 	setDefault(&c.RedisTimeout, DefaultRedisTimeout)
 	setDefault(&c.MaxUnacked, DefaultMaxUnacked)
+	setDefault(&c.SendWindow, DefaultSendWindow)
 	setDefault(&c.AckTimeout, DefaultAckTimeout)
 	setDefault(&c.NoRouteGiveUp, DefaultNoRouteGiveUp)
 	setDefault(&c.DialTimeout, DefaultDialTimeout)

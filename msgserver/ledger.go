@@ -49,6 +49,7 @@ const maxRetryWait = time.Second
 // ledger keeps forwarded messages until their end-to-end ack.
 type ledger struct {
 	max        int           // messages kept at most (MaxUnacked)
+	window     int           // messages in flight before senders wait (SendWindow, flow.go)
 	ackTimeout time.Duration // resend a message not acked by then
 	retryMin   time.Duration // wait after a first NACK, doubled per NACK up to maxRetryWait
 	giveUp     time.Duration // NACKed for longer than this: stored offline instead
@@ -57,8 +58,14 @@ type ledger struct {
 
 	mu       sync.Mutex
 	byID     map[wire.ID]*pending
-	awaiting pendingList // sent, or waiting for a connection, and not acked: in due order
-	held     pendingList // NACKed, waiting for their retry time
+	awaiting pendingList   // sent, or waiting for a connection, and not acked: in due order
+	held     pendingList   // NACKed, waiting for their retry time
+	waiters  []*flowWaiter // readers waiting for room in the window, first come first served (flow.go)
+	used     int           // room taken: messages in flight and grants not yet spent (flow.go)
+	grant    int           // room a reader takes at once
+	// lastAckedSent is when the latest-sent message acked so far was sent:
+	// an overdue message sent before it has likely lost its ack (resendDue).
+	lastAckedSent time.Time
 	// live holds the connection of each relay link (by slot); nil while
 	// that link is down.
 	live [maxRelayLinks]*linkConn
@@ -100,6 +107,8 @@ type pending struct {
 func newLedger(cfg *Config, m *Metrics) *ledger {
 	return &ledger{
 		max:        cfg.MaxUnacked,
+		window:     min(max(cfg.SendWindow, 1), max(cfg.MaxUnacked, 1)),
+		grant:      flowGrant(min(max(cfg.SendWindow, 1), max(cfg.MaxUnacked, 1))),
 		ackTimeout: cfg.AckTimeout,
 		retryMin:   cfg.BackoffMin,
 		giveUp:     cfg.NoRouteGiveUp,
@@ -113,9 +122,16 @@ func newLedger(cfg *Config, m *Metrics) *ledger {
 // connection, if there is one; otherwise the next connection to come up
 // takes it.
 func (g *ledger) send(d *delivery, f *wire.Forward) error {
+	var b sendq.Batch
+	defer b.Flush() // the write, if it is ours, happens outside the lock
+	return g.sendIn(&b, d, f)
+}
+
+// sendIn is send for a reader handling a batch of input: the write waits
+// for b.Flush.
+func (g *ledger) sendIn(b *sendq.Batch, d *delivery, f *wire.Forward) error {
 	frame := wire.AppendForward(nil, f)
 	now := time.Now()
-	var b sendq.Batch
 	g.mu.Lock()
 	if len(g.byID) >= g.max {
 		g.mu.Unlock()
@@ -124,9 +140,8 @@ func (g *ledger) send(d *delivery, f *wire.Forward) error {
 	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame, key: spreadKey(d)}
 	g.byID[f.ID] = p
 	g.m.setUnacked(len(g.byID))
-	g.sendLocked(&b, g.pickLocked(p.key, nil), p, now)
+	g.sendLocked(b, g.pickLocked(p.key, nil), p, now)
 	g.mu.Unlock()
-	b.Flush() // the write, if it is ours, happens outside the lock
 	return nil
 }
 
@@ -257,6 +272,11 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 		lat := time.Since(p.due.Add(-g.ackTimeout)) // since it was last sent
 		g.ackLatency += (lat - g.ackLatency) / 16
 	}
+	if p.list == &g.awaiting {
+		if sent := p.due.Add(-g.ackTimeout); sent.After(g.lastAckedSent) {
+			g.lastAckedSent = sent
+		}
+	}
 	g.removeLocked(p)
 	g.mu.Unlock()
 	if a.Code == wire.AckNotHere {
@@ -271,9 +291,11 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 // may well have the route. Otherwise it is held, to be tried again after a
 // backoff: the destination server may be reconnecting after a failover.
 // Once it has been refused for longer than giveUp it is ended instead, and
-// its delivery is returned (its outcome is outGaveUp). now is when the
-// NACK arrived.
-func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) *delivery {
+// its delivery is returned as gaveUp (its outcome is outGaveUp). At its
+// first NACK, it is returned as first: the caller looks the user up again
+// (the user may have moved) and may withdraw it. now is when the NACK
+// arrived.
+func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) (gaveUp, first *delivery) {
 	g.m.nacked()
 	var b sendq.Batch
 	defer b.Flush()
@@ -281,14 +303,15 @@ func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) *delivery {
 	defer g.mu.Unlock()
 	p := g.byID[a.ID]
 	if p == nil || p.list == &g.held || p.dest != a.Dest {
-		return nil
+		return nil, nil
 	}
 	if p.firstNack.IsZero() {
 		p.firstNack = now
+		first = p.d
 	}
 	if now.Sub(p.firstNack) > g.giveUp {
 		g.removeLocked(p)
-		return p.d
+		return p.d, nil
 	}
 	if c != nil {
 		p.refused |= 1 << c.slot
@@ -297,7 +320,7 @@ func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) *delivery {
 		if o != nil && p.refused&(1<<o.slot) == 0 {
 			g.sendLocked(&b, o, p, now)
 			g.m.resent(1)
-			return nil
+			return nil, first
 		}
 	}
 	g.awaiting.remove(p)
@@ -306,18 +329,38 @@ func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) *delivery {
 	p.due = now.Add(min(g.retryMin<<min(p.nacks, 6), maxRetryWait))
 	p.nacks++
 	g.held.pushBack(p)
-	return nil
+	return nil, first
+}
+
+// withdraw ends the message id, if it is still waiting for an answer from
+// dest, and reports whether it did: its delivery is then the caller's.
+func (g *ledger) withdraw(id wire.ID, dest string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	p := g.byID[id]
+	if p == nil || p.dest != dest {
+		return false
+	}
+	g.removeLocked(p)
+	return true
 }
 
 func (g *ledger) removeLocked(p *pending) {
 	p.list.remove(p)
 	delete(g.byID, p.id)
 	g.m.setUnacked(len(g.byID))
+	g.doneLocked()
 }
 
 // resendDue sends again the messages whose ack is overdue, over another
 // link than last time when there is one (the silent one may be the
-// problem), and the held ones whose retry time has come.
+// problem), and the held ones whose retry time has come. A message is
+// overdue once its ack is ackTimeout late and a message sent after it has
+// been acked (acks come back in order, so its own is lost), or once it is
+// twice that late whatever came back. Without the first condition a server
+// that lost the CPU for longer than ackTimeout (a busy shared machine, at
+// saturation) resent thousands of messages whose acks were waiting unread
+// in its own socket.
 func (g *ledger) resendDue(now time.Time) {
 	var b sendq.Batch
 	defer b.Flush() // after the unlock: one write for all of them
@@ -327,9 +370,16 @@ func (g *ledger) resendDue(now time.Time) {
 		return // everything goes out when a connection comes up
 	}
 	g.checkStallsLocked(&b, now)
+	// awaiting is in due order (sent time + ackTimeout), so the overdue
+	// messages are a prefix: due by cut.
+	cut := now.Add(-g.ackTimeout)
+	if acked := g.lastAckedSent.Add(g.ackTimeout); acked.After(cut) {
+		cut = acked
+	}
+	cut = earliest(cut, now)
 	overdue := 0
-	for p := g.awaiting.head; p != nil && !p.due.After(now); p = p.next {
-		overdue++ // awaiting is in due order
+	for p := g.awaiting.head; p != nil && !p.due.After(cut); p = p.next {
+		overdue++
 	}
 	n := overdue
 	for ; overdue > 0; overdue-- {
@@ -450,6 +500,7 @@ func (g *ledger) abandon() []*delivery {
 		ds = append(ds, p.d)
 	}
 	clear(g.byID)
+	g.wakeAllLocked()
 	g.awaiting, g.held = pendingList{}, pendingList{}
 	g.m.setUnacked(0)
 	return ds

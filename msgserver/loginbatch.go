@@ -36,14 +36,15 @@ func newLoginBatcher(st *store.Store, timeout time.Duration, onError func()) *lo
 	return &loginBatcher{store: st, timeout: timeout, onError: onError, queue: make(chan *loginClaim)}
 }
 
-// claim records user at loc and takes the user's offline inbox, sharing
+// claim records want.User at want.At and takes the user's offline inbox, sharing
 // the round trip with concurrent logins. It waits for the outcome, however
 // long the pipeline takes (it is bounded by the batcher's timeout): a login
 // that gave up early could leave a claimed presence or a taken inbox with
 // no session to show for it. When the claim fails, any inbox lines taken
 // with it are put back.
-func (b *loginBatcher) claim(ctx context.Context, user string, loc store.Location) *loginClaim {
-	c := &loginClaim{Claim: store.Claim{User: user, At: loc}, done: make(chan struct{})}
+func (b *loginBatcher) claim(ctx context.Context, want store.Claim) *loginClaim {
+	user := want.User
+	c := &loginClaim{Claim: want, done: make(chan struct{})}
 	select {
 	case b.queue <- c:
 	case <-ctx.Done():

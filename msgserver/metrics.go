@@ -21,6 +21,7 @@ type Metrics struct {
 	reconnects      *prometheus.CounterVec
 	unacked         prometheus.Gauge
 	resentTotal     prometheus.Counter
+	flowWaits       prometheus.Counter
 	nackedTotal     prometheus.Counter
 	stalledTotal    prometheus.Counter
 	redisErrors     prometheus.Counter
@@ -32,6 +33,7 @@ type Metrics struct {
 	redisMemory     prometheus.Gauge
 	offlineFull     prometheus.Gauge
 	tlsFailures     prometheus.Counter
+	ackedEvents     prometheus.Counter
 }
 
 // NewMetrics registers the message server's metrics on reg.
@@ -70,6 +72,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "msgserver_unacked_frames",
 			Help: "Forwarded messages awaiting their end-to-end ack (kept for resending).",
 		}),
+		flowWaits: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_flow_waits_total",
+			Help: "Times a client's reader waited, its connection unread, for room in the window of forwarded messages (--send-window).",
+		}),
 		resentTotal: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_resent_frames_total",
 			Help: "Forwarded messages sent again after an ack timeout or a no-route NACK.",
@@ -98,6 +104,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "msgserver_disconnects_total",
 			Help: "Client connections closed by the server, by reason code.",
 		}, []string{"reason"}),
+		ackedEvents: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_acked_events_total",
+			Help: "Events acked by clients with acks on (removed from their inboxes).",
+		}),
 		duplicates: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_duplicates_dropped_total",
 			Help: "Resent messages dropped because they had already been delivered.",
@@ -207,6 +217,12 @@ func (m *Metrics) resent(n int) {
 	}
 }
 
+func (m *Metrics) flowWait() {
+	if m != nil {
+		m.flowWaits.Inc()
+	}
+}
+
 func (m *Metrics) nacked() {
 	if m != nil {
 		m.nackedTotal.Inc()
@@ -234,6 +250,12 @@ func (m *Metrics) authFailure(reason string) {
 func (m *Metrics) disconnect(reason string) {
 	if m != nil {
 		m.disconnects.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) acked(n int) {
+	if m != nil {
+		m.ackedEvents.Add(float64(n))
 	}
 }
 

@@ -49,7 +49,8 @@ type inboxEvent struct {
 	ev   chatEvent
 }
 
-// parseInboxEntry reads an entry in either format.
+// parseInboxEntry reads an entry in any format. A chat message is marked
+// offline, or redelivered if it was kept as it was sent live (acks.go).
 func parseInboxEntry(entry string) (inboxEvent, error) {
 	switch {
 	case entry == "":
@@ -60,16 +61,18 @@ func parseInboxEntry(entry string) (inboxEvent, error) {
 			return inboxEvent{}, errBadInboxEntry
 		}
 		return inboxEvent{line: entry}, nil
-	case entry[0] == inboxEntryV1 && len(entry) >= 1+wire.IDLen:
-		var id wire.ID
-		copy(id[:], entry[1:])
-		p, err := parsePayload([]byte(entry[1+wire.IDLen:]))
-		if err != nil {
-			return inboxEvent{}, errBadInboxEntry
-		}
-		return inboxEvent{ev: chatEvent{Event: "chat", ID: id.String(), From: p.From, To: p.To, Content: p.Content, TS: p.TS, Offline: true}}, nil
 	}
-	return inboxEvent{}, errBadInboxEntry
+	it, kept, err := parseEntry([]byte(entry))
+	if err != nil {
+		return inboxEvent{}, err
+	}
+	switch {
+	case kept:
+		it.ev.Redelivered = true
+	case !it.isReceipt():
+		it.ev.Offline = true
+	}
+	return inboxEvent{ev: it.ev}, nil
 }
 
 // appendLine appends the event's line for the recipient.

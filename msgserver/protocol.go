@@ -63,6 +63,8 @@ const (
 	CodeSlowConsumer   = "slow_consumer"
 	CodeKicked         = "logged_in_elsewhere"
 	CodeInternal       = "internal"
+	CodeBadAck         = "bad_ack"          // an ack without acks on, or with an id that is not one
+	CodeTooManyUnacked = "too_many_unacked" // close: the session holds the most unacked events it may
 )
 
 // Delivery statuses in a chat reply.
@@ -80,7 +82,15 @@ type request struct {
 	Recv    string `json:"recv"`
 	Content string `json:"content"`
 	Ref     string `json:"ref"`
+	// Acks and Receipts are login options (acks.go); IDs are an ack's
+	// message ids ("id" and "ids" both land here).
+	Acks     bool     `json:"acks"`
+	Receipts bool     `json:"receipts"`
+	IDs      []string `json:"ids"`
 }
+
+// maxAckIDs is the most ids one ack carries.
+const maxAckIDs = 256
 
 // reply is every answer to a request.
 type reply struct {
@@ -105,6 +115,8 @@ type chatEvent struct {
 	Content string `json:"content"`
 	TS      int64  `json:"ts"` // server time of acceptance, unix milliseconds
 	Offline bool   `json:"offline,omitempty"`
+	// Redelivered marks an event sent before and not acked (acks.go).
+	Redelivered bool `json:"redelivered,omitempty"`
 }
 
 type closingEvent struct {
@@ -159,6 +171,47 @@ func decodeRequest(line []byte) (request, *clientError) {
 	o.Visit(func(k []byte, v *fastjson.Value) {
 		var dst *string
 		switch string(k) {
+		case "acks", "receipts":
+			if v.Type() == fastjson.TypeNull {
+				return
+			}
+			b, err := v.Bool()
+			if err != nil {
+				notString = string(k) // reported as the wrong type
+				return
+			}
+			if k[0] == 'a' {
+				r.Acks = b
+			} else {
+				r.Receipts = b
+			}
+			return
+		case "ids":
+			if v.Type() == fastjson.TypeNull {
+				return
+			}
+			a, err := v.Array()
+			if err != nil || len(a)+len(r.IDs) > maxAckIDs {
+				notString = string(k)
+				return
+			}
+			for _, x := range a {
+				b, err := x.StringBytes()
+				if err != nil {
+					notString = string(k)
+					return
+				}
+				r.IDs = append(r.IDs, string(b))
+			}
+			return
+		case "id":
+			b, err := v.StringBytes()
+			if err != nil || len(r.IDs) >= maxAckIDs {
+				notString = string(k)
+				return
+			}
+			r.IDs = append(r.IDs, string(b))
+			return
 		case "cmd":
 			dst = &r.Cmd
 		case "name":
@@ -191,16 +244,29 @@ func decodeRequest(line []byte) (request, *clientError) {
 		*dst = string(b)
 	})
 	if notString != "" {
-		return request{}, errorf(CodeBadJSON, "field %q must be a string", truncate(notString, 32))
+		return request{}, errorf(CodeBadJSON, "field %q must be %s", truncate(notString, 32), fieldType(notString))
 	}
 	switch r.Cmd {
-	case "login", "chat", "ping", "logout":
+	case "login", "chat", "ping", "logout", "ack":
 		return r, nil
 	case "":
-		return r, errorf(CodeUnknownCmd, `missing "cmd": expected login, chat, ping or logout`)
+		return r, errorf(CodeUnknownCmd, `missing "cmd": expected login, chat, ack, ping or logout`)
 	default:
-		return r, errorf(CodeUnknownCmd, "unknown cmd %q: expected login, chat, ping or logout", truncate(r.Cmd, 32))
+		return r, errorf(CodeUnknownCmd, "unknown cmd %q: expected login, chat, ack, ping or logout", truncate(r.Cmd, 32))
 	}
+}
+
+// fieldType says what a field must be, for the error of one that is not.
+func fieldType(k string) string {
+	switch k {
+	case "acks", "receipts":
+		return "true or false"
+	case "ids":
+		return fmt.Sprintf("an array of at most %d strings", maxAckIDs)
+	case "id":
+		return fmt.Sprintf("a string (at most %d ids in one ack)", maxAckIDs)
+	}
+	return "a string"
 }
 
 // loneSurrogate reports whether line has a \u escape of a UTF-16
@@ -268,6 +334,8 @@ func internCmd(b []byte) string {
 		return "login"
 	case "logout":
 		return "logout"
+	case "ack":
+		return "ack"
 	}
 	return string(b)
 }
@@ -317,6 +385,9 @@ func (r *reply) appendLine(b []byte) []byte {
 
 // appendLine appends e as one JSON line.
 func (e *chatEvent) appendLine(b []byte) []byte {
+	if e.Event == eventReceipt {
+		return appendReceiptLine(b, e)
+	}
 	b = append(b, `{"event":`...)
 	b = appendJSONString(b, e.Event)
 	b = append(b, `,"id":`...)
@@ -331,6 +402,9 @@ func (e *chatEvent) appendLine(b []byte) []byte {
 	b = strconv.AppendInt(b, e.TS, 10)
 	if e.Offline {
 		b = append(b, `,"offline":true`...)
+	}
+	if e.Redelivered {
+		b = append(b, `,"redelivered":true`...)
 	}
 	return append(b, "}\n"...)
 }

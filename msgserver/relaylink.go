@@ -10,6 +10,7 @@ import (
 	mathrand "math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/chatrelay/chatrelay/health"
@@ -99,6 +100,7 @@ type linkConn struct {
 	log     *slog.Logger
 
 	beatDone chan struct{} // closed when the heartbeat has stopped
+	ackArmed atomic.Bool   // a timer will write the acks queued (flow.go)
 	unwatch  func() bool   // stops closing conn when the server's context ends
 }
 

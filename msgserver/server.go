@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/poller"
@@ -52,11 +54,20 @@ type Server struct {
 	redisWasDown bool
 
 	routes  routeCache
-	dedup   *dedup // shared by the relay links' readers (serveRelay): it locks
-	idBase  [8]byte
-	idSeq   atomic.Uint64
-	redisOK atomic.Bool
-	offline offlineUse // what the offline storage cap knows of Redis
+	lookups singleflight.Group // presence lookups in progress, by user (chat.go)
+	gate    forwardGate        // Forwards taken and in progress (acks.go)
+	keeper  *keeper            // keeps events for sessions with acks in Redis (acks.go)
+	acker   *acker             // removes acked events in batches (acks.go)
+	// reroutes runs the re-routing of messages per recipient, in order.
+	reroutes serialRunner
+	idBase   [8]byte
+	idSeq    atomic.Uint64
+	redisOK  atomic.Bool
+	offline  offlineUse // what the offline storage cap knows of Redis
+
+	// loginClaimed, if set (tests), runs after a login's presence claim,
+	// before its session is published.
+	loginClaimed func(user string)
 }
 
 // New checks cfg and starts the server's background work: the relay link,
@@ -81,8 +92,9 @@ func New(cfg Config) (*Server, error) {
 		conns:     make(map[*session]struct{}),
 		listeners: make(map[net.Listener]struct{}),
 		routes:    routeCache{ttl: cfg.RouteCacheTTL, m: make(map[string]routeEntry)},
-		dedup:     newDedup(cfg.DedupWindow),
+		gate:      forwardGate{dedup: newDedup(cfg.DedupWindow), inflight: make(map[wire.ID]struct{})},
 	}
+	s.keeper = newKeeper(s)
 	s.ips = newIPLimits(&s.cfg)
 	s.log.Info("client limits", "connections", cfg.MaxSessions, "max_sessions", maxSessions,
 		"fd_limit", fds, "fd_headroom", cfg.FDHeadroom, "per_ip", cfg.MaxConnsPerIP, "exempt", cfg.PerIPExempt)
@@ -115,10 +127,19 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.logins = newLoginBatcher(s.store, cfg.RedisTimeout, s.m.redisError)
 	s.releases = newReleaser(s.store, s.log, cfg.RedisTimeout)
-	s.wg.Add(2)
+	s.acker = newAcker(s.store, cfg.RedisTimeout)
+	s.wg.Add(4)
+	go func() {
+		defer s.wg.Done()
+		s.acker.run(ctx)
+	}()
 	go func() {
 		defer s.wg.Done()
 		s.logins.run(ctx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.keeper.run(ctx)
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -294,13 +315,23 @@ func (s *Server) login(sess *session, r request) *clientError {
 	// user claimed but not here and store its message offline, after the
 	// inbox was taken: the watch notices, and the inbox is read again.
 	watch := s.watches.watch(r.Name)
-	c := s.logins.claim(ctx, r.Name, loc)
+	c := s.logins.claim(ctx, store.Claim{User: r.Name, At: loc, Token: s.newID().String(), Keep: r.Acks})
 	if c.Err != nil {
+		var b sendq.Batch
+		for _, h := range s.watches.takeHeld(watch) {
+			s.answerForward(h.c, h.f, wire.AckNotHere)
+		}
+		b.Flush()
 		s.watches.unwatch(r.Name, watch)
 		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", c.Err)
 		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
 	}
+	if s.loginClaimed != nil {
+		s.loginClaimed(r.Name)
+	}
 	sess.name = r.Name
+	sess.acks.Store(r.Acks)
+	sess.receipts.Store(r.Receipts)
 	inbox := s.inboxEvents(r.Name, c.Inbox)
 	// The reply and the offline messages are queued in the same critical
 	// section that publishes the session: deliveries find sessions under
@@ -311,12 +342,21 @@ func (s *Server) login(sess *session, r request) *clientError {
 	var batch sendq.Batch
 	s.mu.Lock()
 	sess.sendReply(&batch, reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
-	for _, e := range inbox {
-		sess.queue(&batch, e.appendLine)
+	if r.Acks {
+		s.startPaging(&batch, sess, inbox)
+	} else {
+		for _, e := range inbox {
+			_ = sess.queue(&batch, e.appendLine)
+		}
 	}
 	prev := s.sessions[r.Name]
 	s.sessions[r.Name] = sess
 	s.m.setSessions(len(s.sessions))
+	// Forwards that came for the user while the login was in progress go
+	// to the session now, before any that find it in the map.
+	for _, h := range s.watches.takeHeld(watch) {
+		s.forwardTo(&batch, sess, h.c, h.f, &h.it)
+	}
 	s.mu.Unlock()
 	batch.Flush()
 	storedMeanwhile := s.watches.unwatch(r.Name, watch)
@@ -329,6 +369,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		s.sendRelay(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
 	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+	s.readInboxLate(sess, r.Name, r.Acks, inbox)
 	if c.InboxErr != nil && !storedMeanwhile {
 		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.InboxErr)
 		return nil
@@ -337,14 +378,30 @@ func (s *Server) login(sess *session, r request) *clientError {
 		watch.inflight.Wait()
 		tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 		defer tcancel()
-		lines, err := s.store.TakeInbox(tctx, r.Name)
+		if r.Acks && sess.pager.skipLive() {
+			return nil // paging: the next page reads the inbox again
+		}
+		var lines []string
+		var err error
+		if r.Acks {
+			lines, err = s.store.ReadInbox(tctx, r.Name)
+		} else {
+			lines, err = s.store.TakeInbox(tctx, r.Name, s.newID().String())
+		}
 		if err != nil {
 			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
 			return nil
 		}
+		sent := make(map[string]bool, len(inbox))
+		for _, e := range inbox {
+			sent[e.ev.ID] = true
+		}
 		var b sendq.Batch // one write for the whole inbox
 		for _, e := range s.inboxEvents(r.Name, lines) {
-			sess.queue(&b, e.appendLine)
+			if e.ev.ID != "" && sent[e.ev.ID] {
+				continue // read with the claim: sent already
+			}
+			_ = sess.queue(&b, e.appendLine)
 		}
 		b.Flush()
 	}
@@ -430,16 +487,18 @@ func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
 				s.log.Warn("relay link down, reconnecting", "addr", l.addr, "relay", ev.conn.relayID, "err", ev.err, "resent_over_other_link", moved)
 			}
 		case gotForward:
-			code := s.onForward(ev.fwd, &b)
-			a := wire.Ack{ID: ev.fwd.ID, Origin: s.cfg.ID, Dest: ev.fwd.Origin, Code: code}
-			_ = ev.conn.send(&b, func(buf []byte) []byte { return wire.AppendAck(buf, wire.TypeAck, a) })
+			s.onForward(ev.fwd, ev.conn, &b)
 		case gotAck:
 			if d, o := s.ledger.acked(ev.ack); d != nil {
 				d.forwarded(o, &b)
 			}
 		case gotNack:
-			if d := s.ledger.nacked(ev.conn, ev.ack, time.Now()); d != nil {
-				d.forwarded(outGaveUp, nil)
+			gaveUp, first := s.ledger.nacked(ev.conn, ev.ack, time.Now())
+			if gaveUp != nil {
+				gaveUp.forwarded(outGaveUp, nil)
+			}
+			if first != nil {
+				s.reroutes.run(s, first.ev.To, first.rerouteAfterNack)
 			}
 		case gotKick:
 			s.onKick(ev.kick)

@@ -57,6 +57,11 @@ type session struct {
 	// offlineRate is the bucket offline messages from this connection
 	// take from, made at the first (offline.go).
 	offlineRate atomic.Pointer[rate.Limiter]
+	// acks and receipts are the login's options (acks.go); set by the
+	// reader at login, read by whoever delivers to the session.
+	acks, receipts atomic.Bool
+	// pager sends a session with acks what it has kept in pages (acks.go).
+	pager pager
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
@@ -92,16 +97,22 @@ func newSession(srv *Server, conn net.Conn) *session {
 
 // queue lets fn append one line for the client. With a batch, the write
 // waits for batch.Flush (the relay link reader flushes once per read); without,
-// it is made at once. A client too slow to take it is cut.
-func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) {
-	if err := s.q.AppendTo(batch, fn); errors.Is(err, sendq.ErrFull) {
+// it is made at once. A client too slow to take it is cut. An error means
+// the line is not queued: the session is closing (or was just cut), and a
+// message must not be confirmed for it.
+func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) error {
+	err := s.q.AppendTo(batch, fn)
+	if errors.Is(err, sendq.ErrFull) {
 		s.close(closeSlowConsumer)
 	}
+	return err
 }
 
-func (s *session) sendReply(batch *sendq.Batch, r reply) { s.queue(batch, r.appendLine) }
+func (s *session) sendReply(batch *sendq.Batch, r reply) { _ = s.queue(batch, r.appendLine) }
 
-func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) { s.queue(batch, e.appendLine) }
+func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) error {
+	return s.queue(batch, e.appendLine)
+}
 
 // closeReason is why a session closes. Every close goes through
 // session.close, and closeRules says, for each reason, what the client is
@@ -124,6 +135,7 @@ const (
 	closeLoginTimeout                       // not logged in within LoginTimeout of connecting
 	closeLineTimeout                        // a line not complete within LineTimeout of its first byte
 	closeLoginRateLimit                     // a login request over LoginRatePerIP for its source
+	closeTooManyUnacked                     // a session with acks holds InboxMax+UnackedMax unacked events
 )
 
 // closeRule is what a close does for one reason.
@@ -217,6 +229,13 @@ var closeRules = [...]closeRule{
 		name: "login_rate_limited", code: CodeRateLimited,
 		event: "closing", why: text("too many logins from your address; try again later"),
 		msg: "disconnecting client", level: slog.LevelDebug,
+	},
+	closeTooManyUnacked: {
+		name: "too_many_unacked", code: CodeTooManyUnacked,
+		event: "closing", why: func(cfg *Config) string {
+			return fmt.Sprintf("%d events not acked: ack each event with {\"cmd\":\"ack\",\"id\":\"...\"}; they are sent again at the next login", cfg.InboxMax+cfg.UnackedMax)
+		},
+		msg: "disconnecting client", level: slog.LevelInfo,
 	},
 }
 
@@ -324,14 +343,29 @@ func (s *session) lingerClose() { netx.LingerClose(s.conn, lingerTime, 1<<20) }
 // readBufferSize is the per-session read buffer. Requests are short; a
 // longer line (up to MaxLine) is gathered in a temporary slice. The buffer
 // is lent by a pool while the session has a reader, so a parked session
-// holds none.
-const readBufferSize = 512
+// holds none. A client whose read fills it (one that sends faster than
+// requests come one by one) is moved to a buffer of busyReadBufferSize (8 times larger): at
+// 512 bytes a busy sender's messages took a read system call per two or
+// three of them, the largest difference to a direct link in system calls
+// per message. Only busy readers hold the large one.
+const (
+	readBufferSize     = 512
+	busyReadBufferSize = 4 << 10
+)
 
 // lineReader is a session's read buffer with the clock of the line being
 // read, for the line timeout.
 type lineReader struct {
-	br  *bufio.Reader // reads from src
-	src timedConn
+	br   *bufio.Reader // reads from src
+	src  timedConn
+	busy bool // the buffer is busyReadBufferSize
+	// credit is room in the window of forwarded messages granted to this
+	// reader and not yet spent (flow.go); given back when the reader ends.
+	credit int
+	// batch holds the writes the requests of one read cause (forwarded
+	// frames, events, replies): flushed before the next read, so a read of
+	// many messages makes one write per connection it touches.
+	batch sendq.Batch
 }
 
 // timedConn notes when reads bring bytes: the latest read, and the one
@@ -339,10 +373,14 @@ type lineReader struct {
 type timedConn struct {
 	conn        net.Conn
 	last, start time.Time // start is zero while no line is begun
+	filled      bool      // a read filled the whole buffer
 }
 
 func (c *timedConn) Read(p []byte) (int, error) {
 	n, err := c.conn.Read(p)
+	if n == len(p) {
+		c.filled = true
+	}
 	if n > 0 {
 		c.last = time.Now()
 		if c.start.IsZero() {
@@ -357,6 +395,45 @@ var lineReaders = sync.Pool{New: func() any {
 	lr.br = bufio.NewReaderSize(&lr.src, readBufferSize)
 	return lr
 }}
+
+var busyLineReaders = sync.Pool{New: func() any {
+	lr := &lineReader{busy: true}
+	lr.br = bufio.NewReaderSize(&lr.src, busyReadBufferSize)
+	return lr
+}}
+
+// getLineReader lends a reader with the small buffer, or the large one.
+func getLineReader(conn net.Conn, busy bool) *lineReader {
+	pool := &lineReaders
+	if busy {
+		pool = &busyLineReaders
+	}
+	lr := pool.Get().(*lineReader)
+	lr.reset(conn)
+	return lr
+}
+
+// put flushes the batch and gives the reader back to its pool.
+func (lr *lineReader) put() {
+	lr.batch.Flush()
+	lr.reset(nil)
+	if lr.busy {
+		busyLineReaders.Put(lr)
+	} else {
+		lineReaders.Put(lr)
+	}
+}
+
+// grow returns a reader with the large buffer in place of lr, which has
+// nothing buffered and its batch flushed, keeping the line clock.
+func (lr *lineReader) grow() *lineReader {
+	big := getLineReader(lr.src.conn, true)
+	big.src = lr.src
+	big.src.filled = false
+	big.credit, lr.credit = lr.credit, 0
+	lr.put()
+	return big
+}
 
 func (lr *lineReader) reset(conn net.Conn) {
 	lr.src = timedConn{conn: conn}
@@ -377,11 +454,10 @@ func (lr *lineReader) lineDone() {
 // or the session has parked (true).
 func (s *session) readLoop() (parked bool) {
 	cfg := &s.srv.cfg
-	lr := lineReaders.Get().(*lineReader)
-	lr.reset(s.conn)
+	lr := getLineReader(s.conn, false)
 	defer func() {
-		lr.reset(nil)
-		lineReaders.Put(lr)
+		s.giveBack(lr)
+		lr.put()
 	}()
 	br := lr.br
 	_, ws := s.conn.(*wsConn) // parks on its own (wsConn.waitMessage)
@@ -403,6 +479,16 @@ func (s *session) readLoop() (parked bool) {
 			_ = s.conn.SetReadDeadline(s.wakeAt(now, lastInput, lr.src.start, canPark))
 			if s.isClosed() {
 				return false // close's wake-up deadline was just overwritten
+			}
+		}
+		if br.Buffered() == 0 {
+			// Before a read that may wait: what this read produced goes
+			// out, and room not spent on it goes back to the window.
+			lr.batch.Flush()
+			s.giveBack(lr)
+			if lr.src.filled && !lr.busy && long == nil && !tooLong {
+				lr = lr.grow()
+				br = lr.br
 			}
 		}
 		frag, err := br.ReadSlice('\n')
@@ -445,7 +531,7 @@ func (s *session) readLoop() (parked bool) {
 		if !tooLong && len(line) > cfg.MaxLine {
 			s.lineTooLong() // passed the limit with its last piece
 		} else if line = bytes.TrimSpace(line); !tooLong && len(line) > 0 {
-			switch cerr := s.handle(line, now); {
+			switch cerr := s.handle(line, now, lr); {
 			case cerr == nil:
 				s.badInARow = 0
 			case cerr.badRequest():
@@ -457,6 +543,14 @@ func (s *session) readLoop() (parked bool) {
 			return false // too many errors, EOF after a last line without newline, or closed
 		}
 	}
+}
+
+// giveBack returns the reader's unspent room in the window (flow.go).
+func (s *session) giveBack(lr *lineReader) {
+	if lr.credit > 0 && s.srv.ledger != nil {
+		s.srv.ledger.giveBack(lr.credit)
+	}
+	lr.credit = 0
 }
 
 // wakeAt is when a reader waiting for input must look up: at the idle
@@ -567,8 +661,10 @@ func (s *session) readFailed(err error) {
 	}
 }
 
-// handle runs one request line, read at the time given, and sends its reply.
-func (s *session) handle(line []byte, at time.Time) *clientError {
+// handle runs one request line, read at the time given, and sends its
+// reply; a chat's writes may wait in the reader's batch, and it may spend
+// the reader's credit.
+func (s *session) handle(line []byte, at time.Time, lr *lineReader) *clientError {
 	r, cerr := decodeRequest(line)
 	if cerr != nil {
 		cmd := r.Cmd
@@ -597,9 +693,11 @@ func (s *session) handle(line []byte, at time.Time) *clientError {
 			s.loginBy = 0 // logged in: no deadline any more
 		}
 	case "chat":
-		cerr = s.srv.chat(s, r)
+		cerr = s.srv.chat(s, r, &lr.batch, &lr.credit)
 	case "logout":
 		cerr = s.srv.logout(s)
+	case "ack":
+		cerr = s.srv.ack(s, r)
 	}
 	if cerr != nil {
 		s.fail(r.Cmd, r.Ref, cerr)

@@ -167,6 +167,12 @@ func TestWebSocketSlowConsumer(t *testing.T) {
 	cut := false
 	for i := 0; i < max && !cut; i++ {
 		sender.Send(map[string]string{"cmd": "chat", "send": "pusher", "recv": "sloth", "content": content})
+		// The sender reads its replies, as a client does: one that sends
+		// without reading is cut as a slow consumer too, once its socket's
+		// worth of replies has piled up.
+		if m := sender.Next(); m.S("reply") != "chat" {
+			t.Fatalf("sender got %v, want its chat reply", m)
+		}
 		if i%100 == 99 {
 			cut = tr.a.Sessions() == 1
 		}

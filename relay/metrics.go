@@ -136,9 +136,9 @@ func (m *Metrics) flushed(n, frames int, waited time.Duration) {
 	m.forwardDuration.Observe(waited.Seconds())
 }
 
-func (m *Metrics) forwarded() {
-	if m != nil {
-		m.forwardedTotal.Inc()
+func (m *Metrics) forwardedN(n int) {
+	if m != nil && n > 0 {
+		m.forwardedTotal.Add(float64(n))
 	}
 }
 

@@ -25,16 +25,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 `)
 
-// takeInboxScript returns a user's offline messages, oldest first, and
-// deletes them: one key, atomic, so nothing stored meanwhile is lost.
-var takeInboxScript = redis.NewScript(`
-local v = redis.call('LRANGE', KEYS[1], 0, -1)
-if #v > 0 then
-  redis.call('DEL', KEYS[1])
-end
-return v
-`)
-
 // restoreInboxScript puts taken messages (ARGV[2..], oldest first) back at
 // the head of the inbox and sets the TTL to ARGV[1] ms, as PushInbox does.
 // It trims nothing: with what arrived since, the inbox may hold up to twice
@@ -61,9 +51,13 @@ func (s *Store) PushInbox(ctx context.Context, user string, entry []byte) error 
 	return nil
 }
 
-// TakeInbox atomically reads and removes user's offline messages, oldest first.
-func (s *Store) TakeInbox(ctx context.Context, user string) ([]string, error) {
-	lines, err := takeInboxScript.Run(ctx, s.rdb, []string{inboxKeyPrefix + user}).StringSlice()
+// TakeInbox atomically reads and removes user's offline messages, oldest
+// first. token names this take (unique per take): a take that go-redis
+// sends again after a connection failure returns the same messages
+// instead of losing them (take.go).
+func (s *Store) TakeInbox(ctx context.Context, user, token string) ([]string, error) {
+	key := inboxKeyPrefix + user
+	lines, err := takeInboxScript.Run(ctx, s.rdb, []string{key, takenKey(key, token)}, takenTTL).StringSlice()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, s.fail(fmt.Errorf("take inbox of %q: %w", user, err))
 	}

@@ -39,7 +39,7 @@ func TestPushInboxRefusesWhenFull(t *testing.T) {
 	if ttl, _ := r.Command("TTL", "chatrelay:inbox:ann"); ttl == ":-1" || ttl == ":-2" {
 		t.Fatalf("inbox TTL = %s, want a TTL", ttl)
 	}
-	got, err := st.TakeInbox(ctx, "ann")
+	got, err := st.TakeInbox(ctx, "ann", "t1")
 	if want := []string{"m0", "m1", "m2"}; err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("TakeInbox = %q, %v; want %q", got, err, want)
 	}
@@ -89,7 +89,7 @@ func TestRestoreInboxDropsNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	taken, err := st.TakeInbox(ctx, "cy")
+	taken, err := st.TakeInbox(ctx, "cy", "t1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestRestoreInboxDropsNothing(t *testing.T) {
 	if err := st.PushInbox(ctx, "cy", []byte("e")); !errors.Is(err, store.ErrInboxFull) {
 		t.Fatalf("push to an inbox over its max: %v, want ErrInboxFull", err)
 	}
-	got, err := st.TakeInbox(ctx, "cy")
+	got, err := st.TakeInbox(ctx, "cy", "t2")
 	if want := []string{"a", "b", "c", "d"}; err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("TakeInbox = %q, %v; want %q", got, err, want)
 	}

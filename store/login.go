@@ -13,6 +13,11 @@ import (
 type Claim struct {
 	User string
 	At   Location
+	// Token names the inbox take (unique per login), so a retried
+	// pipeline returns the same messages (take.go). Keep reads the inbox
+	// without taking it: a session with acks removes entries as it acks.
+	Token string
+	Keep  bool
 
 	Old      Location // where the user was logged in before (if Had)
 	Had      bool
@@ -34,7 +39,12 @@ func (s *Store) ClaimLogins(ctx context.Context, claims []*Claim) {
 	_, _ = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, c := range claims {
 			sets[i] = pipe.SetArgs(ctx, userKeyPrefix+c.User, c.At.value(), redis.SetArgs{TTL: s.cfg.PresenceTTL, Get: true})
-			takes[i] = takeInboxScript.Eval(ctx, pipe, []string{inboxKeyPrefix + c.User})
+			key := inboxKeyPrefix + c.User
+			if c.Keep {
+				takes[i] = readInboxScript.Eval(ctx, pipe, []string{key})
+			} else {
+				takes[i] = takeInboxScript.Eval(ctx, pipe, []string{key, takenKey(key, c.Token)}, takenTTL)
+			}
 		}
 		return nil
 	})

@@ -96,6 +96,8 @@ func loadFlags(fs *flag.FlagSet, cfg *xnodeConfig) {
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "sending before measuring starts")
 	fs.IntVar(&cfg.Size, "size", 100, "content bytes per message")
 	fs.StringVar(&cfg.Prefix, "prefix", "bench", "user name prefix")
+	fs.BoolVar(&cfg.Acks, "acks", false, "users log in with acks on and ack every chat event (one ack line per read)")
+	fs.StringVar(&cfg.Closed, "closed", "delivery", "closed loop: free a sender's slot on delivery to the recipient (delivery) or on the sender's reply (reply); a refusal frees it too, and counts as a failure")
 }
 
 func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
@@ -136,7 +138,13 @@ func runXnodeCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "chatbench:", err)
 		return 1
 	}
-	return report(stdout, res, *asJSON, res.Lost > 0 || res.Duplicated > 0)
+	return report(stdout, res, *asJSON, res.failed())
+}
+
+// failed is whether the run failed its own checks: a message lost or shown
+// twice, or (closed loop on delivery) any refusal.
+func (r *result) failed() bool {
+	return r.Lost > 0 || r.Duplicated > 0 || (r.Closed == "delivery" && r.Errors > 0)
 }
 
 // report prints a result as a table or JSON; the exit code is 1 when the

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -27,10 +28,37 @@ type xnodeConfig struct {
 	Warmup   time.Duration
 	Size     int
 	Prefix   string
+	// Closed is what frees a closed-loop sender's slot: "delivery" (the
+	// partner received the message) or "reply" (the sender's own reply).
+	Closed   string
 	Progress io.Writer
 	Watch    map[string]int // process name -> pid whose CPU per 1k messages is reported
 	TLS      *tls.Config    // if set, the client ports serve TLS (tlsFlag)
 	WS       bool           // Servers are web ports: the protocol over WebSocket (ws.go)
+	// Acks logs every user in with acks on: each acks the chat events it
+	// gets, the ids of one read in one ack line.
+	Acks bool
+}
+
+// procSyscalls returns the read and write system calls pid has made
+// (syscr + syscw in /proc/PID/io).
+func procSyscalls(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if ok && (k == "syscr" || k == "syscw") {
+			x, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/io: %w", pid, err)
+			}
+			n += x
+		}
+	}
+	return n, nil
 }
 
 // parsePids reads "relay=123,msg-1=456".
@@ -58,6 +86,9 @@ func (c *xnodeConfig) validate() error {
 	if c.Users < 2 || c.Users%2 != 0 {
 		errs = append(errs, errors.New("--users must be an even number ≥ 2"))
 	}
+	if c.Closed != "delivery" && c.Closed != "reply" {
+		errs = append(errs, errors.New("--closed must be delivery or reply"))
+	}
 	if c.Rate == 0 && c.Window < 1 {
 		errs = append(errs, errors.New("--window must be ≥ 1"))
 	}
@@ -76,6 +107,7 @@ type result struct {
 	Servers    int     `json:"servers"`
 	Users      int     `json:"users"`
 	Window     int     `json:"window,omitempty"`
+	Closed     string  `json:"closed,omitempty"`
 	Rate       float64 `json:"rate,omitempty"`
 	Seconds    float64 `json:"seconds"`
 	Sent       int64   `json:"sent"`
@@ -88,10 +120,24 @@ type result struct {
 	Lost       int64   `json:"lost"`
 	Duplicated int64   `json:"duplicated"`
 	Errors     int64   `json:"errors"`
-	Cores      int     `json:"cores"`
+	// Refused counts error replies to chats by code (backlog_full, ...).
+	Refused map[string]int64 `json:"refused,omitempty"`
+	// ServerMsgsPerSec is what each server's senders got delivered, and
+	// Evenness the median, over the measured seconds, of the slowest
+	// server's share over the fastest's (1: in step; 0: one stalled);
+	// WorstEvenness the lowest second.
+	ServerMsgsPerSec []float64 `json:"server_msgs_per_sec,omitempty"`
+	Evenness         float64   `json:"evenness"`
+	WorstEvenness    float64   `json:"worst_evenness"`
+	Cores            int       `json:"cores"`
+	// BenchCPUMsPer1k is the load generator's own CPU per 1,000 delivered.
+	BenchCPUMsPer1k float64 `json:"bench_cpu_ms_per_1k"`
 	// CPUMsPer1k is each watched process's CPU time (user+system) per
 	// 1,000 delivered messages, over the measured window.
 	CPUMsPer1k map[string]float64 `json:"cpu_ms_per_1k,omitempty"`
+	// SyscallsPer1k is each watched process's read and write system calls
+	// (/proc/PID/io syscr+syscw) per 1,000 delivered messages.
+	SyscallsPer1k map[string]float64 `json:"syscalls_per_1k,omitempty"`
 }
 
 func (r *result) table(w io.Writer) {
@@ -100,6 +146,12 @@ func (r *result) table(w io.Writer) {
 	fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%d\t%d\t%d\t%d\t%d\t\n",
 		r.Mode, r.Users, r.MsgsPerSec, r.P50ms, r.P99ms, r.P999ms, r.MaxMs, r.Sent, r.Delivered, r.Lost, r.Duplicated, r.Errors, r.Cores)
 	tw.Flush()
+	if len(r.ServerMsgsPerSec) > 0 {
+		fmt.Fprintf(w, "per server msgs/s: %.0f; evenness median %.2f, worst second %.2f\n", r.ServerMsgsPerSec, r.Evenness, r.WorstEvenness)
+	}
+	if len(r.Refused) > 0 {
+		fmt.Fprintf(w, "refused: %v\n", r.Refused)
+	}
 	if len(r.CPUMsPer1k) > 0 {
 		names := make([]string, 0, len(r.CPUMsPer1k))
 		for n := range r.CPUMsPer1k {
@@ -112,14 +164,27 @@ func (r *result) table(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	if len(r.SyscallsPer1k) > 0 {
+		fmt.Fprintf(w, "read+write syscalls per 1k delivered: %v\n", r.SyscallsPer1k)
+	}
 }
 
 type benchUser struct {
 	name, partner string
+	peer          *benchUser // the partner
+	srv           int        // index of the server it is on
 	conn          net.Conn
 	br            *bufio.Reader
-	wbuf          []byte
-	seq           uint64 // next sequence number to send (only the writer touches it)
+
+	// The send side: the partner's reader (closed loop on delivery) and
+	// the user's own (on a refusal, or on replies) may both send; with
+	// acks, the user's reader writes its ack lines too. wmu guards writes.
+	wmu  sync.Mutex
+	wbuf []byte
+	seq  uint64 // next sequence number to send
+
+	acks  []byte // the ack line being gathered (reader only)
+	nacks int
 
 	// receive side, touched only by the user's reader goroutine
 	seen      []uint64 // bitset of sequence numbers received from the partner
@@ -139,10 +204,23 @@ type benchRun struct {
 	totalReceived      atomic.Int64
 	cpuMu              sync.Mutex
 	cpuPer1k           map[string]float64
+	sysPer1k           map[string]float64
+	benchCPU           time.Duration // this process's CPU over the measured window
+
+	refusedMu sync.Mutex
+	refused   map[string]int64
+	// perSecond[server][second] counts deliveries, in the measured window,
+	// of messages sent by that server's users.
+	perSecond [][]atomic.Int64
 }
 
 func runXnode(cfg xnodeConfig) (*result, error) {
-	r := &benchRun{cfg: cfg, size: cfg.Size}
+	r := &benchRun{cfg: cfg, size: cfg.Size, refused: map[string]int64{}}
+	secs := int((cfg.Duration + time.Second - 1) / time.Second)
+	r.perSecond = make([][]atomic.Int64, len(cfg.Servers))
+	for i := range r.perSecond {
+		r.perSecond[i] = make([]atomic.Int64, secs)
+	}
 	users, err := r.connect()
 	if err != nil {
 		return nil, err
@@ -156,13 +234,23 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 	r.start = time.Now()
 	r.measureFrom = r.start.Add(cfg.Warmup)
 	cpuAtStart := map[string]time.Duration{}
+	sysAtStart := map[string]int64{}
+	var selfAtStart time.Duration
 	cpuTimer := time.AfterFunc(cfg.Warmup, func() {
+		r.cpuMu.Lock()
+		selfAtStart = selfCPU()
+		r.cpuMu.Unlock()
 		for n, pid := range cfg.Watch {
-			if c, err := procCPU(pid); err == nil {
-				r.cpuMu.Lock()
+			c, err := procCPU(pid)
+			sc, err2 := procSyscalls(pid)
+			r.cpuMu.Lock()
+			if err == nil {
 				cpuAtStart[n] = c
-				r.cpuMu.Unlock()
 			}
+			if err2 == nil {
+				sysAtStart[n] = sc
+			}
+			r.cpuMu.Unlock()
 		}
 	})
 	defer cpuTimer.Stop()
@@ -193,6 +281,9 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 		r.stopSending.Store(true)
 	}
 	r.cpuMu.Lock()
+	if selfAtStart != 0 {
+		r.benchCPU = selfCPU() - selfAtStart
+	}
 	for n, pid := range cfg.Watch {
 		if c, err := procCPU(pid); err == nil {
 			if c0, ok := cpuAtStart[n]; ok && r.deliveredInWindow.Load() > 0 {
@@ -200,6 +291,14 @@ func runXnode(cfg xnodeConfig) (*result, error) {
 					r.cpuPer1k = map[string]float64{}
 				}
 				r.cpuPer1k[n] = float64((c - c0).Milliseconds()) / (float64(r.deliveredInWindow.Load()) / 1000)
+			}
+		}
+		if sc, err := procSyscalls(pid); err == nil {
+			if s0, ok := sysAtStart[n]; ok && r.deliveredInWindow.Load() > 0 {
+				if r.sysPer1k == nil {
+					r.sysPer1k = map[string]float64{}
+				}
+				r.sysPer1k[n] = float64(sc-s0) / (float64(r.deliveredInWindow.Load()) / 1000)
 			}
 		}
 	}
@@ -224,19 +323,21 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 		a := &benchUser{name: fmt.Sprintf("%s-%d-a", cfg.Prefix, k)}
 		b := &benchUser{name: fmt.Sprintf("%s-%d-b", cfg.Prefix, k)}
 		a.partner, b.partner = b.name, a.name
+		a.peer, b.peer = b, a
 		users[2*k], users[2*k+1] = a, b
 	}
 	sem := make(chan struct{}, 64)
 	errc := make(chan error, len(users))
 	var wg sync.WaitGroup
 	for i, u := range users {
-		addr := cfg.Servers[(i/2+i%2)%len(cfg.Servers)]
+		u.srv = (i/2 + i%2) % len(cfg.Servers)
+		addr := cfg.Servers[u.srv]
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := u.login(addr, cfg.TLS, cfg.WS); err != nil {
+			if err := u.login(addr, cfg.TLS, cfg.WS, cfg.Acks); err != nil {
 				errc <- err
 			}
 		}()
@@ -254,7 +355,7 @@ func (r *benchRun) connect() ([]*benchUser, error) {
 	return users, nil
 }
 
-func (u *benchUser) login(addr string, tc *tls.Config, ws bool) error {
+func (u *benchUser) login(addr string, tc *tls.Config, ws, acks bool) error {
 	c, err := dialUser(&net.Dialer{Timeout: 5 * time.Second}, addr, tc, ws)
 	if err != nil {
 		return fmt.Errorf("connect %s: %w", addr, err)
@@ -262,7 +363,7 @@ func (u *benchUser) login(addr string, tc *tls.Config, ws bool) error {
 	u.conn = c
 	u.br = bufio.NewReaderSize(c, 64<<10)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q}\n", u.name); err != nil {
+	if _, err := fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q,\"acks\":%t}\n", u.name, acks); err != nil {
 		return fmt.Errorf("login %s: %w", u.name, err)
 	}
 	line, err := u.br.ReadSlice('\n')
@@ -278,6 +379,8 @@ func (u *benchUser) login(addr string, tc *tls.Config, ws bool) error {
 
 // send writes one chat message: content is "<unix nanos> <seq> " padded.
 func (r *benchRun) send(u *benchUser) error {
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
 	b := u.wbuf[:0]
 	b = append(b, `{"cmd":"chat","recv":"`...)
 	b = append(b, u.partner...)
@@ -294,11 +397,49 @@ func (r *benchRun) send(u *benchUser) error {
 	u.wbuf = b
 	u.seq++
 	r.sent.Add(1)
+	u.wmu.Lock()
 	_ = u.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := u.conn.Write(b); err != nil {
+	_, err := u.conn.Write(b)
+	u.wmu.Unlock()
+	if err != nil {
 		return fmt.Errorf("send as %s: %w", u.name, err)
 	}
 	return nil
+}
+
+var idKey = []byte(`"id":"`)
+
+// ack adds the event's id to the ack line; flushAcks writes it.
+func (u *benchUser) ack(line []byte) {
+	i := bytes.Index(line, idKey)
+	if i < 0 {
+		return
+	}
+	rest := line[i+len(idKey):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return
+	}
+	if u.nacks == 0 {
+		u.acks = append(u.acks[:0], `{"cmd":"ack","ids":[`...)
+	} else {
+		u.acks = append(u.acks, ',')
+	}
+	u.acks = append(append(append(u.acks, '"'), rest[:j]...), '"')
+	u.nacks++
+}
+
+func (u *benchUser) flushAcks() error {
+	if u.nacks == 0 {
+		return nil
+	}
+	u.acks = append(u.acks, "]}\n"...)
+	u.nacks = 0
+	u.wmu.Lock()
+	_ = u.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := u.conn.Write(u.acks)
+	u.wmu.Unlock()
+	return err
 }
 
 var (
@@ -306,10 +447,30 @@ var (
 	chatReplyOK     = []byte(`{"reply":"chat","ok":true`)
 	chatReplyPrefix = []byte(`{"reply":"chat"`)
 	contentKey      = []byte(`"content":"`)
+	codeKey         = []byte(`"code":"`)
 )
 
+// replyCode is the code of an error reply, "?" if it has none.
+func replyCode(line []byte) string {
+	i := bytes.Index(line, codeKey)
+	if i < 0 {
+		return "?"
+	}
+	rest := line[i+len(codeKey):]
+	if j := bytes.IndexByte(rest, '"'); j >= 0 {
+		return string(rest[:j])
+	}
+	return "?"
+}
+
+// readLoop reads a user's lines. In the closed loop a slot is freed, and
+// the next message sent, when the partner's message arrives here (on
+// delivery: this reader sends for the partner) or when the user's own reply
+// comes (on reply); a refused message never arrives, so its refusal frees
+// its slot in either mode.
 func (r *benchRun) readLoop(u *benchUser) {
 	closedLoop := r.cfg.Rate == 0
+	onDelivery := r.cfg.Closed == "delivery"
 	for {
 		line, err := u.br.ReadSlice('\n')
 		if err != nil {
@@ -318,12 +479,31 @@ func (r *benchRun) readLoop(u *benchUser) {
 		now := time.Now()
 		switch {
 		case bytes.HasPrefix(line, chatEventPrefix):
-			r.received(u, line, now)
-		case bytes.HasPrefix(line, chatReplyPrefix):
-			if !bytes.HasPrefix(line, chatReplyOK) {
-				r.errs.Add(1)
+			delivered := r.received(u, line, now)
+			if r.cfg.Acks {
+				u.ack(line)
+				// One ack line per read, at most 200 ids (the server takes 256).
+				if u.br.Buffered() == 0 || u.nacks >= 200 {
+					if u.flushAcks() != nil {
+						return
+					}
+				}
 			}
-			if closedLoop && !r.stopSending.Load() {
+			if delivered && closedLoop && onDelivery && !r.stopSending.Load() {
+				if err := r.send(u.peer); err != nil {
+					return
+				}
+			}
+		case bytes.HasPrefix(line, chatReplyPrefix):
+			ok := bytes.HasPrefix(line, chatReplyOK)
+			if !ok {
+				r.errs.Add(1)
+				code := replyCode(line)
+				r.refusedMu.Lock()
+				r.refused[code]++
+				r.refusedMu.Unlock()
+			}
+			if closedLoop && (!ok || !onDelivery) && !r.stopSending.Load() {
 				if err := r.send(u); err != nil {
 					return
 				}
@@ -332,25 +512,27 @@ func (r *benchRun) readLoop(u *benchUser) {
 	}
 }
 
-func (r *benchRun) received(u *benchUser, line []byte, now time.Time) {
+// received records a chat event; it reports whether it was a first
+// delivery (not a duplicate or a line it could not read).
+func (r *benchRun) received(u *benchUser, line []byte, now time.Time) bool {
 	i := bytes.Index(line, contentKey)
 	if i < 0 {
-		return
+		return false
 	}
 	rest := line[i+len(contentKey):]
 	sp := bytes.IndexByte(rest, ' ')
 	if sp < 0 {
-		return
+		return false
 	}
 	ts, err1 := strconv.ParseInt(string(rest[:sp]), 10, 64)
 	rest = rest[sp+1:]
 	sp = bytes.IndexByte(rest, ' ')
 	if sp < 0 || err1 != nil {
-		return
+		return false
 	}
 	seq, err := strconv.ParseUint(string(rest[:sp]), 10, 64)
 	if err != nil {
-		return
+		return false
 	}
 	word, bit := seq/64, seq%64
 	for uint64(len(u.seen)) <= word {
@@ -358,7 +540,7 @@ func (r *benchRun) received(u *benchUser, line []byte, now time.Time) {
 	}
 	if u.seen[word]&(1<<bit) != 0 {
 		u.dups++
-		return
+		return false
 	}
 	u.seen[word] |= 1 << bit
 	u.received++
@@ -366,7 +548,11 @@ func (r *benchRun) received(u *benchUser, line []byte, now time.Time) {
 	if !now.Before(r.measureFrom) && now.Before(r.measureTo) {
 		r.deliveredInWindow.Add(1)
 		u.latencies = append(u.latencies, now.UnixNano()-ts)
+		if sec := int(now.Sub(r.measureFrom) / time.Second); sec < len(r.perSecond[u.peer.srv]) {
+			r.perSecond[u.peer.srv][sec].Add(1)
+		}
 	}
+	return true
 }
 
 // pace sends at the aggregate rate, round-robin over senders, in 1 ms steps.
@@ -428,9 +614,16 @@ func (r *benchRun) result(users []*benchUser) *result {
 		Cores:   runtime.NumCPU(),
 	}
 	res.CPUMsPer1k = r.cpuPer1k
+	res.SyscallsPer1k = r.sysPer1k
 	if r.cfg.Rate > 0 {
 		res.Mode, res.Window, res.Rate = "xnode-rate", 0, r.cfg.Rate
+	} else {
+		res.Closed = r.cfg.Closed
 	}
+	if len(r.refused) > 0 {
+		res.Refused = r.refused
+	}
+	r.evenness(res)
 	var lat []int64
 	var received int64
 	for _, u := range users {
@@ -440,6 +633,9 @@ func (r *benchRun) result(users []*benchUser) *result {
 	}
 	res.Delivered = r.deliveredInWindow.Load()
 	res.MsgsPerSec = float64(res.Delivered) / r.cfg.Duration.Seconds()
+	if res.Delivered > 0 {
+		res.BenchCPUMsPer1k = float64(r.benchCPU.Milliseconds()) / (float64(res.Delivered) / 1000)
+	}
 	res.Lost = max(res.Sent-res.Errors-received, 0)
 	if len(lat) > 0 {
 		slices.Sort(lat)
@@ -449,4 +645,38 @@ func (r *benchRun) result(users []*benchUser) *result {
 		res.P50ms, res.P99ms, res.P999ms, res.MaxMs = q(0.5), q(0.99), q(0.999), float64(lat[len(lat)-1])/1e6
 	}
 	return res
+}
+
+// evenness fills in each server's senders' delivered rate and how evenly
+// the servers progressed, second by second.
+func (r *benchRun) evenness(res *result) {
+	secs := 0
+	if len(r.perSecond) > 0 {
+		secs = int(r.cfg.Duration / time.Second) // whole seconds only
+	}
+	var ratios []float64
+	totals := make([]float64, len(r.perSecond))
+	for sec := 0; sec < secs; sec++ {
+		lo, hi := int64(-1), int64(0)
+		for i := range r.perSecond {
+			n := r.perSecond[i][sec].Load()
+			totals[i] += float64(n)
+			if lo < 0 || n < lo {
+				lo = n
+			}
+			hi = max(hi, n)
+		}
+		if hi > 0 {
+			ratios = append(ratios, float64(lo)/float64(hi))
+		}
+	}
+	if secs == 0 || len(ratios) == 0 {
+		return
+	}
+	for i := range totals {
+		totals[i] /= float64(secs)
+	}
+	slices.Sort(ratios)
+	res.ServerMsgsPerSec = totals
+	res.Evenness, res.WorstEvenness = ratios[len(ratios)/2], ratios[0]
 }

@@ -46,6 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		bin      = fs.String("bin", "", "folder with the relay and msgserver binaries (default: beside this one)")
 		repo     = fs.String("repo", ".", "the repository, for keepalived/topology.json and the scripts")
 		pairs    = fs.Int("pairs", 50, "user pairs chatting across the two message servers")
+		ackPairs = fs.Int("ack-pairs", -1, "of the pairs, how many log in with acks on and ack every event (-1: half)")
 		rate     = fs.Float64("rate", 1000, "aggregate messages per second")
 		before   = fs.Duration("before", 2*time.Second, "traffic before the fault")
 		after    = fs.Duration("after", 6*time.Second, "traffic after the fault")
@@ -59,6 +60,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, "drill:", err)
 		return 2
+	}
+	if *ackPairs < 0 {
+		*ackPairs = *pairs / 2
 	}
 	if *cleanup {
 		if err := drill.RemoveLeftovers(); err != nil {
@@ -111,6 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Topology:     filepath.Join(*repo, "keepalived", "topology.json"),
 		ScriptsDir:   filepath.Join(*repo, "keepalived"),
 		Pairs:        *pairs,
+		AckPairs:     *ackPairs,
 		Rate:         *rate,
 		Before:       *before,
 		After:        *after,
@@ -169,7 +174,7 @@ func scenarioList() string {
 // scenario and mode (one VIP, two VIPs), side by side.
 func table(w io.Writer, reports []*drill.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tVIPs\tinterruption s\tresumed after s\tat fault s\tbefore fault s\tsent\tacked\trefused\tlost\tdup\tVIP on\texpected\tok")
+	fmt.Fprintln(tw, "scenario\tVIPs\tinterruption s\tresumed after s\tat fault s\tbefore fault s\tsent\tacked\trefused\tlost\tdup\tunacked\tVIP on\texpected\tok")
 	type key struct {
 		scenario string
 		vips     int
@@ -188,8 +193,8 @@ func table(w io.Writer, reports []*drill.Report) {
 			on += " / " + strings.Join(r.VIPBHolders, ",")
 			want += " / " + r.ExpectHolderB
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.VIPs, r.Interruption, r.Resumed,
-			r.AtFault, r.Baseline, r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, on, want, ok)
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.VIPs, r.Interruption, r.Resumed,
+			r.AtFault, r.Baseline, r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, r.Load.Unacked, on, want, ok)
 		k := key{r.Scenario, r.VIPs}
 		if r.Err == "" {
 			by[k] = append(by[k], r.Interruption)
@@ -251,11 +256,12 @@ func load(args []string) int {
 	rate := fs.Float64("rate", 1000, "messages per second")
 	duration := fs.Duration("duration", 8*time.Second, "sending time")
 	ca := fs.String("ca", "", "the client ports serve TLS: CA certificates (PEM) to verify them with")
+	ackPairs := fs.Int("ack-pairs", 0, "of the pairs, how many log in with acks on")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	cfg := drill.LoadConfig{
-		Servers: strings.Split(*servers, ","), Pairs: *pairs, Rate: *rate, Duration: *duration, Settle: 6 * time.Second,
+		Servers: strings.Split(*servers, ","), Pairs: *pairs, Rate: *rate, Duration: *duration, Settle: 6 * time.Second, AckPairs: *ackPairs,
 	}
 	if *ca != "" {
 		pool, err := certs.LoadPool(*ca)

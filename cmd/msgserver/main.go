@@ -65,6 +65,7 @@ func run(args []string) int {
 		admin       = fs.String("admin", "127.0.0.1:9200", "admin HTTP address for /healthz and /metrics; empty disables it")
 		presenceTTL = fs.Duration("presence-ttl", msgserver.DefaultPresenceTTL, "TTL of a user's presence record; a crashed server's users vanish after it")
 		inboxMax    = fs.Int("inbox-max", msgserver.DefaultInboxMax, "offline messages an inbox holds; more are refused (inbox_full), none dropped")
+		unackedMax  = fs.Int("unacked-max", msgserver.DefaultUnackedMax, "events a session with acks may hold unacked beyond --inbox-max; past it the session is closed (too_many_unacked)")
 		inboxTTL    = fs.Duration("inbox-ttl", msgserver.DefaultInboxTTL, "how long offline messages are kept")
 		offlineMax  = fs.Int64("offline-max-bytes", msgserver.DefaultOfflineMaxBytes, "refuse offline messages (offline_full) while Redis's used_memory is above this (read every second); set it below Redis's maxmemory; negative: no cap")
 		offlineRate = fs.Int("offline-rate", msgserver.DefaultOfflineRate, "offline messages one client connection may store per minute, at once or spread out (rate_limited beyond); negative: no limit")
@@ -83,6 +84,7 @@ func run(args []string) int {
 		maxUnacked  = fs.Int("max-unacked", msgserver.DefaultMaxUnacked, "forwarded messages kept for resending until acked")
 		stallAfter  = fs.Duration("stall-after", msgserver.DefaultStallAfter, "with two relays: a link silent this long (or 4x the average ack latency, if longer) while a message sent over it that long ago awaits its ack is presumed stalled, and its messages go over the other link; negative: wait for the link to be declared dead")
 		connectTO   = fs.Duration("connect-timeout", msgserver.DefaultConnectTimeout, "each TCP connect to a relay; one not done by then (a SYN lost while a VIP moves) is tried again at once")
+		sendWindow  = fs.Int("send-window", msgserver.DefaultSendWindow, "forwarded messages in flight (not yet acked) before the server stops reading from clients that send more, until acks make room")
 		noRoute     = fs.Duration("no-route-timeout", msgserver.DefaultNoRouteGiveUp, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
 		pprofOn     = fs.Bool("pprof", false, "serve /debug/pprof on the admin address")
@@ -174,12 +176,14 @@ func run(args []string) int {
 		AllowedOrigins: allowed,
 		PresenceTTL:    *presenceTTL,
 		InboxMax:       *inboxMax,
+		UnackedMax:     *unackedMax,
 		InboxTTL:       *inboxTTL,
 		MaxSessions:    *maxSessions,
 		FDHeadroom:     *fdHeadroom,
 		IdleTimeout:    *idle,
 		ParkIdleAfter:  *park,
 		MaxUnacked:     *maxUnacked,
+		SendWindow:     *sendWindow,
 		NoRouteGiveUp:  *noRoute,
 		AuthKey:        authKey,
 		AuthLeeway:     *authLeeway,

@@ -291,3 +291,52 @@ func TestMixedProducersTCP(t *testing.T) {
 	waitDone(t, q)
 	checkProducerLines(t, closeAndReadAll(t, w, r), producers, perProducer)
 }
+
+// An item appended with AppendLater is not written on its own: it goes out
+// with the next item written, ahead of it, in the same write; or at Kick.
+func TestAppendLaterRidesWithNextWriteOrKick(t *testing.T) {
+	w, r := tcptest.Pair(t)
+	var fc flushCounter
+	q := New(1<<20, fc.flushed)
+	q.Start(w, time.Second)
+	if err := q.AppendLater(func(b []byte) []byte { return append(b, "ack1\n"...) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := fc.writes.Load(); got != 0 || q.Len() != 5 {
+		t.Fatalf("after AppendLater: %d writes, %d bytes queued; want none written, 5 queued", got, q.Len())
+	}
+	if err := q.Write([]byte("data\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, r, 10); string(got) != "ack1\ndata\n" {
+		t.Fatalf("peer got %q", got)
+	}
+	if w, n := fc.writes.Load(), fc.items.Load(); w != 1 || n != 2 {
+		t.Fatalf("%d writes carrying %d items, want 1 write of 2", w, n)
+	}
+	_ = q.AppendLater(func(b []byte) []byte { return append(b, "ack2\n"...) })
+	q.Kick()
+	if got := readN(t, r, 5); string(got) != "ack2\n" {
+		t.Fatalf("after Kick, peer got %q", got)
+	}
+	q.Kick() // nothing pending: no write
+	if w := fc.writes.Load(); w != 2 {
+		t.Fatalf("%d writes, want 2", w)
+	}
+}
+
+// Kick writes an AppendLater item even while a Batch holds the queue: the
+// batch's producer may not flush for a while.
+func TestKickWritesWhileBatchHoldsQueue(t *testing.T) {
+	w, r := tcptest.Pair(t)
+	q := New(1<<20, nil)
+	q.Start(w, time.Second)
+	var b Batch
+	_ = q.AppendTo(&b, func(buf []byte) []byte { return append(buf, "fwd\n"...) })
+	_ = q.AppendLater(func(buf []byte) []byte { return append(buf, "ack\n"...) })
+	q.Kick()
+	if got := readN(t, r, 8); string(got) != "fwd\nack\n" {
+		t.Fatalf("peer got %q", got)
+	}
+	b.Flush() // nothing left: harmless
+}

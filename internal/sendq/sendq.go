@@ -144,6 +144,43 @@ func (q *Queue) AppendTo(b *Batch, fn func([]byte) []byte) error {
 	return nil
 }
 
+// AppendLater lets fn append one item that may wait: it goes out with the
+// next write of the queue (another item's, a Batch's) or at the owner's
+// next Kick, whichever comes first. For frames that need not leave at once
+// but are many (acks at a low rate: each would be a write of its own, and a
+// wake-up of the peer), the owner arms a short timer that Kicks.
+func (q *Queue) AppendLater(fn func([]byte) []byte) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ErrClosed
+	}
+	if len(q.buf) > q.max {
+		return ErrFull
+	}
+	if q.items == 0 && q.flushed != nil {
+		q.oldest = time.Now()
+	}
+	if q.buf == nil && q.conn != nil {
+		q.buf = getBuf()
+	}
+	q.buf = fn(q.buf)
+	q.items++
+	return nil
+}
+
+// Kick writes what is pending, unless a write is under way (which takes
+// it). A Batch that holds the queue may be its producer's for a while (a
+// reader waiting on Redis): Kick writes anyway, and that Flush finds less.
+func (q *Queue) Kick() {
+	q.mu.Lock()
+	if q.conn == nil || q.writing || len(q.buf) == 0 {
+		q.mu.Unlock()
+		return
+	}
+	q.writeLocked()
+}
+
 // Batch is the set of queues one producer appended to with AppendTo since
 // its last Flush. It belongs to that producer's goroutine.
 type Batch struct{ qs []*Queue }

@@ -49,6 +49,7 @@ type Config struct {
 	Topology               string // keepalived/topology.json
 	ScriptsDir             string // keepalived/ (notify.sh, relay-supervise.sh)
 	Pairs                  int
+	AckPairs               int // of Pairs, how many log in with acks on
 	Rate                   float64
 	Before, After          time.Duration // traffic before and after the fault
 	// OneVIP runs the topology with its first VIP only (active-passive);
@@ -88,7 +89,7 @@ type Report struct {
 // OK reports whether the drill kept the promise: nothing lost or
 // duplicated, and the VIP on exactly the expected relay.
 func (r *Report) OK() bool {
-	return r.Err == "" && r.Load.Lost == 0 && r.Load.Duplicated == 0 &&
+	return r.Err == "" && r.Load.Lost == 0 && r.Load.Duplicated == 0 && r.Load.Unacked == 0 &&
 		len(r.VIPHolders) == 1 && r.VIPHolders[0] == r.ExpectHolder &&
 		(r.ExpectHolderB == "" || len(r.VIPBHolders) == 1 && r.VIPBHolders[0] == r.ExpectHolderB)
 }
@@ -142,7 +143,7 @@ func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 		if err := lab.Close(); err != nil {
 			rep.Notes = append(rep.Notes, "cleanup: "+err.Error())
 		}
-		if left := Leftovers(); len(left) > 0 {
+		if left := Leftovers(lab.Prefix); len(left) > 0 {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("namespaces left behind: %v", left))
 		}
 	}()
@@ -569,7 +570,8 @@ func (d *drill) startLoad(extra time.Duration) (*Proc, error) {
 	}
 	return d.lab.Start("client", "load", nil, d.cfg.LoadBin, "load",
 		"--servers", strings.Join(servers, ","), "--pairs", fmt.Sprint(d.cfg.Pairs),
-		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After + extra).String(), "--ca", d.caFile())
+		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After + extra).String(), "--ca", d.caFile(),
+		"--ack-pairs", fmt.Sprint(d.cfg.AckPairs))
 }
 
 // pause waits d, or less if the drill is interrupted.

@@ -2,6 +2,7 @@ package drill_test
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -29,6 +30,7 @@ func TestFailoverDrills(t *testing.T) {
 		Topology:     filepath.Join(root, "keepalived", "topology.json"),
 		ScriptsDir:   filepath.Join(root, "keepalived"),
 		Pairs:        30,
+		AckPairs:     15, // half the clients ack every event
 		Rate:         600,
 		Before:       2 * time.Second,
 		After:        5 * time.Second,
@@ -55,17 +57,21 @@ func TestFailoverDrills(t *testing.T) {
 			cfg := cfg
 			cfg.OneVIP = r.oneVIP
 			rep := drill.Run(context.Background(), cfg, sc)
-			t.Logf("%s: interruption %.3fs (resumed %.3fs after the fault), sent %d acked %d refused %d %v unconfirmed %d, live %d offline %d, lost %d dup %d, VIP on %v; notes %v",
+			t.Logf("%s: interruption %.3fs (resumed %.3fs after the fault), sent %d acked %d refused %d %v unconfirmed %d, live %d offline %d, lost %d dup %d, %d clients with acks: %d acks, %d redelivered, %d unacked; VIP on %v; notes %v",
 				sc, rep.Interruption, rep.Resumed, rep.Load.Sent, rep.Load.Acked, rep.Load.Refused, rep.Load.RefusedCodes, rep.Load.Unconfirmed,
-				rep.Load.DeliveredLive, rep.Load.DeliveredOffline, rep.Load.Lost, rep.Load.Duplicated, rep.VIPHolders, rep.Notes)
+				rep.Load.DeliveredLive, rep.Load.DeliveredOffline, rep.Load.Lost, rep.Load.Duplicated,
+				rep.Load.AckClients, rep.Load.ClientAcks, rep.Load.Redelivered, rep.Load.Unacked, rep.VIPHolders, rep.Notes)
 			if rep.Err != "" {
 				t.Fatalf("drill failed: %s", rep.Err)
 			}
 			if rep.Load.Acked == 0 {
 				t.Fatal("no message was acknowledged: the drill proves nothing")
 			}
-			if rep.Load.Lost != 0 || rep.Load.Duplicated != 0 {
-				t.Errorf("lost %d, duplicated %d; want 0 and 0", rep.Load.Lost, rep.Load.Duplicated)
+			if rep.Load.Lost != 0 || rep.Load.Duplicated != 0 || rep.Load.Unacked != 0 {
+				t.Errorf("lost %d, duplicated %d, not acked by a client with acks %d; want 0, 0 and 0", rep.Load.Lost, rep.Load.Duplicated, rep.Load.Unacked)
+			}
+			if rep.Load.AckClients == 0 || rep.Load.ClientAcks == 0 {
+				t.Error("no client acked: the drill proves nothing about acks")
 			}
 			if len(rep.VIPHolders) != 1 || rep.VIPHolders[0] != rep.ExpectHolder {
 				t.Errorf("VIP on %v, want only %s", rep.VIPHolders, rep.ExpectHolder)
@@ -76,7 +82,7 @@ func TestFailoverDrills(t *testing.T) {
 			if !r.oneVIP && rep.VIPs != 2 {
 				t.Errorf("ran with %d VIPs; the default topology has two", rep.VIPs)
 			}
-			if left := drill.Leftovers(); len(left) != 0 {
+			if left := drill.Leftovers(drill.ProcessPrefix(os.Getpid())); len(left) != 0 {
 				t.Errorf("namespaces left behind: %v", left)
 			}
 			for _, n := range rep.Notes {
@@ -104,7 +110,8 @@ func TestInterruptedDrillCleansUp(t *testing.T) {
 	testenv.Build(t, "msgserver")
 	p := testenv.Start(t, "drill", bin, "--scenario", "kill-relay", "--repo", testenv.ModuleRoot(t), "--before", "30s")
 	p.WaitOutput("lab up", 30*time.Second)
-	if len(drill.Leftovers()) == 0 {
+	own := drill.ProcessPrefix(p.Pid())
+	if len(drill.Leftovers(own)) == 0 {
 		t.Fatal("no namespaces while the lab is up: the test proves nothing")
 	}
 	p.Signal(syscall.SIGINT)
@@ -112,7 +119,7 @@ func TestInterruptedDrillCleansUp(t *testing.T) {
 	if !strings.Contains(p.Output(), "interrupted") {
 		t.Fatalf("drill did not say it was interrupted:\n%s", p.Output())
 	}
-	if left := drill.Leftovers(); len(left) != 0 {
+	if left := drill.Leftovers(own); len(left) != 0 {
 		t.Fatalf("namespaces left after the interruption: %v", left)
 	}
 	if out, err := exec.Command("pgrep", "-f", "chatrelay-drill-").Output(); err == nil {

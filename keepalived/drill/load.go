@@ -23,6 +23,9 @@ type LoadConfig struct {
 	Duration time.Duration // how long to send
 	Settle   time.Duration // after sending stops, wait this long for late acks and deliveries
 	TLS      *tls.Config   // if set, the client ports serve TLS (an empty ServerName: each server's host)
+	// AckPairs is how many of the pairs log in with acks on: their
+	// clients ack every chat event and drop ids they have seen.
+	AckPairs int
 }
 
 // LoadResult is what the load saw. Counting is per message, by the
@@ -33,7 +36,15 @@ type LoadConfig struct {
 //	unconfirmed no answer at all (the sender's own server died)
 //	lost        acked but never shown to the recipient, live or at re-login
 //	duplicated  shown to the recipient more than once
+//	unacked     acked by the sender's server, to a client with acks on,
+//	            and never acked by that client
+//	redelivered events marked redelivered (the client had them, or may
+//	            have: a client with acks drops the ids it has seen)
 type LoadResult struct {
+	AckClients       int      `json:"ack_clients"`
+	ClientAcks       int64    `json:"client_acks"`
+	Unacked          int64    `json:"unacked"`
+	Redelivered      int64    `json:"redelivered"`
 	Sent             int64    `json:"sent"`
 	Acked            int64    `json:"acked"`
 	Refused          int64    `json:"refused"`
@@ -58,6 +69,7 @@ func (g Gap) Seconds() float64 { return float64(g.To-g.From) / 1e9 }
 
 type loadUser struct {
 	name, partner, server string
+	acks                  bool // logs in with acks on and acks every chat event
 	conn                  net.Conn
 	br                    *bufio.Reader
 	wmu                   sync.Mutex // guards conn writes (sender and relogin)
@@ -67,6 +79,9 @@ type loadUser struct {
 	status     map[uint64]byte // seq -> 'a' acked, 'r' refused
 	codes      map[string]bool
 	seen       map[uint64]int // from the partner: seq -> times shown
+	ackedSeq   map[uint64]bool
+	redeliv    int64
+	acksSent   int64
 	offline    int64
 	deliveries []int64 // receive times (unix nanos) of live deliveries
 }
@@ -81,11 +96,12 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 		a := &loadUser{name: fmt.Sprintf("drill-%d-a", k), server: cfg.Servers[0]}
 		b := &loadUser{name: fmt.Sprintf("drill-%d-b", k), server: cfg.Servers[1]}
 		a.partner, b.partner = b.name, a.name
+		a.acks, b.acks = k < cfg.AckPairs, k < cfg.AckPairs
 		users = append(users, a, b)
 	}
 	byName := map[string]*loadUser{}
 	for _, u := range users {
-		u.status, u.seen, u.codes = map[uint64]byte{}, map[uint64]int{}, map[string]bool{}
+		u.status, u.seen, u.codes, u.ackedSeq = map[uint64]byte{}, map[uint64]int{}, map[string]bool{}, map[uint64]bool{}
 		byName[u.name] = u
 		if err := u.dial(u.server, cfg.TLS); err != nil {
 			return nil, err
@@ -101,7 +117,7 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			u.read(byName, u.conn, u.br, false)
+			u.read(byName, u.conn, u.br, &u.wmu, false)
 		}()
 	}
 
@@ -170,6 +186,11 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 				if shown == 0 {
 					res.Lost++
 				}
+				partner.mu.Lock()
+				if partner.acks && !partner.ackedSeq[s] {
+					res.Unacked++
+				}
+				partner.mu.Unlock()
 			case st == 'r':
 				res.Refused++
 			default:
@@ -185,6 +206,11 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 			}
 		}
 		u.mu.Unlock()
+		if u.acks {
+			res.AckClients++
+		}
+		res.ClientAcks += u.acksSent
+		res.Redelivered += u.redeliv
 		res.DeliveredLive += int64(len(u.deliveries))
 		res.DeliveredOffline += u.offline
 		times = append(times, u.deliveries...)
@@ -212,7 +238,7 @@ func (u *loadUser) dial(addr string, tc *tls.Config) error {
 	}
 	br := bufio.NewReaderSize(c, 64<<10)
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q}\n", u.name); err != nil {
+	if _, err := fmt.Fprintf(c, "{\"cmd\":\"login\",\"name\":%q,\"acks\":%t}\n", u.name, u.acks); err != nil {
 		c.Close()
 		return fmt.Errorf("load: login %s: %w", u.name, err)
 	}
@@ -254,10 +280,13 @@ type loadLine struct {
 	From    string `json:"from"`
 	Content string `json:"content"`
 	Offline bool   `json:"offline"`
+	ID      string `json:"id"`
+	Again   bool   `json:"redelivered"`
 }
 
-// read handles the lines of one connection of u until it fails.
-func (u *loadUser) read(byName map[string]*loadUser, c net.Conn, br *bufio.Reader, offlineOnly bool) {
+// read handles the lines of one connection of u until it fails; wmu
+// guards writes to c (acks).
+func (u *loadUser) read(byName map[string]*loadUser, c net.Conn, br *bufio.Reader, wmu *sync.Mutex, offlineOnly bool) {
 	for {
 		line, err := br.ReadSlice('\n')
 		if err != nil {
@@ -293,9 +322,31 @@ func (u *loadUser) read(byName map[string]*loadUser, c net.Conn, br *bufio.Reade
 			if _, err := fmt.Sscanf(m.Content, "%d", &seq); err != nil {
 				continue
 			}
+			if u.acks {
+				// Every event is acked, one seen before too: its first ack
+				// may not have been recorded (its server died). The client
+				// shows it once.
+				wmu.Lock()
+				_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+				_, err := fmt.Fprintf(c, "{\"cmd\":\"ack\",\"id\":%q}\n", m.ID)
+				wmu.Unlock()
+				u.mu.Lock()
+				if err == nil {
+					u.acksSent++
+					u.ackedSeq[seq] = true
+				}
+				if m.Again {
+					u.redeliv++
+					if u.seen[seq] > 0 {
+						u.mu.Unlock()
+						continue // dropped: shown already
+					}
+				}
+				u.mu.Unlock()
+			}
 			u.mu.Lock()
 			u.seen[seq]++
-			if m.Offline {
+			if m.Offline || m.Again {
 				u.offline++
 			} else if !offlineOnly {
 				u.deliveries = append(u.deliveries, now)
@@ -330,12 +381,12 @@ func (u *loadUser) missingFrom(sender *loadUser) int {
 // reads what its inbox held.
 func (u *loadUser) collectOffline(byName map[string]*loadUser, servers []string, tc *tls.Config) {
 	for _, addr := range servers {
-		tmp := &loadUser{name: u.name}
+		tmp := &loadUser{name: u.name, acks: u.acks}
 		if err := tmp.dial(addr, tc); err != nil {
 			continue
 		}
-		_ = tmp.conn.SetReadDeadline(time.Now().Add(time.Second))
-		u.read(byName, tmp.conn, tmp.br, true)
+		_ = tmp.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		u.read(byName, tmp.conn, tmp.br, &tmp.wmu, true)
 		tmp.conn.Close()
 		return
 	}

@@ -222,12 +222,17 @@ func nsExists(ns string) bool {
 	return err == nil
 }
 
-// Leftovers lists namespaces left by drills (any run).
-func Leftovers() []string {
+// ProcessPrefix starts every namespace the drill process pid makes.
+func ProcessPrefix(pid int) string { return fmt.Sprintf("%s%d-", NamespacePrefix, pid) }
+
+// Leftovers lists the namespaces whose names start with prefix: a lab's
+// Prefix, a drill process's (ProcessPrefix), or NamespacePrefix for those
+// of every drill. Other drills running at the same time have their own.
+func Leftovers(prefix string) []string {
 	entries, _ := os.ReadDir("/run/netns")
 	var out []string
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), NamespacePrefix) {
+		if strings.HasPrefix(e.Name(), prefix) {
 			out = append(out, e.Name())
 		}
 	}
@@ -237,7 +242,7 @@ func Leftovers() []string {
 // RemoveLeftovers deletes every drill namespace and what runs in it.
 func RemoveLeftovers() error {
 	var errs []error
-	for _, ns := range Leftovers() {
+	for _, ns := range Leftovers(NamespacePrefix) {
 		if err := deleteNS(ns); err != nil {
 			errs = append(errs, err)
 		}
