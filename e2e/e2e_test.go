@@ -123,7 +123,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		flags []string
 	}{
 		{"msgserver", []string{"--listen", "--relay", "--redis", "--id", "--advertise", "--link-secret-file", "--link-secret-next-file", "--admin", "--park-idle-after",
-			"--inbox-max", "--offline-max-bytes", "--offline-rate"}},
+			"--inbox-max", "--offline-max-bytes", "--offline-rate", "--stall-after", "--connect-timeout"}},
 		{"relay", []string{"--listen", "--admin", "--link-secret-file", "--link-secret-next-file", "--vip", "--id",
 			"--max-pending-handshakes", "--max-pending-per-ip", "--forget-after", "--max-known-servers"}},
 	} {

@@ -144,11 +144,11 @@ func TestMetricsPassPromtool(t *testing.T) {
 	a.Expect(map[string]any{"status": "offline"})
 
 	want := map[string][]string{
-		o.relayAdmin: {"relay_link_up{server=\"msg-1\"} 1", "relay_links 2", "relay_vip_held 0", "relay_frames_forwarded_total 1",
+		o.relayAdmin: {"relay_link_up{server=\"msg-1\"} 1", "relay_links 2", "relay_frames_forwarded_total 1",
 			"relay_bytes_total{direction=\"in\"}", "relay_no_route_total 0", "relay_forward_duration_seconds_bucket",
 			"relay_link_rtt_seconds{server=\"msg-2\"}", "process_resident_memory_bytes", "go_goroutines"},
 		s1.admin: {"msgserver_sessions 1", "msgserver_messages_total{path=\"relayed\"} 1", "msgserver_messages_total{path=\"offline\"} 1",
-			"msgserver_relay_link_up 1", "msgserver_relay_reconnects_total 0", "msgserver_unacked_frames 0",
+			fmt.Sprintf("msgserver_relay_link_up{addr=%q} 1", o.relayAddr), fmt.Sprintf("msgserver_relay_reconnects_total{addr=%q} 0", o.relayAddr), "msgserver_unacked_frames 0",
 			"msgserver_redis_errors_total 0", "msgserver_delivery_latency_seconds_count 2", "process_resident_memory_bytes",
 			"msgserver_offline_full 0", "msgserver_redis_used_memory_bytes"},
 	}

@@ -49,6 +49,9 @@ type Link struct {
 	BytesOut         uint64  `json:"bytes_out"`
 	// QueueBytes is what is queued for the link and not yet written.
 	QueueBytes int `json:"queue_bytes"`
+	// Links is, on a relay, how many links the server holds to it: two
+	// while both VIPs sit on this relay.
+	Links int `json:"links,omitempty"`
 	// Unacked is, on a message server, how many forwarded messages await
 	// their end-to-end ack (they are resent after a reconnect).
 	Unacked int `json:"unacked,omitempty"`

@@ -25,10 +25,13 @@ type Report struct {
 	// answers 200 then and 503 otherwise.
 	Serving bool   `json:"serving"`
 	Reason  string `json:"reason,omitempty"`
-	// Role is, on a relay, "master" while it holds the VIP and "backup"
-	// otherwise ("standalone" when no VIP is configured).
-	Role string `json:"role,omitempty"`
-	VIP  string `json:"vip,omitempty"`
+	// Role is, on a relay, "master" while it holds a VIP and "backup"
+	// otherwise ("standalone" when no VIP is configured). VIP is the VIPs
+	// it watches (comma-separated: two when both relays carry traffic) and
+	// VIPsHeld those on this host now.
+	Role     string   `json:"role,omitempty"`
+	VIP      string   `json:"vip,omitempty"`
+	VIPsHeld []string `json:"vips_held,omitempty"`
 	// Redis is, on a message server, "ok" or "unreachable".
 	Redis    string `json:"redis,omitempty"`
 	Sessions *int   `json:"sessions,omitempty"`

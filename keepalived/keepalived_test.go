@@ -66,8 +66,17 @@ func TestTopologyFileIsTheLab(t *testing.T) {
 	if got := topo.RedisURL(); got != "redis://192.168.56.21:6379/0" {
 		t.Errorf("RedisURL %s", got)
 	}
-	if got := topo.RelayAddr(); got != "192.168.56.100:7000" {
+	// Two VIPs by default: message servers dial both.
+	if topo.VIPB != "192.168.56.101" || topo.VirtualRouterIDB != 52 {
+		t.Errorf("second VIP %s, router %d", topo.VIPB, topo.VirtualRouterIDB)
+	}
+	if got := topo.RelayAddr(); got != "192.168.56.100:7000,192.168.56.101:7000" {
 		t.Errorf("RelayAddr %s", got)
+	}
+	one := *topo
+	one.VIPB, one.VirtualRouterIDB = "", 0
+	if got := one.RelayAddr(); got != "192.168.56.100:7000" || one.Validate() != nil {
+		t.Errorf("with one VIP: RelayAddr %s, %v", got, one.Validate())
 	}
 }
 
@@ -84,6 +93,12 @@ func TestBrokenTopologiesAreClearErrors(t *testing.T) {
 			`hosts[0] "relay-a": ip 192.168.56.11 is outside the VIP's subnet 10.1.2.0/24`},
 		{"vip is the broadcast address", func(t *keepalived.Topology) { t.VIP = "192.168.56.255" }, "vip: 192.168.56.255 is the network or broadcast address"},
 		{"vip is a host's address", func(t *keepalived.Topology) { t.VIP = "192.168.56.21" }, `hosts[2] "msg-1": ip 192.168.56.21 is the VIP`},
+		{"vip_b without its router", func(t *keepalived.Topology) { t.VirtualRouterIDB = 0 }, "virtual_router_id_b: 0 is outside 1..255"},
+		{"router without vip_b", func(t *keepalived.Topology) { t.VIPB = "" }, "vip_b: missing, but virtual_router_id_b is set"},
+		{"vip_b is vip", func(t *keepalived.Topology) { t.VIPB = t.VIP }, "vip_b: 192.168.56.100 is the same as vip"},
+		{"vip_b outside the subnet", func(t *keepalived.Topology) { t.VIPB = "10.0.0.1" }, "vip_b: 10.0.0.1 is outside the VIP's subnet 192.168.56.0/24"},
+		{"vip_b is a host's address", func(t *keepalived.Topology) { t.VIPB = "192.168.56.22" }, `hosts[3] "msg-2": ip 192.168.56.22 is vip_b`},
+		{"both VIPs on one router", func(t *keepalived.Topology) { t.VirtualRouterIDB = 51 }, "virtual_router_id_b: 51 is the same as virtual_router_id"},
 		{"host outside the subnet", func(t *keepalived.Topology) { t.Hosts[3].IP = "192.168.57.22" },
 			`hosts[3] "msg-2": ip 192.168.57.22 is outside the VIP's subnet 192.168.56.0/24`},
 		{"prefix too long", func(t *keepalived.Topology) { t.Prefix = 31 }, "prefix: 31 is not a usable IPv4 prefix length"},
@@ -203,13 +218,19 @@ func TestRenderGolden(t *testing.T) {
 	cases := []struct {
 		file, host string
 		o          keepalived.Options
+		oneVIP     bool // the topology without vip_b: active-passive
 	}{
-		{"relay-a.conf", "relay-a", keepalived.Options{}},
-		{"relay-b-unicast.conf", "relay-b", keepalived.Options{Unicast: true, RedisURL: topo.RedisURL()}},
+		{"relay-a.conf", "relay-a", keepalived.Options{}, false},
+		{"relay-b-unicast.conf", "relay-b", keepalived.Options{Unicast: true, RedisURL: topo.RedisURL()}, false},
+		{"relay-a-one-vip.conf", "relay-a", keepalived.Options{}, true},
 	}
 	for _, c := range cases {
 		t.Run(c.file, func(t *testing.T) {
-			got, err := keepalived.Render(topo, c.host, c.o)
+			topo := *topo
+			if c.oneVIP {
+				topo.VIPB, topo.VirtualRouterIDB = "", 0
+			}
+			got, err := keepalived.Render(&topo, c.host, c.o)
 			if err != nil {
 				t.Fatal(err)
 			}

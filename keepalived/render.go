@@ -134,12 +134,11 @@ func (o Options) validate() []string {
 // confData is what the template sees.
 type confData struct {
 	Host, Peer   Host
-	VIP          string
+	Instances    []instance // one VRRP instance per VIP
+	Two          bool       // two VIPs: both relays carry traffic
 	Prefix       int
 	Interface    string
-	VRID         int
 	AdvertInt    string
-	MasterDown   string
 	LinkPort     int
 	Unicast      bool
 	ScriptUser   string
@@ -147,6 +146,27 @@ type confData struct {
 	TrackFile    string
 	NotifyScript string
 	ExtraGlobal  []string
+}
+
+// instance is one VRRP instance: one VIP.
+type instance struct {
+	Name       string // VI_RELAY for the first VIP, VI_RELAY_B for the second
+	VIP        string
+	VRID       int
+	Priority   int    // this host's priority in it
+	Role       string // "MASTER" or "BACKUP" at the first election
+	MasterDown string // how long the peer waits for a silent MASTER, in seconds
+	// ReleaseFile, with two VIPs, is the file whose 1 hands this VIP to
+	// the peer (ReleaseFile()).
+	ReleaseFile string
+}
+
+// ReleaseFile is, with two VIPs, the file that hands vip to the peer
+// relay: keepalived faults vip's instance on this host while it holds 1.
+// It sits beside the track file: /run/chatrelay/relay.down gives
+// /run/chatrelay/relay.release-192.168.56.101.
+func ReleaseFile(trackFile, vip string) string {
+	return strings.TrimSuffix(trackFile, filepath.Ext(trackFile)) + ".release-" + vip
 }
 
 // Render returns the keepalived.conf of the relay host called host.
@@ -195,7 +215,24 @@ func Render(t *Topology, host string, o Options) ([]byte, error) {
 	}
 	// RFC 5798: Master_Down_Interval = 3 * advert + (256 - priority) * advert / 256,
 	// computed with the priority of the relay that waits: the peer.
-	down := 3*t.AdvertInt + float64(256-peer.Priority)*t.AdvertInt/256
+	down := func(prio int) string {
+		return strconv.FormatFloat(3*t.AdvertInt+float64(256-prio)*t.AdvertInt/256, 'f', 2, 64)
+	}
+	role := func(mine, theirs int) string {
+		if mine > theirs {
+			return "MASTER"
+		}
+		return "BACKUP"
+	}
+	insts := []instance{{Name: "VI_RELAY", VIP: t.VIP, VRID: t.VirtualRouterID, Priority: h.Priority,
+		Role: role(h.Priority, peer.Priority), MasterDown: down(peer.Priority)}}
+	insts[0].ReleaseFile = ReleaseFile(o.TrackFile, t.VIP)
+	if t.VIPB != "" {
+		// The second VIP's priorities are the first's swapped: the
+		// backup of the first VIP is the master of the second.
+		insts = append(insts, instance{Name: "VI_RELAY_B", VIP: t.VIPB, VRID: t.VirtualRouterIDB, Priority: peer.Priority,
+			Role: role(peer.Priority, h.Priority), MasterDown: down(h.Priority), ReleaseFile: ReleaseFile(o.TrackFile, t.VIPB)})
+	}
 	extra := make([]string, 0, len(o.ExtraGlobal))
 	for _, l := range o.ExtraGlobal {
 		if l = strings.TrimSpace(l); l != "" {
@@ -206,12 +243,11 @@ func Render(t *Topology, host string, o Options) ([]byte, error) {
 	data := confData{
 		Host:         h,
 		Peer:         peer,
-		VIP:          t.VIP,
+		Instances:    insts,
+		Two:          len(insts) > 1,
 		Prefix:       t.Prefix,
 		Interface:    ifname,
-		VRID:         t.VirtualRouterID,
 		AdvertInt:    strconv.FormatFloat(t.AdvertInt, 'f', -1, 64),
-		MasterDown:   strconv.FormatFloat(down, 'f', 2, 64),
 		LinkPort:     t.Ports.RelayLink,
 		Unicast:      o.Unicast,
 		ScriptUser:   o.ScriptUser,

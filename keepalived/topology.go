@@ -31,16 +31,24 @@ const (
 	RoleRedis     = "redis"     // runs redis-server
 )
 
-// Topology is the lab: one VRRP virtual router with one VIP, shared by two
+// Topology is the lab: one VRRP virtual router with one VIP (or two, each
+// with its own, for two relays that both carry traffic), shared by two
 // relay hosts, and the hosts that use it. Field names are the JSON keys.
 type Topology struct {
-	VIP             string  `json:"vip"`               // the virtual IP message servers dial, IPv4
-	Prefix          int     `json:"prefix"`            // VIP prefix length; every host is in VIP/prefix
-	Interface       string  `json:"interface"`         // NIC carrying the VIP and the VRRP adverts on the relay hosts
-	VirtualRouterID int     `json:"virtual_router_id"` // VRRP VRID, 1..255, unique on the LAN segment
-	AdvertInt       float64 `json:"advert_int"`        // VRRP advert interval in seconds (VRRPv3: 0.01 steps)
-	Ports           Ports   `json:"ports"`
-	Hosts           []Host  `json:"hosts"`
+	VIP             string `json:"vip"`               // the virtual IP message servers dial, IPv4
+	Prefix          int    `json:"prefix"`            // VIP prefix length; every host is in VIP/prefix
+	Interface       string `json:"interface"`         // NIC carrying the VIP and the VRRP adverts on the relay hosts
+	VirtualRouterID int    `json:"virtual_router_id"` // VRRP VRID, 1..255, unique on the LAN segment
+	// VIPB, if set, is a second VIP in the same subnet, with its own VRRP
+	// instance (VirtualRouterIDB): the higher-priority relay is MASTER of
+	// VIP and BACKUP of VIPB, its peer the reverse, and message servers
+	// link to both, so both relays carry traffic. Empty: one VIP, one
+	// relay active and the other waiting.
+	VIPB             string  `json:"vip_b,omitempty"`
+	VirtualRouterIDB int     `json:"virtual_router_id_b,omitempty"`
+	AdvertInt        float64 `json:"advert_int"` // VRRP advert interval in seconds (VRRPv3: 0.01 steps)
+	Ports            Ports   `json:"ports"`
+	Hosts            []Host  `json:"hosts"`
 }
 
 // Ports are the TCP ports each service listens on, the same on every host.
@@ -146,6 +154,29 @@ func (t *Topology) Validate() error {
 		}
 	}
 
+	// The second VIP, if any.
+	if t.VIPB != "" || t.VirtualRouterIDB != 0 {
+		vipB, err := netip.ParseAddr(t.VIPB)
+		switch {
+		case t.VIPB == "":
+			add("vip_b: missing, but virtual_router_id_b is set (both or neither)")
+		case err != nil || !vipB.Is4():
+			add("vip_b: %q is not an IPv4 address", t.VIPB)
+		case vipB == vip:
+			add("vip_b: %s is the same as vip", vipB)
+		case subnet.IsValid() && !subnet.Contains(vipB):
+			add("vip_b: %s is outside the VIP's subnet %s", vipB, subnet)
+		case subnet.IsValid() && (vipB == subnet.Addr() || vipB == broadcast(subnet)):
+			add("vip_b: %s is the network or broadcast address of %s", vipB, subnet)
+		}
+		switch {
+		case t.VirtualRouterIDB < 1 || t.VirtualRouterIDB > 255:
+			add("virtual_router_id_b: %d is outside 1..255 (the second VIP needs its own virtual router)", t.VirtualRouterIDB)
+		case t.VirtualRouterIDB == t.VirtualRouterID:
+			add("virtual_router_id_b: %d is the same as virtual_router_id; each VIP needs its own virtual router", t.VirtualRouterIDB)
+		}
+	}
+
 	// VRRP.
 	if !ifNameRE.MatchString(t.Interface) || t.Interface == "." || t.Interface == ".." {
 		add("interface: %q is not a network interface name (1-15 letters, digits, '.', '_', '-')", t.Interface)
@@ -215,6 +246,9 @@ func (t *Topology) Validate() error {
 			}
 			if ip == vip {
 				add("%s: ip %s is the VIP; a host needs its own address", where, ip)
+			}
+			if t.VIPB != "" && ip.String() == t.VIPB {
+				add("%s: ip %s is vip_b; a host needs its own address", where, ip)
 			}
 			if subnet.IsValid() && !subnet.Contains(ip) {
 				add("%s: ip %s is outside the VIP's subnet %s: the relays could not carry the VIP on it and message servers could not reach it directly", where, ip, subnet)
@@ -333,9 +367,22 @@ func (t *Topology) notRelay(name string) error {
 	return fmt.Errorf("host %q is not in the topology (relay hosts: %s)", name, strings.Join(names, ", "))
 }
 
-// RelayAddr is where message servers dial the relay tier: VIP:relay_link.
+// VIPs returns the VIPs: one, or two when both relays carry traffic.
+func (t *Topology) VIPs() []string {
+	if t.VIPB == "" {
+		return []string{t.VIP}
+	}
+	return []string{t.VIP, t.VIPB}
+}
+
+// RelayAddr is where message servers dial the relay tier: VIP:relay_link,
+// and with two VIPs both, comma-separated (msgserver --relay).
 func (t *Topology) RelayAddr() string {
-	return net.JoinHostPort(t.VIP, strconv.Itoa(t.Ports.RelayLink))
+	addrs := make([]string, 0, 2)
+	for _, v := range t.VIPs() {
+		addrs = append(addrs, net.JoinHostPort(v, strconv.Itoa(t.Ports.RelayLink)))
+	}
+	return strings.Join(addrs, ",")
 }
 
 // RedisURL is the redis:// URL of the first host with the redis role.

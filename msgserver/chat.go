@@ -314,7 +314,17 @@ func (s *Server) onForward(f wire.Forward, c *linkConn, b *sendq.Batch) {
 // could not take it.
 func (s *Server) forwardTo(b *sendq.Batch, dst *session, c *linkConn, f wire.Forward, it *item) {
 	if !dst.acks.Load() {
+		// Marked busy from the check to the record: with two relay links,
+		// the copy resent over the other link may be handled by the other
+		// reader at this very moment, and only one may be shown.
+		if seen, busy := s.gate.check(f.ID, true); seen || busy {
+			if seen {
+				s.answerForward(c, f, wire.AckDelivered)
+			}
+			return // busy: the other copy is answered
+		}
 		if dst.sendEvent(b, &it.ev) != nil {
+			s.gate.done(f.ID, false)
 			s.answerForward(c, f, wire.AckNotHere)
 			return
 		}

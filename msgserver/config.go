@@ -24,6 +24,8 @@ import (
 	"net"
 	"net/netip"
 	"path"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,8 +40,10 @@ type Config struct {
 	ID string
 	// AdvertiseAddr is the client address published in the server registry.
 	AdvertiseAddr string
-	// RelayAddr is the relay (VIP) link address, host:port. Empty runs the
-	// server alone: only local delivery and offline storage.
+	// RelayAddr is the relay (VIP) link address, host:port, or two of them
+	// separated by a comma (the two VIPs of a relay pair that both carry
+	// traffic: the server holds a link to each). Empty runs the server
+	// alone: only local delivery and offline storage.
 	RelayAddr string
 	// Secret is the shared link secret (at least 16 bytes): the server
 	// proves it to the relay.
@@ -126,11 +130,20 @@ type Config struct {
 	AckTimeout    time.Duration // resend a forwarded message not acked by then (default 2s)
 	NoRouteGiveUp time.Duration // keep retrying a message the relay cannot route this long, then store it offline (default 15s)
 	DialTimeout   time.Duration // relay dial and handshake (default 1s)
-	PingInterval  time.Duration // link heartbeat (default 200ms)
-	DeadAfter     time.Duration // link silence before it is dropped (default 1s)
-	BackoffMin    time.Duration // first redial delay (default 20ms)
-	BackoffMax    time.Duration // longest redial delay (default 1s)
-	DedupWindow   int           // message ids remembered to drop resent duplicates (default 2*MaxUnacked)
+	// StallAfter applies with two relay links: a link that has received
+	// nothing for this long while a message sent over it this long ago
+	// awaits its ack is presumed stalled (a frozen relay, a cut cable),
+	// and its messages go over the other link at once instead of after
+	// DeadAfter (default 20ms). Negative: never.
+	StallAfter time.Duration
+	// ConnectTimeout bounds each TCP connect to the relay within
+	// DialTimeout; one not done by then is tried again at once (default 100ms).
+	ConnectTimeout time.Duration
+	PingInterval   time.Duration // link heartbeat (default 200ms)
+	DeadAfter      time.Duration // link silence before it is dropped (default 1s)
+	BackoffMin     time.Duration // first redial delay (default 20ms)
+	BackoffMax     time.Duration // longest redial delay (default 1s)
+	DedupWindow    int           // message ids remembered to drop resent duplicates (default 2*MaxUnacked)
 
 	// AuthKey, if set, makes every login prove its name with a token
 	// signed for it (auth.go); nil keeps the article's name-only login.
@@ -179,6 +192,8 @@ const (
 	DefaultAckTimeout        = 2 * time.Second
 	DefaultNoRouteGiveUp     = 15 * time.Second
 	DefaultDialTimeout       = time.Second
+	DefaultConnectTimeout    = 100 * time.Millisecond
+	DefaultStallAfter        = 20 * time.Millisecond
 	DefaultPingInterval      = 200 * time.Millisecond
 	DefaultDeadAfter         = time.Second
 	DefaultBackoffMin        = 20 * time.Millisecond
@@ -221,6 +236,8 @@ func (c *Config) setDefaults() {
 	setDefault(&c.AckTimeout, DefaultAckTimeout)
 	setDefault(&c.NoRouteGiveUp, DefaultNoRouteGiveUp)
 	setDefault(&c.DialTimeout, DefaultDialTimeout)
+	setDefault(&c.ConnectTimeout, DefaultConnectTimeout)
+	setDefault(&c.StallAfter, DefaultStallAfter)
 	setDefault(&c.PingInterval, DefaultPingInterval)
 	setDefault(&c.DeadAfter, DefaultDeadAfter)
 	setDefault(&c.BackoffMin, DefaultBackoffMin)
@@ -239,6 +256,19 @@ func setDefault[T comparable](p *T, v T) {
 	}
 }
 
+// relayAddrs returns the relay addresses RelayAddr names (none when it is
+// empty), spaces trimmed.
+func (c *Config) relayAddrs() []string {
+	if strings.TrimSpace(c.RelayAddr) == "" {
+		return nil
+	}
+	addrs := strings.Split(c.RelayAddr, ",")
+	for i := range addrs {
+		addrs[i] = strings.TrimSpace(addrs[i])
+	}
+	return addrs
+}
+
 // Validate reports every problem with the configuration.
 func (c *Config) Validate() error {
 	var errs []error
@@ -254,9 +284,19 @@ func (c *Config) Validate() error {
 	if c.NextSecret != nil && len(c.NextSecret) < wire.MinSecretLen {
 		errs = append(errs, fmt.Errorf("next link secret must be at least %d bytes", wire.MinSecretLen))
 	}
-	if c.RelayAddr != "" && c.LinkTLS != nil && c.LinkTLS.ServerName == "" {
-		if _, _, err := net.SplitHostPort(c.RelayAddr); err != nil {
-			errs = append(errs, fmt.Errorf("relay address %q: no host to verify the relay's certificate for: %w", c.RelayAddr, err))
+	addrs := c.relayAddrs()
+	if len(addrs) > maxRelayLinks {
+		errs = append(errs, fmt.Errorf("relay addresses %q: at most %d (one per VIP)", c.RelayAddr, maxRelayLinks))
+	}
+	for i, a := range addrs {
+		if a == "" || slices.Contains(addrs[:i], a) {
+			errs = append(errs, fmt.Errorf("relay addresses %q: empty or repeated address %q", c.RelayAddr, a))
+			continue
+		}
+		if c.LinkTLS != nil && c.LinkTLS.ServerName == "" {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				errs = append(errs, fmt.Errorf("relay address %q: no host to verify the relay's certificate for: %w", a, err))
+			}
 		}
 	}
 	if c.MaxContent+1024 > c.MaxLine {
@@ -283,7 +323,7 @@ func (c *Config) Validate() error {
 		name string
 		v    time.Duration
 	}{{"idle timeout", c.IdleTimeout}, {"write timeout", c.WriteTimeout}, {"redis timeout", c.RedisTimeout},
-		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"ping interval", c.PingInterval},
+		{"ack timeout", c.AckTimeout}, {"dial timeout", c.DialTimeout}, {"connect timeout", c.ConnectTimeout}, {"ping interval", c.PingInterval},
 		{"auth leeway", c.AuthLeeway}, {"login timeout", c.LoginTimeout}, {"line timeout", c.LineTimeout},
 		{"handshake timeout", c.HandshakeTimeout}} {
 		if d.v < 0 {

@@ -17,10 +17,15 @@ import (
 // (the relay has no route to the destination, which may be reconnecting
 // after a failover) and retries it with backoff until NoRouteGiveUp.
 //
-// It is not welded to one link: each message remembers the connection it
-// last went over (pending.via), a connection that comes up is handed what
-// is on no live connection, and one that ends gives its messages back. A
-// second relay link is then a second connection in the same ledger.
+// It holds up to maxRelayLinks live connections, one per relay address
+// (linkConn.slot), and spreads messages over them by recipient (pick; the
+// design note in docs/two-relays.md says why). Each message remembers the
+// connection it last went over (pending.via). When a connection ends, what
+// went over it is sent again at once over another live one, without
+// waiting for the relay tier to fail over; with none left it waits, and a
+// connection that comes up is handed what is on no live connection. A NACK
+// from one relay sends the message over the other link at once; only when
+// every live link has refused it is it held with backoff.
 //
 // Outcomes are pulled, not called back: acked, nacked and abandon return
 // the delivery a message belongs to and what became of it, and the caller
@@ -48,20 +53,37 @@ type ledger struct {
 	ackTimeout time.Duration // resend a message not acked by then
 	retryMin   time.Duration // wait after a first NACK, doubled per NACK up to maxRetryWait
 	giveUp     time.Duration // NACKed for longer than this: stored offline instead
+	stallAfter time.Duration // a link silent this long with a message this old on it is stalled; <= 0: never
 	m          *Metrics
 
 	mu       sync.Mutex
 	byID     map[wire.ID]*pending
 	awaiting pendingList   // sent, or waiting for a connection, and not acked: in due order
 	held     pendingList   // NACKed, waiting for their retry time
-	live     *linkConn     // the connection messages go over; nil while none is up
 	waiters  []*flowWaiter // readers waiting for room in the window, first come first served (flow.go)
 	used     int           // room taken: messages in flight and grants not yet spent (flow.go)
 	grant    int           // room a reader takes at once
 	// lastAckedSent is when the latest-sent message acked so far was sent:
 	// an overdue message sent before it has likely lost its ack (resendDue).
 	lastAckedSent time.Time
+	// live holds the connection of each relay link (by slot); nil while
+	// that link is down.
+	live [maxRelayLinks]*linkConn
+	// stalled marks a live connection presumed stalled (checkStalls):
+	// new messages avoid it while another is live. It is cleared when the
+	// connection is heard from again.
+	stalled [maxRelayLinks]time.Time
+	// ackLatency is a moving average of the time from sending a message
+	// to its ack. The stall threshold is at least four times it: under a
+	// load that makes every ack slow, a link quiet for 20 ms is no sign of
+	// a stalled relay (a saturated host starves whole processes for that
+	// long), and moving its messages would only add work.
+	ackLatency time.Duration
 }
+
+// maxRelayLinks is how many relay addresses a server links to at most:
+// one per VIP, and the relay tier has one or two.
+const maxRelayLinks = 2
 
 // pending is a forwarded message waiting for its ack.
 type pending struct {
@@ -72,6 +94,8 @@ type pending struct {
 	due       time.Time // resend (awaiting) or retry (held) at this time
 	firstNack time.Time
 	nacks     int
+	key       uint32 // spreads messages over the links: a hash of the recipient
+	refused   uint8  // slots whose relay NACKed it since it was last held
 	// via is the connection the message last went over: nil when it has
 	// not gone over one yet, when that one ended, or while held.
 	via *linkConn
@@ -88,6 +112,7 @@ func newLedger(cfg *Config, m *Metrics) *ledger {
 		ackTimeout: cfg.AckTimeout,
 		retryMin:   cfg.BackoffMin,
 		giveUp:     cfg.NoRouteGiveUp,
+		stallAfter: cfg.StallAfter,
 		m:          m,
 		byID:       make(map[wire.ID]*pending),
 	}
@@ -112,10 +137,10 @@ func (g *ledger) sendIn(b *sendq.Batch, d *delivery, f *wire.Forward) error {
 		g.mu.Unlock()
 		return errBacklogFull
 	}
-	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame}
+	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame, key: spreadKey(d)}
 	g.byID[f.ID] = p
 	g.m.setUnacked(len(g.byID))
-	g.sendLocked(b, g.live, p, now)
+	g.sendLocked(b, g.pickLocked(p.key, nil), p, now)
 	g.mu.Unlock()
 	return nil
 }
@@ -135,48 +160,102 @@ func (g *ledger) sendLocked(b *sendq.Batch, c *linkConn, p *pending, now time.Ti
 	}
 }
 
-// up makes c the connection messages go over and sends it every message
-// that is on no live connection, held ones included, in the order they
-// were first sent. It returns how many it sent.
+// up makes c the connection of its link and sends it every message that
+// is on no live connection, held ones included, in the order they were
+// first sent. It returns how many it sent.
 func (g *ledger) up(c *linkConn) int {
 	now := time.Now()
 	var b sendq.Batch
 	defer b.Flush() // after the unlock: the backlog goes out in big writes
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.live = c
-	// What is on no live connection moves to the end, in order, as it is
-	// sent; the rest keeps its place and its due time. left counts the
-	// messages that were there before, so moved ones are not seen again.
-	n := 0
-	for p, left := g.awaiting.head, g.awaiting.n; left > 0; left-- {
-		next := p.next
-		if p.via == nil {
-			g.sendLocked(&b, c, p, now)
-			n++
-		}
-		p = next
-	}
+	g.live[c.slot] = c
+	g.stalled[c.slot] = time.Time{}
+	n := g.moveLocked(&b, nil, now, func(*pending) *linkConn { return c })
 	for p := g.held.head; p != nil; p = g.held.head {
+		p.refused = 0
 		g.sendLocked(&b, c, p, now)
 		n++
 	}
 	return n
 }
 
-// down records that c has ended: what went over it is on no connection
-// now, and goes out again over the next one to come up.
-func (g *ledger) down(c *linkConn) {
+// moveLocked sends every awaiting message whose connection is from over the
+// connection to returns for it (nil: it waits for one), in order. What
+// moves goes to the end of awaiting, in order, as it is sent; the rest
+// keeps its place and its due time. left counts the messages that were
+// there before, so moved ones are not seen again. It returns how many it
+// sent.
+func (g *ledger) moveLocked(b *sendq.Batch, from *linkConn, now time.Time, to func(*pending) *linkConn) int {
+	n := 0
+	for p, left := g.awaiting.head, g.awaiting.n; left > 0; left-- {
+		next := p.next
+		if p.via == from {
+			c := to(p)
+			if c == nil {
+				p.via = nil
+			} else {
+				g.sendLocked(b, c, p, now)
+				n++
+			}
+		}
+		p = next
+	}
+	return n
+}
+
+// down records that c has ended: what went over it goes out again at once
+// over another live connection, or over the next one to come up when
+// there is none. It returns how many it sent again.
+func (g *ledger) down(c *linkConn) int {
+	now := time.Now()
+	var b sendq.Batch
+	defer b.Flush()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.live == c {
-		g.live = nil
+	if g.live[c.slot] == c {
+		g.live[c.slot] = nil
+		g.stalled[c.slot] = time.Time{}
 	}
-	for p := g.awaiting.head; p != nil; p = p.next {
-		if p.via == c {
-			p.via = nil
+	n := g.moveLocked(&b, c, now, func(p *pending) *linkConn { return g.pickLocked(p.key, nil) })
+	if n > 0 {
+		g.m.resent(n)
+	}
+	return n
+}
+
+// pickLocked returns the live connection for a message with key, avoiding
+// not when another is live; nil when none is. A recipient's messages keep
+// to one link while it is up, so they arrive in the order they were sent.
+func (g *ledger) pickLocked(key uint32, not *linkConn) *linkConn {
+	var fallback *linkConn
+	for i := range maxRelayLinks {
+		slot := (int(key%maxRelayLinks) + i) % maxRelayLinks
+		c := g.live[slot]
+		if c == nil {
+			continue
+		}
+		if c != not && g.stalled[slot].IsZero() {
+			return c
+		}
+		if fallback == nil || fallback == not {
+			fallback = c
 		}
 	}
+	return fallback
+}
+
+// spreadKey is the hash of a delivery's recipient that picks its link.
+func spreadKey(d *delivery) uint32 {
+	if d == nil {
+		return 0
+	}
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(d.ev.To); i++ {
+		h ^= uint32(d.ev.To[i])
+		h *= 16777619
+	}
+	return h
 }
 
 // acked ends the message an Ack is for and returns its delivery and
@@ -188,6 +267,10 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 	if p == nil || p.dest != a.Origin {
 		g.mu.Unlock()
 		return nil, 0
+	}
+	if g.stallAfter > 0 {
+		lat := time.Since(p.due.Add(-g.ackTimeout)) // since it was last sent
+		g.ackLatency += (lat - g.ackLatency) / 16
 	}
 	if p.list == &g.awaiting {
 		if sent := p.due.Add(-g.ackTimeout); sent.After(g.lastAckedSent) {
@@ -202,15 +285,20 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 	return p.d, outTaken
 }
 
-// nacked holds a message the relay could not route, to be tried again
-// after a backoff: the destination server may be reconnecting after a
-// failover. Once it has been refused for longer than giveUp it is ended
-// instead, and its delivery is returned as gaveUp (its outcome is
-// outGaveUp). At its first NACK, it is returned as first: the caller looks
-// the user up again (the user may have moved) and may withdraw it. now is
-// when the NACK arrived.
-func (g *ledger) nacked(a wire.Ack, now time.Time) (gaveUp, first *delivery) {
+// nacked handles a NACK that arrived on c: the relay there could not
+// route the message. If another link is live and its relay has not
+// refused the message yet, it goes over that one at once: the other relay
+// may well have the route. Otherwise it is held, to be tried again after a
+// backoff: the destination server may be reconnecting after a failover.
+// Once it has been refused for longer than giveUp it is ended instead, and
+// its delivery is returned as gaveUp (its outcome is outGaveUp). At its
+// first NACK, it is returned as first: the caller looks the user up again
+// (the user may have moved) and may withdraw it. now is when the NACK
+// arrived.
+func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) (gaveUp, first *delivery) {
 	g.m.nacked()
+	var b sendq.Batch
+	defer b.Flush()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	p := g.byID[a.ID]
@@ -225,8 +313,19 @@ func (g *ledger) nacked(a wire.Ack, now time.Time) (gaveUp, first *delivery) {
 		g.removeLocked(p)
 		return p.d, nil
 	}
+	if c != nil {
+		p.refused |= 1 << c.slot
+	}
+	for _, o := range g.live {
+		if o != nil && p.refused&(1<<o.slot) == 0 {
+			g.sendLocked(&b, o, p, now)
+			g.m.resent(1)
+			return nil, first
+		}
+	}
 	g.awaiting.remove(p)
 	p.via = nil
+	p.refused = 0
 	p.due = now.Add(min(g.retryMin<<min(p.nacks, 6), maxRetryWait))
 	p.nacks++
 	g.held.pushBack(p)
@@ -253,8 +352,9 @@ func (g *ledger) removeLocked(p *pending) {
 	g.doneLocked()
 }
 
-// resendDue sends again, over the live connection, the messages whose ack
-// is overdue and the held ones whose retry time has come. A message is
+// resendDue sends again the messages whose ack is overdue, over another
+// link than last time when there is one (the silent one may be the
+// problem), and the held ones whose retry time has come. A message is
 // overdue once its ack is ackTimeout late and a message sent after it has
 // been acked (acks come back in order, so its own is lost), or once it is
 // twice that late whatever came back. Without the first condition a server
@@ -266,10 +366,10 @@ func (g *ledger) resendDue(now time.Time) {
 	defer b.Flush() // after the unlock: one write for all of them
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	c := g.live
-	if c == nil {
+	if g.pickLocked(0, nil) == nil {
 		return // everything goes out when a connection comes up
 	}
+	g.checkStallsLocked(&b, now)
 	// awaiting is in due order (sent time + ackTimeout), so the overdue
 	// messages are a prefix: due by cut.
 	cut := now.Add(-g.ackTimeout)
@@ -283,18 +383,89 @@ func (g *ledger) resendDue(now time.Time) {
 	}
 	n := overdue
 	for ; overdue > 0; overdue-- {
-		g.sendLocked(&b, c, g.awaiting.head, now)
+		p := g.awaiting.head
+		g.sendLocked(&b, g.pickLocked(p.key, p.via), p, now)
 	}
 	for p := g.held.head; p != nil; {
 		next := p.next
 		if !p.due.After(now) {
-			g.sendLocked(&b, c, p, now)
+			g.sendLocked(&b, g.pickLocked(p.key, nil), p, now)
 			n++
 		}
 		p = next
 	}
 	if n > 0 {
 		g.m.resent(n)
+	}
+}
+
+// checkStallsLocked finds live connections that have gone silent with
+// messages on them: a connection that has received nothing for stallAfter
+// (or four times the average ack latency, if that is longer) while a
+// message sent over it at least that long ago awaits its ack. A
+// relay that forwards traffic hears acks all the time, so that silence
+// means it is frozen or cut off, and DeadAfter (a second) is long to wait
+// for the link to be declared dead. While another connection is live, not
+// silent itself and heard from within the last stallAfter/2, everything on
+// the silent one goes over that one at once and new messages avoid it,
+// until it is heard from again; if the relay was only slow, its copies
+// arrive too and the destination drops them by id.
+func (g *ledger) checkStallsLocked(b *sendq.Batch, now time.Time) {
+	if g.stallAfter <= 0 {
+		return
+	}
+	stallAfter := max(g.stallAfter, 4*g.ackLatency)
+	// First which connections are silent with messages on them, then the
+	// moves: when both are, the destination rather than a relay is slow,
+	// and nothing moves.
+	var silent [maxRelayLinks]bool
+	var heard [maxRelayLinks]time.Time
+	for slot, c := range g.live {
+		if c == nil {
+			continue
+		}
+		heard[slot] = c.silentSince()
+		if !g.stalled[slot].IsZero() {
+			if heard[slot].After(g.stalled[slot]) {
+				g.stalled[slot] = time.Time{} // heard from again
+			} else {
+				silent[slot] = true
+			}
+			continue
+		}
+		if now.Sub(heard[slot]) < stallAfter {
+			continue
+		}
+		// awaiting is in due order, and due is when sent plus ackTimeout.
+		sentBefore := now.Add(g.ackTimeout - stallAfter)
+		for p := g.awaiting.head; p != nil && !p.due.After(sentBefore); p = p.next {
+			if p.via == c {
+				silent[slot] = true
+				break
+			}
+		}
+	}
+	for slot, c := range g.live {
+		if !silent[slot] || !g.stalled[slot].IsZero() {
+			continue
+		}
+		// Only to a connection heard from just now: if both went quiet
+		// (this process starved of CPU, say, or the destination slow),
+		// moving would only double the work.
+		var other *linkConn
+		for o, oc := range g.live {
+			if oc != nil && o != slot && !silent[o] && now.Sub(heard[o]) < stallAfter/2 {
+				other = oc
+			}
+		}
+		if other == nil {
+			continue // nowhere else to go: wait for DeadAfter
+		}
+		g.stalled[slot] = now
+		n := g.moveLocked(b, c, now, func(*pending) *linkConn { return other })
+		g.m.resent(n)
+		g.m.stalled()
+		c.log.Warn("relay link silent with messages on it: sending them over the other link", "relay", c.relayID, "silent_for", now.Sub(heard[slot]).Round(time.Millisecond), "moved", n)
 	}
 }
 

@@ -147,10 +147,10 @@ func TestLedgerHoldsNackedMessagesThenGivesUp(t *testing.T) {
 	_ = g.send(d, fwd(1))
 	expectSent(t, relay, wire.ID{1})
 	nack := wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b", Code: wire.NackNoRoute}
-	if got, _ := g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-c"}, time.Now()); got != nil {
+	if got, _ := g.nacked(c, wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-c"}, time.Now()); got != nil {
 		t.Fatal("a NACK for a copy sent elsewhere ended the message")
 	}
-	if got, first := g.nacked(nack, time.Now()); got != nil || first != d {
+	if got, first := g.nacked(c, nack, time.Now()); got != nil || first != d {
 		t.Fatal("the first NACK ended the message, or did not ask for a new look-up")
 	}
 	g.resendDue(time.Now().Add(-time.Millisecond))
@@ -158,7 +158,7 @@ func TestLedgerHoldsNackedMessagesThenGivesUp(t *testing.T) {
 	g.resendDue(time.Now().Add(maxRetryWait))
 	expectSent(t, relay, wire.ID{1})
 
-	if got, _ := g.nacked(nack, time.Now().Add(time.Second)); got != d { // past the give-up time
+	if got, _ := g.nacked(c, nack, time.Now().Add(time.Second)); got != d { // past the give-up time
 		t.Fatalf("a NACK past the give-up time returned %p, want %p", got, d)
 	}
 	if n := g.unacked(); n != 0 {
@@ -175,7 +175,7 @@ func TestLedgerSendsHeldMessagesToANewConnection(t *testing.T) {
 	_ = g.send(&delivery{}, fwd(1))
 	_ = g.send(&delivery{}, fwd(2))
 	expectSent(t, relay1, wire.ID{1}, wire.ID{2})
-	g.nacked(wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b"}, time.Now())
+	g.nacked(c1, wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b"}, time.Now())
 	g.down(c1)
 	c2, relay2 := testConn(t)
 	if n := g.up(c2); n != 2 {
@@ -198,4 +198,171 @@ func TestLedgerBacklogIsBounded(t *testing.T) {
 	if err := g.send(&delivery{}, fwd(3)); err != nil {
 		t.Fatalf("send after abandon: %v", err)
 	}
+}
+
+// to returns a delivery whose recipient is user (the ledger spreads by it).
+func to(user string) *delivery {
+	d := &delivery{}
+	d.ev.To = user
+	return d
+}
+
+// onSlot finds a recipient whose messages go over the link of slot first.
+func onSlot(t *testing.T, slot int) string {
+	t.Helper()
+	for i := range 100 {
+		u := "user" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		if int(spreadKey(to(u))%maxRelayLinks) == slot {
+			return u
+		}
+	}
+	t.Fatal("no recipient hashes to slot", slot)
+	return ""
+}
+
+// With two links up, each recipient's messages keep to one of them, and
+// both links carry some.
+func TestLedgerSpreadsByRecipientOverTwoLinks(t *testing.T) {
+	g := testLedger(nil)
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c1.slot = 1
+	g.up(c0)
+	g.up(c1)
+	u0, u1 := onSlot(t, 0), onSlot(t, 1)
+	_ = g.send(to(u0), fwd(1))
+	_ = g.send(to(u1), fwd(2))
+	_ = g.send(to(u0), fwd(3))
+	_ = g.send(to(u1), fwd(4))
+	expectSent(t, relay0, wire.ID{1}, wire.ID{3})
+	expectSent(t, relay1, wire.ID{2}, wire.ID{4})
+}
+
+// When one of two links ends, what is unacknowledged on it goes over the
+// other at once, in order; new messages follow it there until it is back.
+func TestLedgerResendsOverTheOtherLinkAtOnce(t *testing.T) {
+	g := testLedger(nil)
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c1.slot = 1
+	g.up(c0)
+	g.up(c1)
+	u0, u1 := onSlot(t, 0), onSlot(t, 1)
+	_ = g.send(to(u0), fwd(1))
+	_ = g.send(to(u1), fwd(2))
+	_ = g.send(to(u0), fwd(3))
+	expectSent(t, relay0, wire.ID{1}, wire.ID{3})
+	expectSent(t, relay1, wire.ID{2})
+	if n := g.down(c0); n != 2 {
+		t.Fatalf("down resent %d, want 2", n)
+	}
+	_ = g.send(to(u0), fwd(4))
+	expectSent(t, relay1, wire.ID{1}, wire.ID{3}, wire.ID{4})
+	g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b"})
+	c2, relay2 := testConn(t) // the first link back
+	if n := g.up(c2); n != 0 {
+		t.Fatalf("up sent %d; everything is on the live link already", n)
+	}
+	_ = g.send(to(u0), fwd(5))
+	expectSent(t, relay2, wire.ID{5})
+	expectSent(t, relay1)
+}
+
+// A NACK on one link sends the message over the other at once; only when
+// both relays have refused it is it held.
+func TestLedgerTriesTheOtherLinkOnANack(t *testing.T) {
+	g := testLedger(nil)
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c1.slot = 1
+	g.up(c0)
+	g.up(c1)
+	u0 := onSlot(t, 0)
+	_ = g.send(to(u0), fwd(1))
+	expectSent(t, relay0, wire.ID{1})
+	nack := wire.Ack{ID: wire.ID{1}, Origin: "msg-a", Dest: "msg-b", Code: wire.NackNoRoute}
+	g.nacked(c0, nack, time.Now())
+	expectSent(t, relay1, wire.ID{1}) // at once, no backoff
+	g.nacked(c1, nack, time.Now())
+	expectSent(t, relay0) // both refused: held
+	expectSent(t, relay1)
+	g.resendDue(time.Now().Add(maxRetryWait))
+	expectSent(t, relay0, wire.ID{1}) // retried after the backoff, on its own link again
+}
+
+// A link that goes silent while a message sent over it awaits its ack is
+// presumed stalled: its messages go over the other link, and new ones
+// avoid it until it is heard from again.
+func TestLedgerMovesMessagesOffASilentLink(t *testing.T) {
+	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
+	var stats0, stats1 wire.LinkStats
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
+	g.up(c0)
+	g.up(c1)
+	u0 := onSlot(t, 0)
+	start := time.Now()
+	stats0.LastRecv.Store(start.UnixNano())
+	stats1.LastRecv.Store(start.UnixNano())
+	_ = g.send(to(u0), fwd(1))
+	expectSent(t, relay0, wire.ID{1})
+	g.resendDue(start.Add(10 * time.Millisecond))
+	expectSent(t, relay1)                                              // not silent for long enough yet
+	stats1.LastRecv.Store(start.Add(30 * time.Millisecond).UnixNano()) // the other link is heard from
+	g.resendDue(start.Add(30 * time.Millisecond))
+	expectSent(t, relay1, wire.ID{1})
+	_ = g.send(to(u0), fwd(2)) // avoids the silent link
+	expectSent(t, relay1, wire.ID{2})
+	stats0.LastRecv.Store(start.Add(40 * time.Millisecond).UnixNano()) // heard from again
+	g.resendDue(start.Add(40 * time.Millisecond))
+	_ = g.send(to(u0), fwd(3))
+	expectSent(t, relay0, wire.ID{3})
+}
+
+// When both links are silent, the destination rather than a relay is slow:
+// messages stay where they are instead of bouncing between the links.
+func TestLedgerLeavesMessagesWhenBothLinksAreSilent(t *testing.T) {
+	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
+	var stats0, stats1 wire.LinkStats
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
+	g.up(c0)
+	g.up(c1)
+	start := time.Now()
+	stats0.LastRecv.Store(start.UnixNano())
+	stats1.LastRecv.Store(start.UnixNano())
+	_ = g.send(to(onSlot(t, 0)), fwd(1))
+	_ = g.send(to(onSlot(t, 1)), fwd(2))
+	expectSent(t, relay0, wire.ID{1})
+	expectSent(t, relay1, wire.ID{2})
+	for _, ms := range []time.Duration{30, 60, 90} {
+		g.resendDue(start.Add(ms * time.Millisecond))
+	}
+	expectSent(t, relay0)
+	expectSent(t, relay1)
+}
+
+// Under a load that makes acks slow, a link quiet for stall-after is not
+// presumed stalled: the threshold follows the ack latency.
+func TestLedgerStallThresholdFollowsAckLatency(t *testing.T) {
+	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
+	g.ackLatency = 50 * time.Millisecond // acks take 50 ms on average
+	var stats0, stats1 wire.LinkStats
+	c0, relay0 := testConn(t)
+	c1, relay1 := testConn(t)
+	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
+	g.up(c0)
+	g.up(c1)
+	start := time.Now()
+	stats0.LastRecv.Store(start.UnixNano())
+	_ = g.send(to(onSlot(t, 0)), fwd(1))
+	expectSent(t, relay0, wire.ID{1})
+	stats1.LastRecv.Store(start.Add(100 * time.Millisecond).UnixNano())
+	g.resendDue(start.Add(100 * time.Millisecond))
+	expectSent(t, relay1) // 100 ms < 4 x 50 ms
+	stats1.LastRecv.Store(start.Add(250 * time.Millisecond).UnixNano())
+	g.resendDue(start.Add(250 * time.Millisecond))
+	expectSent(t, relay1, wire.ID{1})
 }

@@ -17,12 +17,13 @@ type Metrics struct {
 	messages        *prometheus.CounterVec
 	local, relayed  prometheus.Counter
 	offline         prometheus.Counter
-	relayLinkUp     prometheus.Gauge
-	reconnects      prometheus.Counter
+	relayLinkUp     *prometheus.GaugeVec
+	reconnects      *prometheus.CounterVec
 	unacked         prometheus.Gauge
 	resentTotal     prometheus.Counter
 	flowWaits       prometheus.Counter
 	nackedTotal     prometheus.Counter
+	stalledTotal    prometheus.Counter
 	redisErrors     prometheus.Counter
 	clientErrors    *prometheus.CounterVec
 	authFailures    *prometheus.CounterVec
@@ -62,14 +63,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "msgserver_messages_total",
 			Help: "Chat messages accepted from senders on this server, by how they reached the recipient.",
 		}, []string{"path"}),
-		relayLinkUp: f.NewGauge(prometheus.GaugeOpts{
+		relayLinkUp: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "msgserver_relay_link_up",
-			Help: "1 if the link to the relay is up, else 0.",
-		}),
-		reconnects: f.NewCounter(prometheus.CounterOpts{
+			Help: "1 if the link to the relay address (a VIP; label addr) is up, else 0. A server given two VIPs has one series per VIP.",
+		}, []string{"addr"}),
+		reconnects: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "msgserver_relay_reconnects_total",
-			Help: "Times the relay link went down and was redialled.",
-		}),
+			Help: "Times the relay link to the address (label addr) went down and was redialled.",
+		}, []string{"addr"}),
 		unacked: f.NewGauge(prometheus.GaugeOpts{
 			Name: "msgserver_unacked_frames",
 			Help: "Forwarded messages awaiting their end-to-end ack (kept for resending).",
@@ -85,6 +86,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		nackedTotal: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_nacks_total",
 			Help: "No-route NACKs received from the relay.",
+		}),
+		stalledTotal: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_relay_link_stalls_total",
+			Help: "Times one of two relay links went silent with messages on it (--stall-after) and they were sent over the other link.",
 		}),
 		redisErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_redis_errors_total",
@@ -189,16 +194,30 @@ func (m *Metrics) delivered(status string, accepted time.Time) {
 	m.deliveryLatency.Observe(time.Since(accepted).Seconds())
 }
 
-func (m *Metrics) linkUp() {
+func (m *Metrics) linkUp(addr string) {
 	if m != nil {
-		m.relayLinkUp.Set(1)
+		m.relayLinkUp.WithLabelValues(addr).Set(1)
 	}
 }
 
-func (m *Metrics) linkDown() {
+func (m *Metrics) linkDown(addr string) {
 	if m != nil {
-		m.relayLinkUp.Set(0)
-		m.reconnects.Inc()
+		m.relayLinkUp.WithLabelValues(addr).Set(0)
+		m.reconnects.WithLabelValues(addr).Inc()
+	}
+}
+
+// linkKnown makes the link's series exist (at 0) before it first comes up.
+func (m *Metrics) linkKnown(addr string) {
+	if m != nil {
+		m.relayLinkUp.WithLabelValues(addr).Add(0)
+		m.reconnects.WithLabelValues(addr)
+	}
+}
+
+func (m *Metrics) stalled() {
+	if m != nil {
+		m.stalledTotal.Inc()
 	}
 }
 

@@ -38,7 +38,9 @@ import (
 // called back into the server. Pulling leaves the link nothing to know of
 // the server, and puts what the server does with each frame in one switch.
 // Each relayLink is independent (its address, connection, backoff and
-// counters are its own), so a server could hold one per relay.
+// counters are its own): a server given two relay addresses (two VIPs)
+// holds one per address, each with its own reader, and the ledger spreads
+// messages over their connections.
 
 // linkEventKind says what a linkEvent reports.
 type linkEventKind uint8
@@ -66,6 +68,7 @@ type linkEvent struct {
 // relayLink is the link to one relay address.
 type relayLink struct {
 	addr       string
+	slot       int // its index among the server's relay links (the ledger's)
 	cfg        *Config
 	tls        *tls.Config // nil: plaintext
 	log        *slog.Logger
@@ -88,6 +91,8 @@ type relayLink struct {
 // linkConn is one established connection of a relayLink, from handshake to
 // failure: what the ledger hands messages to, and remembers them by.
 type linkConn struct {
+	slot    int             // the relayLink's
+	stats   *wire.LinkStats // the relayLink's: LastRecv says when it last heard from the relay
 	conn    net.Conn
 	q       *sendq.Queue
 	relayID string
@@ -99,7 +104,7 @@ type linkConn struct {
 	unwatch  func() bool   // stops closing conn when the server's context ends
 }
 
-func newRelayLink(cfg *Config, addr string, log *slog.Logger) *relayLink {
+func newRelayLink(cfg *Config, slot int, addr string, log *slog.Logger) *relayLink {
 	// Room for the whole backlog at its largest: a connection coming up is
 	// handed every unacked message at once, and a smaller limit would drop
 	// the link it is trying to recover, again and again.
@@ -114,6 +119,7 @@ func newRelayLink(cfg *Config, addr string, log *slog.Logger) *relayLink {
 	}
 	return &relayLink{
 		addr:       addr,
+		slot:       slot,
 		cfg:        cfg,
 		tls:        tc,
 		log:        log,
@@ -252,16 +258,31 @@ func (l *relayLink) connect(ctx context.Context) (*linkConn, error) {
 
 // dial connects, over TLS if configured (the relay's certificate is
 // verified before anything else is said), and runs the server side of the
-// link handshake inside. DialTimeout bounds it all.
+// link handshake inside. DialTimeout bounds it all; ConnectTimeout bounds
+// each TCP connect: a SYN sent while keepalived moves the VIP goes to the
+// old holder and is lost, and the kernel would send it again only after a
+// second. A connect that has not completed in ConnectTimeout is abandoned
+// and a new one (a new SYN, which finds the new holder) made at once, as
+// long as DialTimeout allows.
 func (l *relayLink) dial(ctx context.Context) (net.Conn, string, error) {
-	d := net.Dialer{Timeout: l.cfg.DialTimeout}
-	tcp, err := d.DialContext(ctx, "tcp", l.addr)
+	deadline := time.Now().Add(l.cfg.DialTimeout)
+	var tcp net.Conn
+	var err error
+	for {
+		d := net.Dialer{Deadline: deadline, Timeout: l.cfg.ConnectTimeout}
+		tcp, err = d.DialContext(ctx, "tcp", l.addr)
+		var ne net.Error
+		if err == nil || ctx.Err() != nil || !errors.As(err, &ne) || !ne.Timeout() || !time.Now().Before(deadline) {
+			break
+		}
+		l.log.Debug("relay connect timed out, trying again", "relay", l.addr, "after", l.cfg.ConnectTimeout)
+	}
 	if err != nil {
 		return nil, "", err
 	}
 	stop := context.AfterFunc(ctx, func() { tcp.Close() })
 	defer stop()
-	_ = tcp.SetDeadline(time.Now().Add(l.cfg.DialTimeout))
+	_ = tcp.SetDeadline(deadline)
 	conn := tcp
 	if l.tls != nil {
 		tc := tls.Client(tcp, l.tls)
@@ -290,6 +311,8 @@ func (l *relayLink) start(ctx context.Context, conn net.Conn, relayID string) *l
 	})
 	q.Start(conn, l.cfg.WriteTimeout) // written inline by whoever queues to it
 	c := &linkConn{
+		slot:     l.slot,
+		stats:    &l.stats,
 		conn:     conn,
 		q:        q,
 		relayID:  relayID,
@@ -331,16 +354,13 @@ func (l *relayLink) hangUp(b *sendq.Batch, c *linkConn, err error) linkEvent {
 	return linkEvent{kind: linkDown, conn: c, err: err}
 }
 
-// send queues a frame on the current connection, if there is one. A frame
-// sent while the link is down is lost: for the kicks it carries, the
-// presence refresh catches up.
-func (l *relayLink) send(fn func([]byte) []byte) {
+// send queues a frame on the current connection, if there is one, and
+// reports whether it was queued.
+func (l *relayLink) send(fn func([]byte) []byte) bool {
 	l.mu.Lock()
 	c := l.conn
 	l.mu.Unlock()
-	if c != nil {
-		_ = c.send(nil, fn)
-	}
+	return c != nil && c.send(nil, fn) == nil
 }
 
 // status returns the state of the link for the health endpoint (all but
@@ -359,6 +379,15 @@ func (l *relayLink) status() health.Link {
 	s.FramesIn, s.FramesOut = l.stats.FramesIn.Load(), l.stats.FramesOut.Load()
 	s.BytesIn, s.BytesOut = l.stats.BytesIn.Load(), l.stats.BytesOut.Load()
 	return s
+}
+
+// silentSince returns when the connection last received a frame (zero
+// when unknown).
+func (c *linkConn) silentSince() time.Time {
+	if c.stats == nil {
+		return time.Time{}
+	}
+	return time.Unix(0, c.stats.LastRecv.Load())
 }
 
 // send lets fn append a frame to the connection's queue; with a batch, the

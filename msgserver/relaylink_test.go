@@ -56,7 +56,7 @@ func testLink(addr string, tweak func(*Config)) *relayLink {
 		tweak(&cfg)
 	}
 	cfg.setDefaults()
-	return newRelayLink(&cfg, addr, cfg.Logger)
+	return newRelayLink(&cfg, 0, addr, cfg.Logger)
 }
 
 // nextEvent calls next and checks the kind of what it yields.

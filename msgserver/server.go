@@ -34,8 +34,8 @@ type Server struct {
 	logins   *loginBatcher
 	auth     *verifier // nil: logins are not authenticated
 	releases *releaser
-	relay    *relayLink     // nil when no relay is configured
-	ledger   *ledger        // messages forwarded through relay until acked; nil without relay
+	relays   []*relayLink   // one per relay address (VIP); none when no relay is configured
+	ledger   *ledger        // messages forwarded through the relays until acked; nil without relay
 	poller   *poller.Poller // parked idle sessions; nil when parking is off
 	ips      *ipLimits      // connections and logins per source address
 	web      webServer      // the web port, if served (web.go)
@@ -151,17 +151,26 @@ func New(cfg Config) (*Server, error) {
 		defer s.wg.Done()
 		s.releases.run(ctx)
 	}()
-	if cfg.RelayAddr != "" {
-		s.relay = newRelayLink(&s.cfg, cfg.RelayAddr, s.log)
+	if addrs := s.cfg.relayAddrs(); len(addrs) > 0 {
 		s.ledger = newLedger(&s.cfg, s.m)
-		s.wg.Add(2)
+		for i, a := range addrs {
+			l := newRelayLink(&s.cfg, i, a, s.log)
+			s.relays = append(s.relays, l)
+			s.m.linkKnown(a)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.serveRelay(ctx, l)
+			}()
+		}
+		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveRelay(ctx, s.relay)
-		}()
-		go func() {
-			defer s.wg.Done()
-			s.ledger.run(ctx, max(cfg.PingInterval/2, 10*time.Millisecond))
+			every := max(cfg.PingInterval/2, 10*time.Millisecond)
+			if len(s.relays) > 1 && s.cfg.StallAfter > 0 {
+				every = max(min(every, s.cfg.StallAfter/2), time.Millisecond) // to notice a stalled link soon
+			}
+			s.ledger.run(ctx, every)
 		}()
 	}
 	s.wg.Add(2)
@@ -361,9 +370,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 
 	if prev != nil && prev != sess {
 		prev.close(closeKickedLocal)
-	} else if c.Had && c.Old.Server != s.cfg.ID && s.relay != nil {
+	} else if c.Had && c.Old.Server != s.cfg.ID && len(s.relays) > 0 {
 		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
-		s.relay.send(func(b []byte) []byte { return wire.AppendKick(b, k) })
+		s.sendRelay(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
 	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
 	s.readInboxLate(sess, r.Name, r.Acks, inbox)
@@ -475,13 +484,13 @@ func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
 		switch ev.kind {
 		case linkUp:
 			resent := s.ledger.up(ev.conn)
-			s.m.linkUp()
-			s.log.Info("relay link up", "relay", ev.conn.relayID, "remote", ev.conn.remote, "resent", resent)
+			s.m.linkUp(l.addr)
+			s.log.Info("relay link up", "addr", l.addr, "relay", ev.conn.relayID, "remote", ev.conn.remote, "resent", resent)
 		case linkDown:
-			s.ledger.down(ev.conn)
-			s.m.linkDown()
+			moved := s.ledger.down(ev.conn)
+			s.m.linkDown(l.addr)
 			if ctx.Err() == nil {
-				s.log.Warn("relay link down, reconnecting", "relay", l.addr, "err", ev.err)
+				s.log.Warn("relay link down, reconnecting", "addr", l.addr, "relay", ev.conn.relayID, "err", ev.err, "resent_over_other_link", moved)
 			}
 		case gotForward:
 			s.onForward(ev.fwd, ev.conn, &b)
@@ -490,7 +499,7 @@ func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
 				d.forwarded(o, &b)
 			}
 		case gotNack:
-			gaveUp, first := s.ledger.nacked(ev.ack, time.Now())
+			gaveUp, first := s.ledger.nacked(ev.conn, ev.ack, time.Now())
 			if gaveUp != nil {
 				gaveUp.forwarded(outGaveUp, nil)
 			}
@@ -601,14 +610,32 @@ func (s *Server) refreshPresence(ctx context.Context) {
 	}
 }
 
-// Links returns the relay link state (empty when no relay is configured).
+// sendRelay queues a frame on one live relay link (the first that is up);
+// with none up it is lost: for the kicks it carries, the presence refresh
+// catches up.
+func (s *Server) sendRelay(fn func([]byte) []byte) {
+	for _, l := range s.relays {
+		if l.send(fn) {
+			return
+		}
+	}
+}
+
+// Links returns the state of each relay link, in the order of the relay
+// addresses (empty when no relay is configured). Unacked is the ledger's,
+// over every link, on each.
 func (s *Server) Links() []health.Link {
-	if s.relay == nil {
+	if len(s.relays) == 0 {
 		return nil
 	}
-	l := s.relay.status()
-	l.Unacked = s.ledger.unacked()
-	return []health.Link{l}
+	unacked := s.ledger.unacked()
+	links := make([]health.Link, 0, len(s.relays))
+	for _, r := range s.relays {
+		l := r.status()
+		l.Unacked = unacked
+		links = append(links, l)
+	}
+	return links
 }
 
 // RedisOK reports whether the last Redis call from the background loops worked.

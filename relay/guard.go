@@ -136,7 +136,7 @@ func (r *Relay) handshake(conn net.Conn, p *pendingConn) (server string, err err
 		if err := certifiedID(conn)(server); err != nil { // tls.go
 			return err
 		}
-		return r.admit(server)
+		return r.admit(server, conn.LocalAddr().String())
 	}, r.cfg.Secret, r.cfg.NextSecret)
 	if err != nil && !errors.Is(err, wire.ErrProbe) && !errors.Is(err, os.ErrDeadlineExceeded) {
 		// The peer was refused, most often with a Reject saying why: let

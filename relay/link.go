@@ -20,6 +20,7 @@ type link struct {
 	conn   net.Conn
 	server string
 	remote string
+	local  string // the address it was accepted on: the VIP its server dialled
 	q      *sendq.Queue
 	stats  *wire.LinkStats
 
@@ -54,7 +55,7 @@ func (r *Relay) serveConn(conn net.Conn, p *pendingConn) {
 	}
 
 	fr := wire.NewReader(conn, r.cfg.MaxFrame) // the full frame size only now
-	l := &link{r: r, conn: conn, server: server, remote: remote, stats: &wire.LinkStats{}}
+	l := &link{r: r, conn: conn, server: server, remote: remote, local: conn.LocalAddr().String(), stats: &wire.LinkStats{}}
 	l.stats.LastRecv.Store(time.Now().UnixNano())
 	l.q = sendq.New(r.cfg.MaxQueueBytes, func(n, items int, waited time.Duration) {
 		l.stats.BytesOut.Add(uint64(n))

@@ -11,7 +11,7 @@ import (
 type Metrics struct {
 	linkUpVec       *prometheus.GaugeVec
 	links           prometheus.Gauge
-	vipHeld         prometheus.Gauge
+	vipHeld         *prometheus.GaugeVec
 	forwardedTotal  prometheus.Counter
 	bytesIn         prometheus.Counter
 	bytesOut        prometheus.Counter
@@ -42,10 +42,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "relay_links",
 			Help: "Number of message server links up now.",
 		}),
-		vipHeld: f.NewGauge(prometheus.GaugeOpts{
+		vipHeld: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "relay_vip_held",
-			Help: "1 if this relay holds the virtual IP, else 0.",
-		}),
+			Help: "1 if this relay holds the virtual IP (label vip), else 0: one series per VIP the relay watches (--vip).",
+		}, []string{"vip"}),
 		forwardedTotal: f.NewCounter(prometheus.CounterOpts{
 			Name: "relay_frames_forwarded_total",
 			Help: "Messages (forward frames) passed to their destination server's link.",
@@ -109,8 +109,8 @@ func (m *Metrics) linkDown(server string, n int) {
 	m.links.Set(float64(n))
 }
 
-// SetVIPHeld records whether this relay holds the VIP.
-func (m *Metrics) SetVIPHeld(held bool) {
+// SetVIPHeld records whether this relay holds vip.
+func (m *Metrics) SetVIPHeld(vip string, held bool) {
 	if m == nil {
 		return
 	}
@@ -118,7 +118,7 @@ func (m *Metrics) SetVIPHeld(held bool) {
 	if held {
 		v = 1
 	}
-	m.vipHeld.Set(v)
+	m.vipHeld.WithLabelValues(vip).Set(v)
 }
 
 func (m *Metrics) received(n int) {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -158,9 +159,9 @@ type Relay struct {
 	staleAfter time.Duration
 
 	mu           sync.RWMutex
-	vip          *VIPWatcher        // nil when no VIP is configured
+	vips         []*VIPWatcher      // one per VIP; none when no VIP is configured
 	noLinksSince time.Time          // when the last link went down (or start); zero while links are up
-	routes       map[string]*link   // server id -> its live link
+	routes       map[string][]*link // server id -> its live links, oldest first: one per address it dialled (VIP), at most maxLinksPerServer
 	seen         map[string]*status // server id -> last known state, kept a while after it goes down (status.go)
 	listeners    map[net.Listener]struct{}
 	conns        map[net.Conn]struct{} // every accepted conn, for Close
@@ -185,7 +186,7 @@ func New(cfg Config) (*Relay, error) {
 		refusals:     newRefusalLog(log),
 		staleAfter:   min(2*cfg.PingInterval, cfg.DeadAfter),
 		noLinksSince: time.Now(),
-		routes:       make(map[string]*link),
+		routes:       make(map[string][]*link),
 		seen:         make(map[string]*status),
 		listeners:    make(map[net.Listener]struct{}),
 		conns:        make(map[net.Conn]struct{}),
@@ -294,68 +295,120 @@ func (r *Relay) DropLinks(ip net.IP) int {
 // errAlreadyLinked refuses a link for a server id whose link is alive.
 var errAlreadyLinked = errors.New("server id already linked")
 
-// admit decides whether an authenticated server may link now. A server id
-// has one link, and a new link for an id whose link is alive is refused:
-// the link secret alone must not let anyone take msg-1's traffic. But a
-// server whose host crashed, or whose network was cut, redials before the
-// relay has noticed its old link dead (which takes up to DeadAfter). A
-// live link hears from its server at every ping, so a link silent for two
-// ping intervals (staleAfter) is presumed dead and the newer link replaces
-// it (register closes it). A refused server retries with backoff and is
-// linked once its old link is that silent, or gone.
-func (r *Relay) admit(server string) error {
+// maxLinksPerServer is how many links one server id may hold at once: one
+// per VIP it dials, and a relay pair has one or two VIPs. While both VIPs
+// sit on one relay, each server holds two links to it.
+const maxLinksPerServer = 2
+
+// admit decides whether an authenticated server may link now, on the
+// local address local (the VIP it dialled). A server id has one link per
+// local address, at most maxLinksPerServer, and a new link for an id whose
+// link on that address is alive is refused: the link secret alone must
+// not let anyone take msg-1's traffic. But a server whose host crashed,
+// or whose network was cut, redials before the relay has noticed its old
+// link dead (which takes up to DeadAfter). A live link hears from its
+// server at every ping, so a link silent for two ping intervals
+// (staleAfter) is presumed dead and the newer link replaces it (register
+// closes it). A refused server retries with backoff and is linked once its
+// old link is that silent, or gone.
+func (r *Relay) admit(server, local string) error {
 	r.mu.RLock()
-	old := r.routes[server]
-	r.mu.RUnlock()
-	if old != nil && time.Since(time.Unix(0, old.stats.LastRecv.Load())) < r.staleAfter {
+	defer r.mu.RUnlock()
+	live := 0
+	for _, old := range r.routes[server] {
+		if time.Since(time.Unix(0, old.stats.LastRecv.Load())) >= r.staleAfter {
+			continue
+		}
+		if old.local == local {
+			return errAlreadyLinked
+		}
+		live++
+	}
+	if live >= maxLinksPerServer {
 		return errAlreadyLinked
 	}
 	return nil
 }
 
-// register makes l the route for its server, replacing (and closing) an
-// older link of the same server: one admit found silent, or one that won a
-// race of two handshakes for the same id.
+// register makes l a route for its server, replacing (and closing) an
+// older link of the same server on the same local address (one admit found
+// silent, or one that won a race of two handshakes), and the most silent
+// one when the server would have more than maxLinksPerServer.
 func (r *Relay) register(l *link) {
 	r.mu.Lock()
-	old := r.routes[l.server]
-	r.routes[l.server] = l
+	var drop []*link
+	links := r.routes[l.server][:0:0]
+	for _, old := range r.routes[l.server] {
+		if old.local == l.local {
+			drop = append(drop, old)
+		} else {
+			links = append(links, old)
+		}
+	}
+	links = append(links, l)
+	for len(links) > maxLinksPerServer {
+		i := 0
+		for j, o := range links[:len(links)-1] {
+			if o.stats.LastRecv.Load() < links[i].stats.LastRecv.Load() {
+				i = j
+			}
+		}
+		drop = append(drop, links[i])
+		links = append(links[:i], links[i+1:]...)
+	}
+	r.routes[l.server] = links
 	r.noLinksSince = time.Time{}
 	st := r.seen[l.server]
 	if st == nil {
 		st = &status{}
 		r.seen[l.server] = st
 	}
-	st.up(l)
+	st.up(l, len(links))
 	r.m.linkUp(l.server, len(r.routes)) // under the lock: a late linkDown cannot overwrite it
 	r.forgetLocked(time.Now())          // one more remembered: maybe one too many
 	r.mu.Unlock()
-	if old != nil {
-		r.log.Info("link replaced by a newer one", "server", l.server, "old_remote", old.remote)
+	for _, old := range drop {
+		r.log.Info("link replaced by a newer one", "server", l.server, "old_remote", old.remote, "local", old.local)
 		old.close()
 	}
 }
 
-// unregister removes l if it is still the route for its server.
+// unregister removes l from its server's routes, if it is still one.
 func (r *Relay) unregister(l *link) {
 	r.mu.Lock()
-	current := r.routes[l.server] == l
-	if current {
-		delete(r.routes, l.server)
-		if len(r.routes) == 0 {
-			r.noLinksSince = time.Now()
-		}
-		if st := r.seen[l.server]; st != nil {
-			st.down(l)
-		}
-		r.m.linkDown(l.server, len(r.routes))
+	defer r.mu.Unlock()
+	links := r.routes[l.server]
+	i := slices.Index(links, l)
+	if i < 0 {
+		return
 	}
-	r.mu.Unlock()
+	links = slices.Delete(slices.Clone(links), i, i+1)
+	st := r.seen[l.server]
+	if len(links) > 0 {
+		r.routes[l.server] = links
+		if st != nil {
+			st.up(links[len(links)-1], len(links))
+		}
+		return
+	}
+	delete(r.routes, l.server)
+	if len(r.routes) == 0 {
+		r.noLinksSince = time.Now()
+	}
+	if st != nil {
+		st.down(l)
+	}
+	r.m.linkDown(l.server, len(r.routes))
 }
 
+// route returns the link a frame for dest goes over: its server's oldest
+// live link, so that what one relay passes to a server keeps one order.
 func (r *Relay) route(dest []byte) *link {
 	r.mu.RLock()
-	l := r.routes[string(dest)] // no allocation: the compiler special-cases this lookup
+	var l *link
+	if links := r.routes[string(dest)]; len(links) > 0 { // no allocation: the compiler special-cases this lookup
+		l = links[0]
+	}
 	r.mu.RUnlock()
 	return l
 }

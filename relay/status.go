@@ -2,7 +2,9 @@ package relay
 
 import (
 	"net"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/chatrelay/chatrelay/health"
@@ -16,6 +18,7 @@ import (
 // longest while more than MaxKnownServers are remembered: the ids a relay
 // keeps are bounded, however many a holder of the secret makes up.
 type status struct {
+	links  int // live links of the server (two while both VIPs are here)
 	isUp   bool
 	since  time.Time
 	remote string
@@ -23,14 +26,19 @@ type status struct {
 	q      *sendq.Queue
 }
 
-func (st *status) up(l *link) {
-	st.isUp, st.since, st.remote, st.stats, st.q = true, time.Now(), l.remote, l.stats, l.q
+// up shows l, the server's newest link, and n live links in all; since
+// moves only when the server had none.
+func (st *status) up(l *link, n int) {
+	if !st.isUp {
+		st.since = time.Now()
+	}
+	st.isUp, st.links, st.remote, st.stats, st.q = true, n, l.remote, l.stats, l.q
 }
 
 // down keeps the link's counters but not its queue, whose buffer may be
 // large: a server remembered while down costs only its status.
 func (st *status) down(*link) {
-	st.isUp, st.since, st.q = false, time.Now(), nil
+	st.isUp, st.links, st.since, st.q = false, 0, time.Now(), nil
 }
 
 // Links returns the state of the link of every message server this relay
@@ -54,6 +62,7 @@ func (r *Relay) Links() []health.Link {
 			l.BytesIn = st.stats.BytesIn.Load()
 			l.BytesOut = st.stats.BytesOut.Load()
 		}
+		l.Links = st.links
 		if st.isUp && st.q != nil {
 			l.QueueBytes = st.q.Len()
 		}
@@ -113,6 +122,7 @@ func (r *Relay) forgetLoop() {
 
 // WatchVIP starts watching whether this host holds vip (polling every
 // interval) until Close; the role appears in Report and relay_vip_held.
+// Call it once per VIP: a relay pair that both carry traffic has two.
 func (r *Relay) WatchVIP(vip net.IP, interval time.Duration) {
 	w := &VIPWatcher{VIP: vip, Interval: interval, Server: r}
 	r.mu.Lock()
@@ -120,9 +130,10 @@ func (r *Relay) WatchVIP(vip net.IP, interval time.Duration) {
 		r.mu.Unlock()
 		return
 	}
-	r.vip = w
+	r.vips = append(r.vips, w)
 	r.wg.Add(1)
 	r.mu.Unlock()
+	r.m.SetVIPHeld(vip.String(), false)
 	go func() {
 		defer r.wg.Done()
 		w.Run(r.ctx)
@@ -130,12 +141,13 @@ func (r *Relay) WatchVIP(vip net.IP, interval time.Duration) {
 }
 
 // Report is the relay's /healthz document. The relay is serving until it
-// is closed; its role is "master" while it holds the VIP, "backup" when it
-// does not, and "standalone" when no VIP is configured.
+// is closed; its role is "master" while it holds a VIP (VIPsHeld says
+// which), "backup" when it holds none, and "standalone" when no VIP is
+// configured.
 func (r *Relay) Report() health.Report {
 	links := r.Links()
 	r.mu.RLock()
-	w, since := r.vip, r.noLinksSince
+	ws, since := slices.Clone(r.vips), r.noLinksSince
 	r.mu.RUnlock()
 	rep := health.Report{
 		Service:   "relay",
@@ -150,8 +162,14 @@ func (r *Relay) Report() health.Report {
 			rep.LinksUp++
 		}
 	}
-	if w != nil && w.Held() {
-		// A relay that has just taken the VIP has had no links only since
+	var vips []string
+	for _, w := range ws {
+		vips = append(vips, w.VIP.String())
+		if !w.Held() {
+			continue
+		}
+		rep.VIPsHeld = append(rep.VIPsHeld, w.VIP.String())
+		// A relay that has just taken a VIP has had no links only since
 		// then: the servers are still redialling. Counting from before would
 		// fail the check of every fresh master at once.
 		if acquired := w.AcquiredAt(); since.Before(acquired) && !since.IsZero() {
@@ -164,10 +182,10 @@ func (r *Relay) Report() health.Report {
 	if !rep.Serving {
 		rep.Reason = "relay is shutting down"
 	}
-	if w != nil {
-		rep.VIP = w.VIP.String()
+	if len(ws) > 0 {
+		rep.VIP = strings.Join(vips, ",")
 		rep.Role = "backup"
-		if w.Held() {
+		if len(rep.VIPsHeld) > 0 {
 			rep.Role = "master"
 		}
 	}

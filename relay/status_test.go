@@ -19,7 +19,8 @@ func TestFreshMasterIsWithinGrace(t *testing.T) {
 	w := &VIPWatcher{Server: s}
 	w.acquired.Store(time.Now().UnixNano())
 	w.held.Store(true)
-	s.vip = w
+	w.VIP = []byte{192, 168, 56, 100}
+	s.vips = append(s.vips, w)
 
 	rep := s.Report()
 	if rep.Role != "master" || rep.NoLinksSince == nil || time.Since(*rep.NoLinksSince) > time.Minute {

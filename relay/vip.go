@@ -73,7 +73,7 @@ func (w *VIPWatcher) Run(ctx context.Context) {
 				w.acquired.Store(time.Now().UnixNano()) // before Held turns true
 			}
 			if was := w.held.Swap(held); was != held {
-				s.m.SetVIPHeld(held)
+				s.m.SetVIPHeld(w.VIP.String(), held)
 				if held {
 					s.log.Info("VIP acquired: this relay is master", "vip", w.VIP.String())
 				} else {

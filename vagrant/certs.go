@@ -70,12 +70,16 @@ func Certs(t *keepalived.Topology) []Cert {
 	for _, r := range t.Relays() {
 		relays = append(relays, r.Name)
 	}
+	var vips []net.IP // either relay may hold either VIP
+	for _, v := range t.VIPs() {
+		vips = append(vips, net.ParseIP(v))
+	}
 	var out []Cert
 	for _, h := range t.Hosts {
 		ip := net.ParseIP(h.IP)
 		if h.Has(keepalived.RoleRelay) {
 			out = append(out,
-				Cert{h.Name, "relay", pki.Leaf{CommonName: h.Name, DNSNames: relays, IPs: []net.IP{net.ParseIP(t.VIP), ip}, Server: true}},
+				Cert{h.Name, "relay", pki.Leaf{CommonName: h.Name, DNSNames: relays, IPs: append(vips, ip), Server: true}},
 				Cert{h.Name, "check", pki.Leaf{CommonName: h.Name + " keepalived check", Client: true}})
 		}
 		if h.Has(keepalived.RoleMsgServer) {

@@ -129,7 +129,7 @@ func RenderHost(t *keepalived.Topology, host string, o Options) ([]File, error) 
 	d := hostData{
 		Host:          h,
 		RoleList:      strings.Join(h.Roles, ", "),
-		VIP:           t.VIP,
+		VIP:           strings.Join(t.VIPs(), ","),
 		Ports:         t.Ports,
 		RelayAddr:     t.RelayAddr(),
 		RedisURL:      redisURL(t),

@@ -2,7 +2,7 @@
 // lab's hosts as network namespaces, real keepalived, Redis and binaries,
 // steady cross-server traffic, one fault per drill, and a report.
 //
-//	sudo drill --scenario all --repeat 5
+//	sudo drill --scenario all --repeat 5 --vips both
 //	sudo drill --cleanup          remove namespaces left by an interrupted run
 package main
 
@@ -53,6 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		rate     = fs.Float64("rate", 1000, "aggregate messages per second")
 		before   = fs.Duration("before", 2*time.Second, "traffic before the fault")
 		after    = fs.Duration("after", 6*time.Second, "traffic after the fault")
+		mode     = fs.String("vips", "topology", "VIPs the lab runs with: topology (as keepalived/topology.json says: two by default), 1 (active-passive), or both (each run in each mode, side by side)")
 		asJSON   = fs.Bool("json", false, "print the reports as JSON")
 		cleanup  = fs.Bool("cleanup", false, "only remove namespaces left by interrupted drills")
 	)
@@ -82,6 +83,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return 2
 			}
 		}
+	}
+	var modes []bool // OneVIP per run
+	switch *mode {
+	case "topology", "2":
+		modes = []bool{false}
+	case "1":
+		modes = []bool{true}
+	case "both":
+		modes = []bool{true, false}
+	default:
+		fmt.Fprintf(stderr, "drill: --vips %q: want topology, 1, 2 or both\n", *mode)
+		return 2
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -121,7 +134,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 			if ctx.Err() != nil {
 				break
 			}
-			reports = append(reports, drill.Run(ctx, cfg, n))
+			for _, one := range modes {
+				if ctx.Err() != nil {
+					break
+				}
+				if one && drill.NeedsTwoVIPs[n] {
+					continue
+				}
+				c := cfg
+				c.OneVIP = one
+				reports = append(reports, drill.Run(ctx, c, n))
+			}
 		}
 	}
 	if ctx.Err() != nil {
@@ -150,22 +173,39 @@ func scenarioList() string {
 	return b.String()
 }
 
-// table prints one line per drill and, with repeats, median and max.
+// table prints one line per drill and, with repeats, median and max per
+// scenario and mode (one VIP, two VIPs), side by side.
 func table(w io.Writer, reports []*drill.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tinterruption s\tresumed after s\tsent\tacked\trefused\tlost\tdup\tunacked\tVIP on\texpected\tok")
-	by := map[string][]float64{}
+	fmt.Fprintln(tw, "scenario\tVIPs\tinterruption s\tresumed after s\tat fault s\tbefore fault s\tsent\tacked\trefused\tlost\tdup\tunacked\tVIP on\texpected\tok")
+	type key struct {
+		scenario string
+		vips     int
+	}
+	by, atFault := map[key][]float64{}, map[key][]float64{}
+	lost, dup := map[key]int64{}, map[key]int64{}
+	modes := map[int]bool{}
 	var notes []string
 	for _, r := range reports {
 		ok := "yes"
 		if !r.OK() {
 			ok = "NO " + r.Err
 		}
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.Interruption, r.Resumed,
-			r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, r.Load.Unacked, strings.Join(r.VIPHolders, ","), r.ExpectHolder, ok)
-		if r.Err == "" {
-			by[r.Scenario] = append(by[r.Scenario], r.Interruption)
+		on, want := strings.Join(r.VIPHolders, ","), r.ExpectHolder
+		if r.ExpectHolderB != "" {
+			on += " / " + strings.Join(r.VIPBHolders, ",")
+			want += " / " + r.ExpectHolderB
 		}
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", r.Scenario, r.VIPs, r.Interruption, r.Resumed,
+			r.AtFault, r.Baseline, r.Load.Sent, r.Load.Acked, r.Load.Refused, r.Load.Lost, r.Load.Duplicated, r.Load.Unacked, on, want, ok)
+		k := key{r.Scenario, r.VIPs}
+		if r.Err == "" {
+			by[k] = append(by[k], r.Interruption)
+			atFault[k] = append(atFault[k], r.AtFault)
+			modes[r.VIPs] = true
+		}
+		lost[k] += r.Load.Lost
+		dup[k] += r.Load.Duplicated
 		for _, n := range r.Notes {
 			notes = append(notes, r.Scenario+": "+n)
 		}
@@ -179,14 +219,34 @@ func table(w io.Writer, reports []*drill.Report) {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tcompleted runs\tmedian interruption s\tmax s")
-	for _, n := range drill.Scenarios {
-		v := by[n]
-		if len(v) == 0 {
-			continue
+	header := "scenario"
+	for _, v := range []int{1, 2} {
+		if modes[v] {
+			header += fmt.Sprintf("\t%d VIP: runs\tmedian s\tmax s\tat fault median s\tmax s\tlost\tdup", v)
 		}
-		sort.Float64s(v)
-		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.3f\n", n, len(v), v[len(v)/2], v[len(v)-1])
+	}
+	fmt.Fprintln(tw, header)
+	for _, n := range drill.Scenarios {
+		line, any := n, false
+		for _, v := range []int{1, 2} {
+			if !modes[v] {
+				continue
+			}
+			k := key{n, v}
+			d := by[k]
+			if len(d) == 0 {
+				line += "\t0\t-\t-\t-\t-\t-\t-"
+				continue
+			}
+			any = true
+			sort.Float64s(d)
+			f := atFault[k]
+			sort.Float64s(f)
+			line += fmt.Sprintf("\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%d\t%d", len(d), d[len(d)/2], d[len(d)-1], f[len(f)/2], f[len(f)-1], lost[k], dup[k])
+		}
+		if any {
+			fmt.Fprintln(tw, line)
+		}
 	}
 	tw.Flush()
 }

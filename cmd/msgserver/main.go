@@ -47,7 +47,7 @@ func run(args []string) int {
 		httpListen  = fs.String("http-listen", "", "web address (host:port) for the chat page (GET /) and the client protocol over WebSocket (GET /ws); HTTPS with --tls-cert. Empty: off")
 		origins     = fs.String("allowed-origins", "", "comma-separated browser origins, besides the page's own, whose pages may open WebSocket sessions: hosts or patterns (chat.example.com, *.example.com, https://chat.example.com)")
 		advertise   = fs.String("advertise", "", "client address published in the server registry; default: this host's private IP (go-sockaddr) and the listen port")
-		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port); empty runs without a relay")
+		relayAddr   = fs.String("relay", "", "relay link address, normally the VIP (host:port), or both VIPs comma-separated (vipA:7000,vipB:7000) when both relays carry traffic: a link to each; empty runs without a relay")
 		redisURL    = fs.String("redis", "redis://127.0.0.1:6379/0", "Redis for presence and offline messages: redis://host:6379/0, rediss://, redis-sentinel://h1:26379,h2:26379/mymaster, redis-cluster://h1:7000,h2:7000; go-redis options as query parameters (?dial_timeout=1s&pool_size=50)")
 		secretFile  = fs.String("link-secret-file", "", "file holding the shared link secret (at least 16 bytes); needed with --relay")
 		nextFile    = fs.String("link-secret-next-file", "", "file holding a second link secret: a relay proving it is accepted too (the other secret of a rotation in progress)")
@@ -84,6 +84,8 @@ func run(args []string) int {
 		exempt      = fs.String("per-ip-exempt", "127.0.0.0/8,::1/128", "comma-separated networks the per-address limits skip (a local proxy, load tests); empty: none")
 		park        = fs.Duration("park-idle-after", msgserver.DefaultParkIdleAfter, "a client silent this long waits in the poller, without a goroutine or read buffer of its own; negative: never")
 		maxUnacked  = fs.Int("max-unacked", msgserver.DefaultMaxUnacked, "forwarded messages kept for resending until acked")
+		stallAfter  = fs.Duration("stall-after", msgserver.DefaultStallAfter, "with two relays: a link silent this long (or 4x the average ack latency, if longer) while a message sent over it that long ago awaits its ack is presumed stalled, and its messages go over the other link; negative: wait for the link to be declared dead")
+		connectTO   = fs.Duration("connect-timeout", msgserver.DefaultConnectTimeout, "each TCP connect to a relay; one not done by then (a SYN lost while a VIP moves) is tried again at once")
 		sendWindow  = fs.Int("send-window", msgserver.DefaultSendWindow, "forwarded messages in flight (not yet acked) before the server stops reading from clients that send more, until acks make room")
 		noRoute     = fs.Duration("no-route-timeout", msgserver.DefaultNoRouteGiveUp, "keep retrying a message whose destination server has no relay link this long, then store it offline")
 		grace       = fs.Duration("shutdown-grace", 5*time.Second, "on SIGTERM, how long to wait for relayed messages to be acked")
@@ -176,6 +178,8 @@ func run(args []string) int {
 		ID:             *id,
 		AdvertiseAddr:  adv,
 		RelayAddr:      *relayAddr,
+		StallAfter:     *stallAfter,
+		ConnectTimeout: *connectTO,
 		Secret:         secret,
 		NextSecret:     next,
 		Redis:          rdb,

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/chatrelay/chatrelay/health"
@@ -56,7 +57,7 @@ func run(args []string) int {
 		tlsCert    = fs.String("tls-cert", "", "certificate (PEM, chain first) for TLS on the link port, with --tls-key; it must name the VIP (an IP SAN) or whatever name message servers dial. Reloaded on SIGHUP or when the file changes. Empty: plaintext")
 		tlsKey     = fs.String("tls-key", "", "the key of --tls-cert (PEM)")
 		clientCA   = fs.String("link-client-ca", "", "CA certificates (PEM): message servers must show a client certificate they signed (mutual TLS), whose common name or a DNS name is the server id they claim; needs --tls-cert")
-		vip        = fs.String("vip", "", "the keepalived virtual IP; the relay reports whether it holds it and drops links on it when it loses it")
+		vip        = fs.String("vip", "", "the keepalived virtual IP, or both VIPs comma-separated when both relays carry traffic; the relay reports which it holds and drops the links on a VIP when it loses it")
 		vipPoll    = fs.Duration("vip-poll", 100*time.Millisecond, "how often to check whether this host holds the VIP")
 		maxFrame   = fs.Int("max-frame", relay.DefaultMaxFrame, "largest link frame accepted, bytes")
 		maxQueue   = fs.Int("max-queue", relay.DefaultMaxQueueBytes, "outbound bytes queued per link before it is cut as too slow")
@@ -83,11 +84,15 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		return 2
 	}
-	var vipIP net.IP
+	var vipIPs []net.IP
 	if *vip != "" {
-		if vipIP = net.ParseIP(*vip); vipIP == nil {
-			fmt.Fprintf(os.Stderr, "relay: --vip %q is not an IP address\n", *vip)
-			return 2
+		for _, v := range strings.Split(*vip, ",") {
+			ip := net.ParseIP(strings.TrimSpace(v))
+			if ip == nil {
+				fmt.Fprintf(os.Stderr, "relay: --vip %q: %q is not an IP address\n", *vip, v)
+				return 2
+			}
+			vipIPs = append(vipIPs, ip)
 		}
 	}
 
@@ -134,11 +139,11 @@ func run(args []string) int {
 	if reloader != nil {
 		go reloader.Watch(ctx, 0)
 	}
-	if vipIP != nil {
-		srv.WatchVIP(vipIP, *vipPoll)
+	for _, ip := range vipIPs {
+		srv.WatchVIP(ip, *vipPoll)
 	}
 	adminH := health.AdminHandler(srv.Report, reg, *pprofOn)
-	if vipIP != nil {
+	if len(vipIPs) > 0 {
 		adminH = relay.NewCheckWatch(reg).Handler(adminH)
 	}
 	adminSrv, _, err := cli.ServeAdmin(*admin, adminH, log)

@@ -20,18 +20,24 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/chatrelay/chatrelay/keepalived"
 	"github.com/chatrelay/chatrelay/vagrant"
 )
 
 // Scenario names, in the order "all" runs them.
-var Scenarios = []string{"kill-relay", "stop-keepalived", "cut-network", "restart-old-master", "kill-msgserver", "restart-redis"}
+var Scenarios = []string{"kill-relay", "stop-keepalived", "cut-network", "sigstop-relay", "restart-old-master", "hand-back", "kill-msgserver", "restart-redis"}
+
+// NeedsTwoVIPs names the scenarios that only make sense with two VIPs.
+var NeedsTwoVIPs = map[string]bool{"hand-back": true}
 
 // Describe says what each scenario does.
 var Describe = map[string]string{
 	"kill-relay":         "SIGKILL the relay process on the VIP holder",
 	"stop-keepalived":    "stop keepalived on the VIP holder (SIGTERM, as systemctl stop)",
 	"cut-network":        "take the VIP holder's network interface down",
+	"sigstop-relay":      "freeze the relay process on the VIP holder for 3 s (SIGSTOP, then SIGCONT)",
 	"restart-old-master": "after a relay kill moved the VIP, start the old master's relay again",
+	"hand-back":          "two VIPs: after a relay kill put both VIPs on the peer and the relay is back, the peer hands the first VIP back (its release file)",
 	"kill-msgserver":     "SIGKILL message server msg-2",
 	"restart-redis":      "kill Redis and start it again, empty",
 }
@@ -46,29 +52,46 @@ type Config struct {
 	AckPairs               int // of Pairs, how many log in with acks on
 	Rate                   float64
 	Before, After          time.Duration // traffic before and after the fault
-	Log                    io.Writer     // progress; nil for none
+	// OneVIP runs the topology with its first VIP only (active-passive);
+	// otherwise a topology with two VIPs runs with both, the message
+	// servers linked to both relays.
+	OneVIP bool
+	Log    io.Writer // progress; nil for none
 }
 
 // Report is one drill's outcome.
 type Report struct {
 	Scenario string `json:"scenario"`
+	// VIPs is how many VIPs the lab ran with: 1 (active-passive) or 2.
+	VIPs int `json:"vips"`
 	// Interruption is the longest pause in delivery that ends after the
 	// fault, in seconds: how long users saw nothing. Resumed is from the
 	// fault to the end of that pause.
-	Interruption float64    `json:"interruption_seconds"`
-	Resumed      float64    `json:"resumed_after_seconds"`
-	VIPHolders   []string   `json:"vip_holders"`
-	ExpectHolder string     `json:"expected_holder"`
-	Load         LoadResult `json:"load"`
-	Notes        []string   `json:"notes,omitempty"`
-	Err          string     `json:"error,omitempty"`
+	Interruption float64 `json:"interruption_seconds"`
+	// AtFault is the longest pause that spans a moment of the first
+	// faultWindow after the fault: the pause the fault itself caused,
+	// without later ones from elsewhere (on a loaded host, the load's
+	// own). Baseline is the longest pause before the fault: the noise.
+	AtFault      float64  `json:"at_fault_seconds"`
+	Baseline     float64  `json:"baseline_seconds"`
+	Resumed      float64  `json:"resumed_after_seconds"`
+	VIPHolders   []string `json:"vip_holders"`
+	ExpectHolder string   `json:"expected_holder"`
+	// With two VIPs, the same for the second: after a fault on the first
+	// VIP's holder, the peer holds both.
+	VIPBHolders   []string   `json:"vip_b_holders,omitempty"`
+	ExpectHolderB string     `json:"expected_holder_b,omitempty"`
+	Load          LoadResult `json:"load"`
+	Notes         []string   `json:"notes,omitempty"`
+	Err           string     `json:"error,omitempty"`
 }
 
 // OK reports whether the drill kept the promise: nothing lost or
 // duplicated, and the VIP on exactly the expected relay.
 func (r *Report) OK() bool {
 	return r.Err == "" && r.Load.Lost == 0 && r.Load.Duplicated == 0 && r.Load.Unacked == 0 &&
-		len(r.VIPHolders) == 1 && r.VIPHolders[0] == r.ExpectHolder
+		len(r.VIPHolders) == 1 && r.VIPHolders[0] == r.ExpectHolder &&
+		(r.ExpectHolderB == "" || len(r.VIPBHolders) == 1 && r.VIPBHolders[0] == r.ExpectHolderB)
 }
 
 func (c *Config) logf(format string, args ...any) {
@@ -89,9 +112,14 @@ func Run(ctx context.Context, cfg Config, scenario string) (rep *Report) {
 		rep.Err = "drills need root: they build network namespaces and run keepalived"
 		return rep
 	}
-	spec, err := loadSpec(cfg.Topology)
+	spec, err := loadSpec(cfg.Topology, cfg.OneVIP)
 	if err != nil {
 		rep.Err = err.Error()
+		return rep
+	}
+	rep.VIPs = len(spec.vips)
+	if NeedsTwoVIPs[scenario] && rep.VIPs < 2 {
+		rep.Err = scenario + " needs a topology with two VIPs"
 		return rep
 	}
 	hosts := map[string]string{"client": spec.clientIP}
@@ -153,20 +181,37 @@ func (d *drill) run(scenario string) error {
 	if err := d.startRedis(); err != nil {
 		return err
 	}
-	// The master first, and the backup only once the master holds the VIP:
-	// with nopreempt, whichever relay is ready first keeps the VIP, and the
-	// drills start from a known holder.
+	// With one VIP, the master first, and the backup only once the master
+	// holds the VIP: with nopreempt, whichever relay is ready first keeps
+	// the VIP, and the drills start from a known holder. With two, each
+	// instance's first election must be decided by priority (relay-a takes
+	// the first VIP, relay-b the second), so both relays must become
+	// candidates at the same moment: keepalived starts on both with the
+	// track files saying "down", and once both checks pass, both files say
+	// "up" at once (keepalived reads them through inotify).
 	master, backup := d.spec.relays[0], d.spec.relays[1]
-	for _, r := range d.spec.relays {
-		if err := d.startRelay(r); err != nil {
-			return err
-		}
-		if err := d.startKeepalived(r); err != nil {
-			return err
-		}
-		if r == master {
-			if err := d.waitVIP(master, 10*time.Second); err != nil {
+	two := len(d.spec.vips) > 1
+	if two {
+		for _, r := range d.spec.relays {
+			if err := d.startRelay(r); err != nil {
 				return err
+			}
+		}
+		if err := d.startTwoVIPs(master, backup); err != nil {
+			return err
+		}
+	} else {
+		for _, r := range d.spec.relays {
+			if err := d.startRelay(r); err != nil {
+				return err
+			}
+			if err := d.startKeepalived(r); err != nil {
+				return err
+			}
+			if r == master {
+				if err := d.waitVIP(master, d.spec.vip, 10*time.Second); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -175,9 +220,19 @@ func (d *drill) run(scenario string) error {
 			return err
 		}
 	}
-	d.cfg.logf("%s: lab up, VIP on %s; traffic %.0f msgs/s over %d pairs", scenario, master, d.cfg.Rate, d.cfg.Pairs)
+	if two {
+		d.cfg.logf("%s: lab up, VIP %s on %s and %s on %s; traffic %.0f msgs/s over %d pairs", scenario, d.spec.vips[0], master, d.spec.vips[1], backup, d.cfg.Rate, d.cfg.Pairs)
+	} else {
+		d.cfg.logf("%s: lab up, VIP on %s; traffic %.0f msgs/s over %d pairs", scenario, master, d.cfg.Rate, d.cfg.Pairs)
+	}
 
-	load, err := d.startLoad()
+	// hand-back injects its fault some 5 s after the others (a kill, the
+	// relay back, its keepalived a candidate again): traffic runs longer.
+	var extra time.Duration
+	if scenario == "hand-back" {
+		extra = handBackLead
+	}
+	load, err := d.startLoad(extra)
 	if err != nil {
 		return err
 	}
@@ -185,7 +240,12 @@ func (d *drill) run(scenario string) error {
 		return err
 	}
 	t0 := time.Now()
+	// After a fault on the master, the backup holds the first VIP (and
+	// keeps the second); faults elsewhere leave both where they were.
 	d.rep.ExpectHolder = backup
+	if two {
+		d.rep.ExpectHolderB = backup
+	}
 	switch scenario {
 	case "kill-relay":
 		err = d.killRelay(master)
@@ -193,20 +253,33 @@ func (d *drill) run(scenario string) error {
 		err = d.keepalived[master].Signal(syscall.SIGTERM)
 	case "cut-network":
 		err = ip("-n", d.lab.NS(master), "link", "set", "eth1", "down")
+	case "sigstop-relay":
+		err = d.signalRelay(master, syscall.SIGSTOP)
+		time.AfterFunc(3*time.Second, func() { _ = d.signalRelay(master, syscall.SIGCONT) })
 	case "restart-old-master":
 		if err = d.killRelay(master); err == nil {
-			if err = d.waitVIP(backup, 5*time.Second); err == nil {
+			if err = d.waitVIP(backup, d.spec.vip, 5*time.Second); err == nil {
 				if err = d.pause(time.Second); err == nil {
 					t0 = time.Now()
 					err = d.startRelay(master)
 				}
 			}
 		}
+	case "hand-back":
+		// Both VIPs end where they started: the first one handed back.
+		d.rep.ExpectHolder = master
+		err = d.handBack(master, backup, &t0)
 	case "kill-msgserver":
 		d.rep.ExpectHolder = master
+		if two {
+			d.rep.ExpectHolderB = backup
+		}
 		err = d.servers["msg-2"].Signal(syscall.SIGKILL)
 	case "restart-redis":
 		d.rep.ExpectHolder = master
+		if two {
+			d.rep.ExpectHolderB = backup
+		}
 		if err = d.redis.Signal(syscall.SIGKILL); err == nil {
 			d.redis.Wait(5 * time.Second)
 			if err = d.pause(500 * time.Millisecond); err == nil { // Redis stays down a moment
@@ -228,16 +301,25 @@ func (d *drill) run(scenario string) error {
 			d.rep.Interruption = g.Seconds()
 			d.rep.Resumed = float64(g.To-t0.UnixNano()) / 1e9
 		}
+		if g.To > t0.UnixNano() && g.From < t0.Add(faultWindow).UnixNano() {
+			d.rep.AtFault = max(d.rep.AtFault, g.Seconds())
+		}
+		if g.To <= t0.UnixNano() {
+			d.rep.Baseline = max(d.rep.Baseline, g.Seconds())
+		}
 	}
 	for _, r := range d.spec.relays {
 		if d.lab.HasAddr(r, d.spec.vip) {
 			d.rep.VIPHolders = append(d.rep.VIPHolders, r)
 		}
+		if two && d.lab.HasAddr(r, d.spec.vips[1]) {
+			d.rep.VIPBHolders = append(d.rep.VIPBHolders, r)
+		}
 	}
 	if scenario == "kill-msgserver" {
 		d.rep.Notes = append(d.rep.Notes, d.checkPresenceExpired())
 	}
-	if len(d.rep.VIPHolders) != 1 || d.rep.VIPHolders[0] != d.rep.ExpectHolder {
+	if !d.rep.OK() && d.rep.Load.Lost == 0 && d.rep.Load.Duplicated == 0 { // the VIPs are not where they should be
 		for _, r := range d.spec.relays {
 			d.rep.Notes = append(d.rep.Notes, fmt.Sprintf("keepalived on %s said:\n%s", r, d.keepalived[r].Output()))
 		}
@@ -275,12 +357,116 @@ func (d *drill) startRedis() error {
 
 func (d *drill) trackFile(host string) string { return filepath.Join(d.dir, host+".down") }
 
+// startTwoVIPs starts keepalived on both relays so that master ends up
+// holding the first VIP and backup the second. The first elections are
+// decided by VRRP timers 20 ms apart, which a loaded host can run late by
+// more than that; the loser then stays BACKUP (nopreempt). So when the VIPs
+// land elsewhere, both keepalived are stopped and started again (a few
+// times at most).
+func (d *drill) startTwoVIPs(master, backup string) error {
+	const attempts = 8
+	for attempt := 1; ; attempt++ {
+		for _, r := range d.spec.relays {
+			if err := writeTrack(d.trackFile(r), "1"); err != nil {
+				return err
+			}
+			if err := d.startKeepalived(r); err != nil {
+				return err
+			}
+		}
+		for _, r := range d.spec.relays {
+			if err := d.keepalived[r].WaitOutput("VRRP_Script(chk_relay) succeeded", 10*time.Second); err != nil {
+				return fmt.Errorf("keepalived on %s: %w", r, err)
+			}
+		}
+		for _, r := range d.spec.relays {
+			if err := writeTrack(d.trackFile(r), "0"); err != nil {
+				return err
+			}
+		}
+		errA := d.waitVIP(master, d.spec.vips[0], 5*time.Second)
+		errB := d.waitVIP(backup, d.spec.vips[1], 2*time.Second)
+		if errA == nil && errB == nil {
+			return nil
+		}
+		if attempt == attempts {
+			return errors.Join(errA, errB)
+		}
+		d.cfg.logf("VIPs not on their own relays at start (attempt %d); starting keepalived again", attempt)
+		for _, r := range d.spec.relays {
+			_ = d.keepalived[r].Signal(syscall.SIGTERM)
+		}
+		for _, r := range d.spec.relays {
+			if !d.keepalived[r].Wait(10 * time.Second) {
+				return fmt.Errorf("keepalived on %s did not stop", r)
+			}
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for d.lab.HasAddr(master, d.spec.vips[0]) || d.lab.HasAddr(master, d.spec.vips[1]) ||
+			d.lab.HasAddr(backup, d.spec.vips[0]) || d.lab.HasAddr(backup, d.spec.vips[1]) {
+			if time.Now().After(deadline) {
+				return errors.New("a VIP stayed configured after keepalived stopped")
+			}
+			if err := d.pause(20 * time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// handBack kills the relay on master, waits for backup to hold both VIPs,
+// starts master's relay again and waits for its keepalived to be a
+// candidate again, then hands the first VIP back from backup through its
+// release file. t0 is set to the moment of the hand-back.
+func (d *drill) handBack(master, backup string, t0 *time.Time) error {
+	mark := len(d.keepalived[master].Output())
+	if err := d.killRelay(master); err != nil {
+		return err
+	}
+	if err := d.waitVIP(backup, d.spec.vip, 5*time.Second); err != nil {
+		return err
+	}
+	if err := d.startRelay(master); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.keepalived[master].Output()[mark:], "(VI_RELAY) Entering BACKUP STATE") {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("keepalived on %s did not become BACKUP again:\n%s", master, d.keepalived[master].Output()[mark:])
+		}
+		if err := d.pause(20 * time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if err := d.pause(time.Second); err != nil { // traffic on two links to one relay
+		return err
+	}
+	release := keepalived.ReleaseFile(d.trackFile(backup), d.spec.vip)
+	*t0 = time.Now()
+	if err := writeTrack(release, "1"); err != nil {
+		return err
+	}
+	if err := d.waitVIP(master, d.spec.vip, 5*time.Second); err != nil {
+		return err
+	}
+	return writeTrack(release, "0")
+}
+
+// writeTrack replaces a track file atomically, as relay-supervise.sh does.
+func writeTrack(path, v string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(v+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 func (d *drill) startRelay(host string) error {
 	cert, key := d.cert(host, "relay")
 	p, err := d.lab.Start(host, "relay", []string{"CHATRELAY_TRACK_FILE=" + d.trackFile(host), "CHATRELAY_PID_FILE=" + d.pidFile(host)},
 		filepath.Join(d.cfg.ScriptsDir, "relay-supervise.sh"), d.cfg.RelayBin,
 		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.linkPort), "--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.adminPort),
-		"--link-secret-file", filepath.Join(d.dir, "link.secret"), "--vip", d.spec.vip, "--log-level", "info",
+		"--link-secret-file", filepath.Join(d.dir, "link.secret"), "--vip", strings.Join(d.spec.vips, ","), "--log-level", "info",
 		"--tls-cert", cert, "--tls-key", key, "--link-client-ca", d.caFile())
 	if err != nil {
 		return err
@@ -293,7 +479,10 @@ func (d *drill) pidFile(host string) string { return filepath.Join(d.dir, host+"
 
 // killRelay SIGKILLs the relay process itself, not its supervisor, which
 // then reports the death in keepalived's track file.
-func (d *drill) killRelay(host string) error {
+func (d *drill) killRelay(host string) error { return d.signalRelay(host, syscall.SIGKILL) }
+
+// signalRelay sends sig to the relay process itself, not its supervisor.
+func (d *drill) signalRelay(host string, sig syscall.Signal) error {
 	b, err := os.ReadFile(d.pidFile(host))
 	if err != nil {
 		return fmt.Errorf("find the relay under its supervisor: %w", err)
@@ -302,7 +491,7 @@ func (d *drill) killRelay(host string) error {
 	if _, err := fmt.Sscan(string(b), &pid); err != nil {
 		return fmt.Errorf("bad relay pid file on %s: %q", host, b)
 	}
-	return syscall.Kill(pid, syscall.SIGKILL)
+	return syscall.Kill(pid, sig)
 }
 
 func (d *drill) startKeepalived(host string) error {
@@ -326,11 +515,11 @@ func (d *drill) startKeepalived(host string) error {
 	return nil
 }
 
-func (d *drill) waitVIP(host string, within time.Duration) error {
+func (d *drill) waitVIP(host, vip string, within time.Duration) error {
 	deadline := time.Now().Add(within)
-	for !d.lab.HasAddr(host, d.spec.vip) {
+	for !d.lab.HasAddr(host, vip) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("VIP %s not on %s after %s; keepalived said:\n%s", d.spec.vip, host, within, d.keepalived[host].Output())
+			return fmt.Errorf("VIP %s not on %s after %s; keepalived said:\n%s", vip, host, within, d.keepalived[host].Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -343,7 +532,7 @@ func (d *drill) startMsgserver(host string) error {
 		"--id", host, "--listen", fmt.Sprintf("0.0.0.0:%d", d.spec.clientPort),
 		"--advertise", fmt.Sprintf("%s:%d", d.spec.ip[host], d.spec.clientPort),
 		"--admin", fmt.Sprintf("127.0.0.1:%d", d.spec.msgAdminPort),
-		"--relay", fmt.Sprintf("%s:%d", d.spec.vip, d.spec.linkPort),
+		"--relay", d.spec.topo.RelayAddr(),
 		"--redis", d.redisURL(), "--redis-ca-file", d.caFile(),
 		"--link-secret-file", filepath.Join(d.dir, "link.secret"),
 		"--tls-cert", cert, "--tls-key", key,
@@ -353,17 +542,35 @@ func (d *drill) startMsgserver(host string) error {
 		return err
 	}
 	d.servers[host] = p
-	return p.WaitOutput("relay link up", 10*time.Second)
+	if err := p.WaitOutput("relay link up", 10*time.Second); err != nil {
+		return err
+	}
+	// With two VIPs, a link to each.
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(p.Output(), "relay link up") < len(d.spec.vips) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not link to all of %v:\n%s", host, d.spec.vips, p.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
 }
 
-func (d *drill) startLoad() (*Proc, error) {
+// faultWindow is how long after the fault a pause counts as the fault's
+// (AtFault): sigstop-relay's relay thaws after 3 s.
+const faultWindow = 4 * time.Second
+
+// handBackLead is how much longer traffic runs in hand-back.
+const handBackLead = 8 * time.Second
+
+func (d *drill) startLoad(extra time.Duration) (*Proc, error) {
 	var servers []string
 	for _, m := range d.spec.msgs {
 		servers = append(servers, fmt.Sprintf("%s:%d", d.spec.ip[m], d.spec.clientPort))
 	}
 	return d.lab.Start("client", "load", nil, d.cfg.LoadBin, "load",
 		"--servers", strings.Join(servers, ","), "--pairs", fmt.Sprint(d.cfg.Pairs),
-		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After).String(), "--ca", d.caFile(),
+		"--rate", fmt.Sprint(d.cfg.Rate), "--duration", (d.cfg.Before + d.cfg.After + extra).String(), "--ca", d.caFile(),
 		"--ack-pairs", fmt.Sprint(d.cfg.AckPairs))
 }
 
@@ -380,7 +587,7 @@ func (d *drill) pause(t time.Duration) error {
 func (d *drill) finishLoad(p *Proc) (*LoadResult, error) {
 	select {
 	case <-p.done:
-	case <-time.After(d.cfg.Before + d.cfg.After + 60*time.Second):
+	case <-time.After(d.cfg.Before + d.cfg.After + handBackLead + 60*time.Second):
 		return nil, errors.New("load generator did not finish")
 	case <-d.ctx.Done():
 		return nil, errors.New("interrupted")

@@ -36,8 +36,26 @@ func TestFailoverDrills(t *testing.T) {
 		After:        5 * time.Second,
 		Log:          testWriter{t},
 	}
+	// Every scenario in the default topology (two VIPs), and kill-relay
+	// also with one VIP, so that the active-passive mode stays proved;
+	// `drill --vips both --repeat 5` measures both modes in full.
+	type run struct {
+		scenario string
+		oneVIP   bool
+	}
+	var runs []run
 	for _, sc := range drill.Scenarios {
-		t.Run(sc, func(t *testing.T) {
+		runs = append(runs, run{sc, false})
+	}
+	runs = append(runs, run{"kill-relay", true})
+	for _, r := range runs {
+		sc, name := r.scenario, r.scenario
+		if r.oneVIP {
+			name += "/one-vip"
+		}
+		t.Run(name, func(t *testing.T) {
+			cfg := cfg
+			cfg.OneVIP = r.oneVIP
 			rep := drill.Run(context.Background(), cfg, sc)
 			t.Logf("%s: interruption %.3fs (resumed %.3fs after the fault), sent %d acked %d refused %d %v unconfirmed %d, live %d offline %d, lost %d dup %d, %d clients with acks: %d acks, %d redelivered, %d unacked; VIP on %v; notes %v",
 				sc, rep.Interruption, rep.Resumed, rep.Load.Sent, rep.Load.Acked, rep.Load.Refused, rep.Load.RefusedCodes, rep.Load.Unconfirmed,
@@ -57,6 +75,12 @@ func TestFailoverDrills(t *testing.T) {
 			}
 			if len(rep.VIPHolders) != 1 || rep.VIPHolders[0] != rep.ExpectHolder {
 				t.Errorf("VIP on %v, want only %s", rep.VIPHolders, rep.ExpectHolder)
+			}
+			if rep.ExpectHolderB != "" && (len(rep.VIPBHolders) != 1 || rep.VIPBHolders[0] != rep.ExpectHolderB) {
+				t.Errorf("second VIP on %v, want only %s", rep.VIPBHolders, rep.ExpectHolderB)
+			}
+			if !r.oneVIP && rep.VIPs != 2 {
+				t.Errorf("ran with %d VIPs; the default topology has two", rep.VIPs)
 			}
 			if left := drill.Leftovers(drill.ProcessPrefix(os.Getpid())); len(left) != 0 {
 				t.Errorf("namespaces left behind: %v", left)

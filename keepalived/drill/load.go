@@ -221,7 +221,7 @@ func RunLoad(cfg LoadConfig, progress io.Writer) (*LoadResult, error) {
 		sentBySeq += int64(seq[i])
 	}
 	res.Unconfirmed += res.Sent - sentBySeq
-	res.Gaps = longestGaps(times, 5)
+	res.Gaps = longestGaps(times, 50)
 	return res, nil
 }
 

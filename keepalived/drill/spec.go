@@ -13,6 +13,7 @@ import (
 type spec struct {
 	topo         *keepalived.Topology
 	vip          string
+	vips         []string // vip, and the second VIP in two-VIP mode
 	mask         int
 	ip           map[string]string // host -> address
 	relays       []string          // by priority: [0] is the initial master
@@ -26,13 +27,18 @@ type spec struct {
 	redisPort    int
 }
 
-func loadSpec(path string) (*spec, error) {
+// loadSpec reads the topology; oneVIP drops its second VIP (if any), for
+// the active-passive mode.
+func loadSpec(path string, oneVIP bool) (*spec, error) {
 	t, err := keepalived.LoadTopology(path)
 	if err != nil {
 		return nil, err
 	}
+	if oneVIP {
+		t.VIPB, t.VirtualRouterIDB = "", 0
+	}
 	s := &spec{
-		topo: t, vip: t.VIP, mask: t.Prefix, ip: map[string]string{},
+		topo: t, vip: t.VIP, vips: t.VIPs(), mask: t.Prefix, ip: map[string]string{},
 		linkPort: t.Ports.RelayLink, adminPort: t.Ports.RelayAdmin, clientPort: t.Ports.MsgServerClient,
 		msgAdminPort: t.Ports.MsgServerAdmin, redisPort: t.Ports.Redis,
 	}
@@ -63,7 +69,7 @@ func loadSpec(path string) (*spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	used := map[string]bool{t.VIP: true}
+	used := map[string]bool{t.VIP: true, t.VIPB: true}
 	for _, a := range s.ip {
 		used[a] = true
 	}
