@@ -397,11 +397,8 @@ func (r *benchRun) send(u *benchUser) error {
 	u.wbuf = b
 	u.seq++
 	r.sent.Add(1)
-	u.wmu.Lock()
 	_ = u.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_, err := u.conn.Write(b)
-	u.wmu.Unlock()
-	if err != nil {
+	if _, err := u.conn.Write(b); err != nil {
 		return fmt.Errorf("send as %s: %w", u.name, err)
 	}
 	return nil
