@@ -180,9 +180,7 @@ func (d *delivery) forwarded(o outcome, b *sendq.Batch) {
 // offline) at once instead of waiting for NoRouteGiveUp.
 func (d *delivery) rerouteAfterNack() {
 	s := d.srv
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-	loc, ok, err := s.store.Lookup(ctx, d.ev.To)
-	cancel()
+	loc, ok, err := s.lookupRoute(d.ev.To) // one lookup for all of a user's NACKed messages
 	if err != nil || (ok && loc.Server == d.lastDest) {
 		return // the ledger retries it, and gives up in time
 	}
