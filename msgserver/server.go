@@ -25,20 +25,21 @@ import (
 
 // Server is a running message server.
 type Server struct {
-	started  time.Time
-	cfg      Config
-	log      *slog.Logger
-	m        *Metrics
-	store    *store.Store
-	watches  inboxWatches // logins in progress here (see inboxWatch)
-	logins   *loginBatcher
-	auth     *verifier // nil: logins are not authenticated
-	releases *releaser
-	relays   []*relayLink   // one per relay address (VIP); none when no relay is configured
-	ledger   *ledger        // messages forwarded through the relays until acked; nil without relay
-	poller   *poller.Poller // parked idle sessions; nil when parking is off
-	ips      *ipLimits      // connections and logins per source address
-	web      webServer      // the web port, if served (web.go)
+	started   time.Time
+	cfg       Config
+	log       *slog.Logger
+	m         *Metrics
+	store     *store.Store
+	watches   inboxWatches // logins in progress here (see inboxWatch)
+	logins    *loginBatcher
+	auth      *verifier // nil: logins are not authenticated
+	releases  *releaser
+	lateReads *lateReader
+	relays    []*relayLink   // one per relay address (VIP); none when no relay is configured
+	ledger    *ledger        // messages forwarded through the relays until acked; nil without relay
+	poller    *poller.Poller // parked idle sessions; nil when parking is off
+	ips       *ipLimits      // connections and logins per source address
+	web       webServer      // the web port, if served (web.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -134,7 +135,12 @@ func New(cfg Config) (*Server, error) {
 	s.logins = newLoginBatcher(s.store, cfg.RedisTimeout, s.m.redisError)
 	s.releases = newReleaser(s.store, s.log, cfg.RedisTimeout)
 	s.acker = newAcker(s.store, cfg.RedisTimeout)
-	s.wg.Add(4)
+	s.lateReads = newLateReader(s)
+	s.wg.Add(5)
+	go func() {
+		defer s.wg.Done()
+		s.lateReads.run(ctx)
+	}()
 	go func() {
 		defer s.wg.Done()
 		s.acker.run(ctx)
@@ -374,7 +380,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
 		s.sendRelay(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
-	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+	if s.log.Enabled(s.ctx, slog.LevelDebug) { // the arguments would cost allocations per login
+		s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+	}
 	s.readInboxLate(sess, r.Name, r.Acks, inbox)
 	if c.InboxErr != nil && !storedMeanwhile {
 		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.InboxErr)
