@@ -320,14 +320,12 @@ func (s *Server) login(sess *session, r request) *clientError {
 	if draining {
 		return errorf(CodeShuttingDown, "server shutting down; connect to another")
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-	defer cancel()
 	loc := store.Location{Server: s.cfg.ID, Session: sess.id}
 	// Until the session is in the local map, a local sender may find the
 	// user claimed but not here and store its message offline, after the
 	// inbox was taken: the watch notices, and the inbox is read again.
 	watch := s.watches.watch(r.Name)
-	c := s.logins.claim(ctx, store.Claim{User: r.Name, At: loc, Token: s.newID().String(), Keep: r.Acks})
+	c := s.logins.claim(store.Claim{User: r.Name, At: loc, Token: s.newID().String(), Keep: r.Acks})
 	if c.Err != nil {
 		var b sendq.Batch
 		for _, h := range s.watches.takeHeld(watch) {
