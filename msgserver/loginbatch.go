@@ -47,16 +47,16 @@ func newLoginBatcher(st *store.Store, timeout time.Duration, onError func()) *lo
 	return &loginBatcher{store: st, timeout: timeout, onError: onError, wake: make(chan struct{}, 1)}
 }
 
-// claim records want.User at want.At and takes the user's offline inbox,
-// sharing the round trip with concurrent logins. It waits for the outcome,
-// however long the pipeline takes (it is bounded by the batcher's timeout,
-// and a claim queued behind a pipeline in flight waits for that one too):
-// a login that gave up early could leave a claimed presence or a taken
-// inbox with no session to show for it. When the claim fails, any inbox
-// lines taken with it are put back.
-func (b *loginBatcher) claim(want store.Claim) *loginClaim {
-	user := want.User
-	c := &loginClaim{Claim: want, done: make(chan struct{})}
+// claim records user at at and takes the user's offline inbox (token
+// names the take; keep reads it without taking: store.Claim), sharing the
+// round trip with concurrent logins. It waits for the outcome, however
+// long the pipeline takes (it is bounded by the batcher's timeout, and a
+// claim queued behind a pipeline in flight waits for that one too): a
+// login that gave up early could leave a claimed presence or a taken inbox
+// with no session to show for it. When the claim fails, any inbox lines
+// taken with it are put back.
+func (b *loginBatcher) claim(user string, at store.Location, token string, keep bool) *loginClaim {
+	c := &loginClaim{Claim: store.Claim{User: user, At: at, Token: token, Keep: keep}, done: make(chan struct{})}
 	b.mu.Lock()
 	if b.stopped {
 		b.mu.Unlock()

@@ -325,16 +325,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 	// user claimed but not here and store its message offline, after the
 	// inbox was taken: the watch notices, and the inbox is read again.
 	watch := s.watches.watch(r.Name)
-	c := s.logins.claim(store.Claim{User: r.Name, At: loc, Token: s.newID().String(), Keep: r.Acks})
+	c := s.logins.claim(r.Name, loc, s.newID().String(), r.Acks)
 	if c.Err != nil {
-		var b sendq.Batch
-		for _, h := range s.watches.takeHeld(watch) {
-			s.answerForward(h.c, h.f, wire.AckNotHere)
-		}
-		b.Flush()
-		s.watches.unwatch(r.Name, watch)
-		s.log.Warn("login failed: presence store unavailable", "user", r.Name, "err", c.Err)
-		return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
+		return s.loginFailed(r.Name, watch, c.Err)
 	}
 	if s.loginClaimed != nil {
 		s.loginClaimed(r.Name)
@@ -351,7 +344,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	// not take turns at a write syscall.
 	var batch sendq.Batch
 	s.mu.Lock()
-	sess.sendReply(&batch, reply{Reply: "login", OK: true, Name: r.Name, Session: sess.id, Server: s.cfg.ID})
+	s.loginReply(&batch, sess, r.Name)
 	if r.Acks {
 		s.startPaging(&batch, sess, inbox)
 	} else {
@@ -364,9 +357,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 	s.m.setSessions(len(s.sessions))
 	// Forwards that came for the user while the login was in progress go
 	// to the session now, before any that find it in the map.
-	for _, h := range s.watches.takeHeld(watch) {
-		s.forwardTo(&batch, sess, h.c, h.f, &h.it)
-	}
+	s.forwardHeld(&batch, sess, watch)
 	s.mu.Unlock()
 	batch.Flush()
 	storedMeanwhile := s.watches.unwatch(r.Name, watch)
@@ -375,49 +366,96 @@ func (s *Server) login(sess *session, r request) *clientError {
 	if prev != nil && prev != sess {
 		prev.close(closeKickedLocal)
 	} else if c.Had && c.Old.Server != s.cfg.ID && len(s.relays) > 0 {
-		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
-		s.sendRelay(func(b []byte) []byte { return wire.AppendKick(b, k) })
+		s.kickElsewhere(r.Name, c.Old)
 	}
 	if s.log.Enabled(s.ctx, slog.LevelDebug) { // the arguments would cost allocations per login
 		s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
 	}
 	s.readInboxLate(sess, r.Name, r.Acks, inbox)
 	if c.InboxErr != nil && !storedMeanwhile {
-		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.InboxErr)
+		s.inboxNotRead(r.Name, c.InboxErr)
 		return nil
 	}
 	if storedMeanwhile {
-		watch.inflight.Wait()
-		tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-		defer tcancel()
-		if r.Acks && sess.pager.skipLive() {
-			return nil // paging: the next page reads the inbox again
-		}
-		var lines []string
-		var err error
-		if r.Acks {
-			lines, err = s.store.ReadInbox(tctx, r.Name)
-		} else {
-			lines, err = s.store.TakeInbox(tctx, r.Name, s.newID().String())
-		}
-		if err != nil {
-			s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", err)
-			return nil
-		}
-		sent := make(map[string]bool, len(inbox))
-		for _, e := range inbox {
-			sent[e.ev.ID] = true
-		}
-		var b sendq.Batch // one write for the whole inbox
-		for _, e := range s.inboxEvents(r.Name, lines) {
-			if e.ev.ID != "" && sent[e.ev.ID] {
-				continue // read with the claim: sent already
-			}
-			_ = sess.queue(&b, e.appendLine)
-		}
-		b.Flush()
+		s.readInboxAgain(sess, r.Name, r.Acks, watch, inbox)
 	}
 	return nil
+}
+
+// The cold paths of login are functions of their own: inlined, their
+// locals would make every login's stack frame larger, and the session's
+// goroutine would grow its stack (a copy) at each login.
+
+// loginFailed ends a login whose presence claim failed.
+func (s *Server) loginFailed(user string, watch *inboxWatch, err error) *clientError {
+	var b sendq.Batch
+	for _, h := range s.watches.takeHeld(watch) {
+		s.answerForward(h.c, h.f, wire.AckNotHere)
+	}
+	b.Flush()
+	s.watches.unwatch(user, watch)
+	s.log.Warn("login failed: presence store unavailable", "user", user, "err", err)
+	return errorf(CodeUnavailable, "cannot log in now: presence store unavailable, try again shortly")
+}
+
+// loginReply queues the reply to a login that succeeded.
+func (s *Server) loginReply(batch *sendq.Batch, sess *session, user string) {
+	sess.sendReply(batch, reply{Reply: "login", OK: true, Name: user, Session: sess.id, Server: s.cfg.ID})
+}
+
+// forwardHeld sends sess the Forwards held for its login (s.mu is held).
+func (s *Server) forwardHeld(batch *sendq.Batch, sess *session, watch *inboxWatch) {
+	held := s.watches.takeHeld(watch)
+	for i := range held {
+		h := &held[i]
+		s.forwardTo(batch, sess, h.c, h.f, &h.it)
+	}
+}
+
+// kickElsewhere tells the server where user was logged in before (old)
+// that the login is now here.
+func (s *Server) kickElsewhere(user string, old store.Location) {
+	k := wire.Kick{Origin: s.cfg.ID, Dest: old.Server, User: user, Session: old.Session}
+	s.sendRelay(func(b []byte) []byte { return wire.AppendKick(b, k) })
+}
+
+func (s *Server) inboxNotRead(user string, err error) {
+	s.log.Warn("offline inbox not read; it stays for the next login", "user", user, "err", err)
+}
+
+// readInboxAgain reads the inbox of a login once more when a message was
+// stored offline from this server while the login was in progress (its
+// watch saw it), and sends what the login's read did not have.
+func (s *Server) readInboxAgain(sess *session, user string, acks bool, watch *inboxWatch, inbox []inboxEvent) {
+	watch.inflight.Wait()
+	tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+	defer tcancel()
+	if acks && sess.pager.skipLive() {
+		return // paging: the next page reads the inbox again
+	}
+	var lines []string
+	var err error
+	if acks {
+		lines, err = s.store.ReadInbox(tctx, user)
+	} else {
+		lines, err = s.store.TakeInbox(tctx, user, s.newID().String())
+	}
+	if err != nil {
+		s.inboxNotRead(user, err)
+		return
+	}
+	sent := make(map[string]bool, len(inbox))
+	for _, e := range inbox {
+		sent[e.ev.ID] = true
+	}
+	var b sendq.Batch // one write for the whole inbox
+	for _, e := range s.inboxEvents(user, lines) {
+		if e.ev.ID != "" && sent[e.ev.ID] {
+			continue // read with the claim: sent already
+		}
+		_ = sess.queue(&b, e.appendLine)
+	}
+	b.Flush()
 }
 
 // authenticate checks a login's token, when the server checks tokens,
