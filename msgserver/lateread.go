@@ -12,6 +12,11 @@ import (
 // maxLateReads is the most late inbox reads one batch carries.
 const maxLateReads = 512
 
+// lateReadGather is how long after the first read of a batch is due the
+// batch goes: the reads falling due meanwhile join it. A read is never
+// early, and late by at most this.
+const lateReadGather = 20 * time.Millisecond
+
 // lateRead is one login's inbox read once more (readInboxLate).
 type lateRead struct {
 	due  time.Time
@@ -22,11 +27,12 @@ type lateRead struct {
 }
 
 // lateReader runs the late inbox reads of logins (readInboxLate) on one
-// goroutine, in batches: every read that is due goes in one round trip
-// that looks which inboxes exist, and only those are read. A login storm
-// costs one plain command per login, and neither a timer nor a goroutine.
-// Reads are due in the order logins queue them (the delay is the same for
-// all), so the queue is a FIFO.
+// goroutine, in batches: every read that is due (gathered for
+// lateReadGather) goes in one round trip that looks which inboxes exist,
+// and only those are read. A login storm costs one plain command per login
+// and a round trip per batch, and neither a timer nor a goroutine per
+// login. Reads are due in the order logins queue them (the delay is the
+// same for all), so the queue is a FIFO.
 type lateReader struct {
 	srv   *Server
 	mu    sync.Mutex
@@ -64,7 +70,7 @@ func (l *lateReader) run(ctx context.Context) {
 		if len(l.queue) == 0 {
 			wait = -1
 		} else {
-			wait = time.Until(l.queue[0].due)
+			wait = time.Until(l.queue[0].due.Add(lateReadGather))
 		}
 		if wait <= 0 && len(l.queue) > 0 {
 			n := 0
