@@ -136,6 +136,9 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(reads))*time.Microsecond)
 	defer cancel()
 	s.store.ReadInboxes(cctx, reads)
+	if ctx.Err() != nil {
+		return // the server is closing
+	}
 	for i, in := range reads {
 		r := of[i]
 		if in.Err != nil {
