@@ -103,7 +103,7 @@ for round in $(seq "$rounds"); do
 done
 [ -n "${RAW:-}" ] && cp "$results" "$RAW"
 
-python3 - "$results" "$work/tier.log" <<'EOF'
+[ ! -s "$results" ] || python3 - "$results" "$work/tier.log" <<'EOF' # LOADS=none: no table, only the idle step
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs):
