@@ -322,7 +322,7 @@ func (l *relayLink) start(ctx context.Context, conn net.Conn, relayID string) *l
 		unwatch:  context.AfterFunc(ctx, func() { netx.CloseNow(conn) }), // ends the read at shutdown
 	}
 	l.stats.LastRecv.Store(now.UnixNano())
-	l.fr = wire.NewReader(conn, 2*l.cfg.MaxLine+4096)
+	l.fr = wire.NewReader(netx.NewReader(conn), 2*l.cfg.MaxLine+4096)
 	l.deadlineSet = time.Time{}
 	l.mu.Lock()
 	l.conn = c

@@ -253,19 +253,13 @@ func (q *Queue) writeLocked() {
 // over.
 func writeNow(rc syscall.RawConn, p []byte) (n int, err error) {
 	cerr := rc.Write(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Write(int(fd), p)
-			if err != syscall.EINTR {
-				return true // never wait for writability here
-			}
+		var errno syscall.Errno
+		n, errno = netx.RawWrite(fd, p) // without waking the runtime's monitor (netx.RawWrite)
+		if errno != 0 && errno != syscall.EAGAIN {
+			err = errno
 		}
+		return true // never wait for writability here
 	})
-	if n < 0 {
-		n = 0
-	}
-	if err == syscall.EAGAIN {
-		err = nil
-	}
 	if cerr != nil && err == nil {
 		if errors.Is(cerr, os.ErrDeadlineExceeded) {
 			return 0, nil
@@ -372,6 +366,7 @@ func (q *Queue) Err() error {
 }
 
 func (q *Queue) flushLoop() {
+	deadline := false // this goroutine has set a write deadline
 	for {
 		q.mu.Lock()
 		if len(q.buf) == 0 || q.werr != nil {
@@ -381,7 +376,7 @@ func (q *Queue) flushLoop() {
 			}
 			failed := q.werr != nil
 			q.mu.Unlock()
-			if q.writeTimeout > 0 && !failed {
+			if deadline && !failed {
 				// An expired deadline would make every later inline write
 				// fall back to this goroutine.
 				_ = q.conn.SetWriteDeadline(time.Time{})
@@ -392,10 +387,22 @@ func (q *Queue) flushLoop() {
 		q.buf, q.items, q.carried = nil, 0, 0
 		q.mu.Unlock()
 
-		if q.writeTimeout > 0 {
-			_ = q.conn.SetWriteDeadline(time.Now().Add(q.writeTimeout))
+		// Mostly this goroutine has what was queued while an inline write
+		// ran, and the socket takes it at once: a non-blocking write, as
+		// inline. Only what the socket does not take waits, with the
+		// write deadline, in a blocking write.
+		var err error
+		n := 0
+		if q.raw != nil {
+			n, err = writeNow(q.raw, out)
 		}
-		_, err := q.conn.Write(out)
+		if err == nil && n < len(out) {
+			if q.writeTimeout > 0 {
+				_ = q.conn.SetWriteDeadline(time.Now().Add(q.writeTimeout))
+				deadline = true
+			}
+			_, err = q.conn.Write(out[n:])
+		}
 		if err == nil && q.flushed != nil {
 			q.flushed(carried+len(out), items, time.Since(oldest))
 		}
