@@ -260,8 +260,8 @@ func spreadKey(d *delivery) uint32 {
 
 // acked ends the message an Ack is for and returns its delivery and
 // outcome; nil for a duplicate ack, or one for a copy sent elsewhere before
-// a re-route.
-func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
+// a re-route. now is when the ack arrived.
+func (g *ledger) acked(a wire.Ack, now time.Time) (*delivery, outcome) {
 	g.mu.Lock()
 	p := g.byID[a.ID]
 	if p == nil || p.dest != a.Origin {
@@ -269,7 +269,7 @@ func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
 		return nil, 0
 	}
 	if g.stallAfter > 0 {
-		lat := time.Since(p.due.Add(-g.ackTimeout)) // since it was last sent
+		lat := now.Sub(p.due.Add(-g.ackTimeout)) // since it was last sent
 		g.ackLatency += (lat - g.ackLatency) / 16
 	}
 	if p.list == &g.awaiting {

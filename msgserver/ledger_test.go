@@ -77,16 +77,16 @@ func TestLedgerEndsAMessageOnItsAck(t *testing.T) {
 	}
 	expectSent(t, relay, wire.ID{1}, wire.ID{2})
 
-	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-c", Dest: "msg-a", Code: wire.AckDelivered}); d != nil {
+	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-c", Dest: "msg-a", Code: wire.AckDelivered}, time.Now()); d != nil {
 		t.Fatal("an ack from a server the message was not sent to ended it")
 	}
-	if d, o := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}); d != d1 || o != outTaken {
+	if d, o := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}, time.Now()); d != d1 || o != outTaken {
 		t.Fatalf("ack: %p %v, want %p taken", d, o, d1)
 	}
-	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}); d != nil {
+	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}, time.Now()); d != nil {
 		t.Fatal("a duplicate ack ended a message again")
 	}
-	if d, o := g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckNotHere}); d != d2 || o != outNotHere {
+	if d, o := g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckNotHere}, time.Now()); d != d2 || o != outNotHere {
 		t.Fatalf("not-here ack: %p %v, want %p not here", d, o, d2)
 	}
 	if n := g.unacked(); n != 0 {
@@ -125,7 +125,7 @@ func TestLedgerResendsWhenTheAckIsOverdue(t *testing.T) {
 	expectSent(t, relay) // not due yet
 	g.resendDue(time.Now().Add(time.Minute + time.Second))
 	expectSent(t, relay) // due, but nothing came back: the acks may be waiting unread
-	g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b"})
+	g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b"}, time.Now())
 	g.resendDue(time.Now().Add(time.Minute + time.Second))
 	expectSent(t, relay, wire.ID{1}) // one sent after it was acked: its ack is lost
 	if n := g.unacked(); n != 1 {
@@ -258,7 +258,7 @@ func TestLedgerResendsOverTheOtherLinkAtOnce(t *testing.T) {
 	}
 	_ = g.send(to(u0), fwd(4))
 	expectSent(t, relay1, wire.ID{1}, wire.ID{3}, wire.ID{4})
-	g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b"})
+	g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b"}, time.Now())
 	c2, relay2 := testConn(t) // the first link back
 	if n := g.up(c2); n != 0 {
 		t.Fatalf("up sent %d; everything is on the live link already", n)
