@@ -131,14 +131,19 @@ func (g *ledger) send(d *delivery, f *wire.Forward) error {
 // sendIn is send for a reader handling a batch of input: the write waits
 // for b.Flush.
 func (g *ledger) sendIn(b *sendq.Batch, d *delivery, f *wire.Forward) error {
-	frame := wire.AppendForward(nil, f)
+	return g.sendFrame(b, d, f.ID, f.Dest, wire.AppendForward(nil, f))
+}
+
+// sendFrame is sendIn for a Forward already encoded: frame, with id, for
+// dest. The ledger keeps frame.
+func (g *ledger) sendFrame(b *sendq.Batch, d *delivery, id wire.ID, dest string, frame []byte) error {
 	now := time.Now()
 	g.mu.Lock()
 	if g.byID.n >= g.max {
 		g.mu.Unlock()
 		return errBacklogFull
 	}
-	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame, key: spreadKey(d)}
+	p := &pending{d: d, id: id, dest: dest, frame: frame, key: spreadKey(d)}
 	g.byID.put(p)
 	g.m.setUnacked(g.byID.n)
 	g.sendLocked(b, g.pickLocked(p.key, nil), p, now)
