@@ -75,42 +75,93 @@ func (s *Store) ReleaseAll(ctx context.Context, users map[string]Location) error
 	if len(users) == 0 {
 		return nil
 	}
-	// Eval, not Run: a pipeline cannot fall back from EVALSHA on NOSCRIPT.
-	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for user, at := range users {
-			releaseScript.Eval(ctx, pipe, []string{userKeyPrefix + user}, at.value())
-		}
-		return nil
+	keys := make([]string, 0, len(users))
+	values := make([]string, 0, len(users))
+	for user, at := range users {
+		keys = append(keys, userKeyPrefix+user)
+		values = append(values, at.value())
+	}
+	cmds := s.evalAll(ctx, releaseScript, len(keys), func(i int) ([]string, []any) {
+		return keys[i : i+1], []any{values[i]}
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return s.fail(fmt.Errorf("release %d presence records: %w", len(users), err))
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return s.fail(fmt.Errorf("release %d presence records: %w", len(users), err))
+		}
 	}
 	return nil
 }
 
-// RefreshAll extends the records of many sessions in one pipeline,
-// recreating any that vanished, and returns the users whose record now
-// names another session.
+// RefreshAll extends the records of many sessions, recreating any that
+// vanished, and returns the users whose record now names another session.
+//
+// Plain commands, no script, for the common case: one pipeline reads every
+// record, a second extends those that name their session. A record that
+// changes between the two is extended by the moment in between at most:
+// it was just written with the full TTL. Records found missing (or gone
+// by the extension) go through refreshScript, which recreates them only
+// if they are still missing.
 func (s *Store) RefreshAll(ctx context.Context, users map[string]Location) (lost []string, err error) {
 	if len(users) == 0 {
 		return nil, nil
 	}
 	names := make([]string, 0, len(users))
-	cmds := make([]*redis.Cmd, 0, len(users))
-	ms := s.cfg.PresenceTTL.Milliseconds()
+	values := make([]string, 0, len(users))
+	gets := make([]*redis.StringCmd, 0, len(users))
 	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for user, at := range users {
 			names = append(names, user)
-			cmds = append(cmds, refreshScript.Eval(ctx, pipe, []string{userKeyPrefix + user}, at.value(), ms))
+			values = append(values, at.value())
+			gets = append(gets, pipe.Get(ctx, userKeyPrefix+user))
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
 	}
-	for i, c := range cmds {
-		if n, _ := c.Int(); n == 0 {
+	ttl := s.cfg.PresenceTTL
+	var mine, missing []int // indexes into names
+	for i, g := range gets {
+		switch v, err := g.Result(); {
+		case errors.Is(err, redis.Nil):
+			missing = append(missing, i)
+		case err != nil:
+			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
+		case v == values[i]:
+			mine = append(mine, i)
+		default:
 			lost = append(lost, names[i])
+		}
+	}
+	if len(mine) > 0 {
+		exps := make([]*redis.BoolCmd, len(mine))
+		_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for j, i := range mine {
+				exps[j] = pipe.PExpire(ctx, userKeyPrefix+names[i], ttl)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
+		}
+		for j, e := range exps {
+			if !e.Val() {
+				missing = append(missing, mine[j])
+			}
+		}
+	}
+	ms := ttl.Milliseconds()
+	cmds := s.evalAll(ctx, refreshScript, len(missing), func(j int) ([]string, []any) {
+		i := missing[j]
+		return []string{userKeyPrefix + names[i]}, []any{values[i], ms}
+	})
+	for j, c := range cmds {
+		n, err := c.Int()
+		if err != nil {
+			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
+		}
+		if n == 0 {
+			lost = append(lost, names[missing[j]])
 		}
 	}
 	return lost, nil
