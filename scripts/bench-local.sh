@@ -103,6 +103,7 @@ for round in $(seq "$rounds"); do
 done
 [ -n "${RAW:-}" ] && cp "$results" "$RAW"
 
+if [ -s "$results" ]; then # LOADS=none: only the idle step
 python3 - "$results" "$work/tier.log" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
@@ -153,6 +154,7 @@ print("refused and resent: totals over all rounds; even: median over runs of the
 print("sys/1k: read and write system calls per 1 000 delivered (tier: all four processes; direct: both nodes)")
 print("RSS+MB: msg-1's RSS growth over the run; CPU/1k: tier = redis + relay + msg-1 + msg-2, direct = both nodes; the load generator is apart")
 EOF
+fi
 
 # Idle: a fresh message server, so RSS per session is not flattered by a
 # heap the loads above grew. Presence in Redis is counted apart.
