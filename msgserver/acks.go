@@ -529,7 +529,8 @@ func (s *Server) lateReadAfter() time.Duration { return s.cfg.RedisTimeout + 500
 // the login had read the inbox; without this it would wait for the next
 // login. A session with acks gets only entries not kept as sent and not
 // read at login (known); one that is paging reads them in its next page.
-// It runs on a timer, so a login storm holds no goroutines meanwhile.
+// It runs on a timer, so a login storm holds no goroutines meanwhile,
+// and then on one of a few goroutines (lateReads).
 func (s *Server) readInboxLate(sess *session, user string, acks bool, known []inboxEvent) {
 	var ids map[string]bool
 	if acks {
@@ -538,7 +539,7 @@ func (s *Server) readInboxLate(sess *session, user string, acks bool, known []in
 			ids[e.ev.ID] = true
 		}
 	}
-	time.AfterFunc(s.lateReadAfter(), func() {
+	read := func() {
 		if s.ctx.Err() != nil || sess.isClosed() || s.local(user) != sess {
 			return
 		}
@@ -571,7 +572,9 @@ func (s *Server) readInboxLate(sess *session, user string, acks bool, known []in
 			}
 			_ = sess.queue(&b, e.appendLine)
 		}
-	})
+	}
+	// The timer only queues the read: its goroutine ends at once.
+	time.AfterFunc(s.lateReadAfter(), func() { s.lateReads.add(read) })
 }
 
 // acker gives acks their Redis round trip as loginBatcher does logins: one

@@ -25,20 +25,21 @@ import (
 
 // Server is a running message server.
 type Server struct {
-	started  time.Time
-	cfg      Config
-	log      *slog.Logger
-	m        *Metrics
-	store    *store.Store
-	watches  inboxWatches // logins in progress here (see inboxWatch)
-	logins   *loginBatcher
-	auth     *verifier // nil: logins are not authenticated
-	releases *releaser
-	relays   []*relayLink   // one per relay address (VIP); none when no relay is configured
-	ledger   *ledger        // messages forwarded through the relays until acked; nil without relay
-	poller   *poller.Poller // parked idle sessions; nil when parking is off
-	ips      *ipLimits      // connections and logins per source address
-	web      webServer      // the web port, if served (web.go)
+	started   time.Time
+	cfg       Config
+	log       *slog.Logger
+	m         *Metrics
+	store     *store.Store
+	watches   inboxWatches // logins in progress here (see inboxWatch)
+	lateReads lateReads    // inbox reads a little after logins (readInboxLate)
+	logins    *loginBatcher
+	auth      *verifier // nil: logins are not authenticated
+	releases  *releaser
+	relays    []*relayLink   // one per relay address (VIP); none when no relay is configured
+	ledger    *ledger        // messages forwarded through the relays until acked; nil without relay
+	poller    *poller.Poller // parked idle sessions; nil when parking is off
+	ips       *ipLimits      // connections and logins per source address
+	web       webServer      // the web port, if served (web.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc

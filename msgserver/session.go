@@ -476,13 +476,16 @@ func (s *session) readLoop() (parked bool) {
 	// loop reads it once per read, not per line.
 	now := time.Now()
 	lastInput := now
+	// parkAfter is ParkIdleAfter, or parkAfterLogin while nothing has come
+	// since a login.
+	parkAfter := cfg.ParkIdleAfter
 	for {
 		// Wait for input until the next deadline (wakeAt). Moving it costs
 		// a timer update: at most once a second, unless a wake-up has just
 		// found a line begun.
 		if now.Sub(deadlineSet) > time.Second {
 			deadlineSet = now
-			_ = s.conn.SetReadDeadline(s.wakeAt(now, lastInput, lr.src.start, canPark))
+			_ = s.conn.SetReadDeadline(s.wakeAt(now, lastInput, lr.src.start, canPark, parkAfter))
 			if s.isClosed() {
 				return false // close's wake-up deadline was just overwritten
 			}
@@ -537,11 +540,22 @@ func (s *session) readLoop() (parked bool) {
 		if !tooLong && len(line) > cfg.MaxLine {
 			s.lineTooLong() // passed the limit with its last piece
 		} else if line = bytes.TrimSpace(line); !tooLong && len(line) > 0 {
+			loggedIn := s.loginBy == 0
 			switch cerr := s.handle(line, now, lr); {
 			case cerr == nil:
 				s.badInARow = 0
 			case cerr.badRequest():
 				s.badInARow++
+			}
+			// A client that logged in and says nothing more parks soon:
+			// a login storm holds a goroutine per session for a moment,
+			// not for ParkIdleAfter (their structures stay allocated for
+			// the life of the process).
+			switch {
+			case !loggedIn && s.loginBy == 0 && parkAfterLogin < parkAfter:
+				parkAfter, deadlineSet = parkAfterLogin, time.Time{}
+			case parkAfter != cfg.ParkIdleAfter:
+				parkAfter, deadlineSet = cfg.ParkIdleAfter, time.Time{}
 			}
 		}
 		tooLong, long = false, nil
@@ -559,17 +573,26 @@ func (s *session) giveBack(lr *lineReader) {
 	lr.credit = 0
 }
 
+// parkAfterLogin is how long a session that has just logged in waits for
+// its client's next request before it parks (ParkIdleAfter if that is
+// shorter). A client that goes on at once (a chat right after the login)
+// does not park; one that stays silent, as most do after a login, parks
+// now rather than later, so a reconnect storm of 20 000 clients runs a few
+// hundred readers at a time instead of all of them: the runtime keeps a
+// goroutine's descriptor (480 bytes) for reuse once it has existed.
+const parkAfterLogin = 250 * time.Millisecond
+
 // wakeAt is when a reader waiting for input must look up: at the idle
 // timeout, the time to park, the login deadline, or the line deadline, of
 // the line begun (lineStart) or of one that may begin while it waits.
-func (s *session) wakeAt(now, lastInput, lineStart time.Time, canPark bool) time.Time {
+func (s *session) wakeAt(now, lastInput, lineStart time.Time, canPark bool, parkAfter time.Duration) time.Time {
 	cfg := &s.srv.cfg
 	if lineStart.IsZero() {
 		lineStart = now
 	}
 	d := earliest(lastInput.Add(cfg.IdleTimeout), lineStart.Add(cfg.LineTimeout))
 	if canPark {
-		d = earliest(d, now.Add(cfg.ParkIdleAfter))
+		d = earliest(d, now.Add(parkAfter))
 	}
 	if by, ok := s.loginDeadline(); ok {
 		d = earliest(d, by)
