@@ -38,6 +38,7 @@ type Server struct {
 	relays    []*relayLink   // one per relay address (VIP); none when no relay is configured
 	ledger    *ledger        // messages forwarded through the relays until acked; nil without relay
 	poller    *poller.Poller // parked idle sessions; nil when parking is off
+	idle      *idleWheel     // the idle timeouts of parked sessions
 	ips       *ipLimits      // connections and logins per source address
 	web       webServer      // the web port, if served (web.go)
 
@@ -124,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 	} else {
 		s.log.Warn("clients are not authenticated: anyone who reaches the client port can log in under any name (no auth key)")
 	}
+	s.idle = newIdleWheel()
 	if cfg.ParkIdleAfter > 0 {
 		p, err := poller.New()
 		if err != nil {
@@ -375,7 +377,9 @@ func (s *Server) login(sess *session, r request) *clientError {
 		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
 		s.sendRelay(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
-	s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+	if s.log.Enabled(s.ctx, slog.LevelDebug) { // the address is made for the log only
+		s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote())
+	}
 	s.readInboxLate(sess, r.Name, r.Acks, inbox)
 	if c.InboxErr != nil && !storedMeanwhile {
 		s.log.Warn("offline inbox not read; it stays for the next login", "user", r.Name, "err", c.InboxErr)
@@ -385,7 +389,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		watch.inflight.Wait()
 		tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 		defer tcancel()
-		if r.Acks && sess.pager.skipLive() {
+		if r.Acks && sess.pager.Load().skipLive() {
 			return nil // paging: the next page reads the inbox again
 		}
 		var lines []string
@@ -429,7 +433,7 @@ func (s *Server) authenticate(sess *session, name, token string) *clientError {
 		return nil
 	}
 	s.m.authFailure(ae.reason)
-	s.log.Debug("login refused", "user", name, "session", sess.id, "remote", sess.remote, "reason", ae.reason, "err", truncate(ae.err.Error(), 200))
+	s.log.Debug("login refused", "user", name, "session", sess.id, "remote", sess.remote(), "reason", ae.reason, "err", truncate(ae.err.Error(), 200))
 	return errorf(CodeAuthFailed, "authentication failed: a valid, unexpired token for this name is required")
 }
 
@@ -735,6 +739,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	s.wg.Wait()
 	s.web.close()
+	s.idle.close()
 	if s.poller != nil {
 		_ = s.poller.Close() // every session has finished: nothing waits in it
 	}
