@@ -29,7 +29,7 @@ import (
 const (
 	memoryCheckEvery  = 2 * time.Second
 	minParksToRelease = 1000
-	minFreeToRelease  = 16 << 20 // bytes
+	minFreeToRelease  = 4 << 20 // bytes
 	stackPerGoroutine = 8 << 10  // the most a goroutine here is expected to use
 )
 

@@ -595,9 +595,9 @@ func (s *Server) setRedisState(err error) {
 // that was lost with the relay link).
 func (s *Server) refreshPresence(ctx context.Context) {
 	s.mu.Lock()
-	users := make(map[string]store.Location, len(s.sessions))
+	users := make([]store.Record, 0, len(s.sessions))
 	for name, sess := range s.sessions {
-		users[name] = store.Location{Server: s.cfg.ID, Session: sess.id}
+		users = append(users, store.Record{User: name, At: store.Location{Server: s.cfg.ID, Session: sess.id}})
 	}
 	s.mu.Unlock()
 	if len(users) == 0 {
@@ -610,8 +610,15 @@ func (s *Server) refreshPresence(ctx context.Context) {
 		s.setRedisState(err)
 		return
 	}
+	if len(lost) == 0 {
+		return
+	}
+	ids := make(map[string]string, len(users))
+	for _, u := range users {
+		ids[u.User] = u.At.Session
+	}
 	for _, name := range lost {
-		s.onKick(wire.Kick{Origin: "presence", User: name, Session: users[name].Session})
+		s.onKick(wire.Kick{Origin: "presence", User: name, Session: ids[name]})
 	}
 }
 

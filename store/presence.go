@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -99,43 +100,34 @@ func (s *Store) ReleaseAll(ctx context.Context, users map[string]Location) error
 	return nil
 }
 
-// RefreshAll extends the records of many sessions in one pipeline,
-// recreating any that vanished, and returns the users whose record now
-// names another session.
-func (s *Store) RefreshAll(ctx context.Context, users map[string]Location) (lost []string, err error) {
+// Record is one user's presence: the user and where it is logged in.
+type Record struct {
+	User string
+	At   Location
+}
+
+// RefreshAll extends the records of many sessions, a batch of them per
+// call in one pipeline, recreating any that vanished, and returns the
+// users whose record now names another session.
+func (s *Store) RefreshAll(ctx context.Context, users []Record) (lost []string, err error) {
 	if len(users) == 0 {
 		return nil, nil
 	}
 	ms := s.cfg.PresenceTTL.Milliseconds()
-	var batches [][]string // each batch's user names, in KEYS order
-	var cmds []*redis.Cmd
-	keys := make([]string, 0, min(len(users), refreshBatch))
-	args := make([]any, 0, min(len(users), refreshBatch)+1)
-	var names []string
+	cmds := make([]*redis.Cmd, 0, (len(users)+refreshBatch-1)/refreshBatch)
 	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		flush := func() {
+		for batch := range slices.Chunk(users, refreshBatch) {
+			// The command keeps keys and args: each batch has its own.
+			keys := make([]string, len(batch))
+			args := make([]any, 1, len(batch)+1)
+			args[0] = ms
+			for i, u := range batch {
+				keys[i] = userKeyPrefix + u.User
+				args = append(args, u.At.value())
+			}
 			// Eval, not Run: a pipeline cannot fall back from EVALSHA on
-			// NOSCRIPT. The command keeps keys and args: fresh ones follow.
+			// NOSCRIPT.
 			cmds = append(cmds, refreshScript.Eval(ctx, pipe, keys, args...))
-			batches = append(batches, names)
-			keys = make([]string, 0, cap(keys))
-			args = make([]any, 0, cap(args))
-			names = nil
-		}
-		for user, at := range users {
-			if len(keys) == 0 {
-				args = append(args, ms)
-				names = make([]string, 0, cap(keys))
-			}
-			keys = append(keys, userKeyPrefix+user)
-			args = append(args, at.value())
-			names = append(names, user)
-			if len(keys) == refreshBatch {
-				flush()
-			}
-		}
-		if len(keys) > 0 {
-			flush()
 		}
 		return nil
 	})
@@ -147,9 +139,10 @@ func (s *Store) RefreshAll(ctx context.Context, users map[string]Location) (lost
 		if err != nil {
 			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
 		}
+		batch := users[i*refreshBatch : min(len(users), (i+1)*refreshBatch)]
 		for _, p := range pos {
-			if p >= 1 && int(p) <= len(batches[i]) {
-				lost = append(lost, batches[i][p-1])
+			if p >= 1 && int(p) <= len(batch) {
+				lost = append(lost, batch[p-1].User)
 			}
 		}
 	}
