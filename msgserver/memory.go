@@ -30,7 +30,7 @@ const (
 	memoryCheckEvery  = 2 * time.Second
 	minParksToRelease = 1000
 	minFreeToRelease  = 4 << 20 // bytes
-	stackPerGoroutine = 8 << 10  // the most a goroutine here is expected to use
+	stackPerGoroutine = 8 << 10 // the most a goroutine here is expected to use
 )
 
 // releaseMemory runs until ctx ends; parkedNow counts the sessions parked
