@@ -34,7 +34,8 @@ end
 return lost
 `)
 
-// refreshBatch is how many users one refresh call carries.
+// refreshBatch is how many users one refresh call carries; on a Redis
+// Cluster, one.
 const refreshBatch = 256
 
 // releaseScript deletes a presence record only if it still names this
@@ -114,9 +115,13 @@ func (s *Store) RefreshAll(ctx context.Context, users []Record) (lost []string, 
 		return nil, nil
 	}
 	ms := s.cfg.PresenceTTL.Milliseconds()
-	cmds := make([]*redis.Cmd, 0, (len(users)+refreshBatch-1)/refreshBatch)
+	per := refreshBatch
+	if _, ok := s.rdb.(*redis.ClusterClient); ok {
+		per = 1 // a script's keys must share a hash slot: one user per call
+	}
+	cmds := make([]*redis.Cmd, 0, (len(users)+per-1)/per)
 	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for batch := range slices.Chunk(users, refreshBatch) {
+		for batch := range slices.Chunk(users, per) {
 			// The command keeps keys and args: each batch has its own.
 			keys := make([]string, len(batch))
 			args := make([]any, 1, len(batch)+1)
@@ -139,7 +144,7 @@ func (s *Store) RefreshAll(ctx context.Context, users []Record) (lost []string, 
 		if err != nil {
 			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
 		}
-		batch := users[i*refreshBatch : min(len(users), (i+1)*refreshBatch)]
+		batch := users[i*per : min(len(users), (i+1)*per)]
 		for _, p := range pos {
 			if p >= 1 && int(p) <= len(batch) {
 				lost = append(lost, batch[p-1].User)
