@@ -296,12 +296,12 @@ func TestRenderContent(t *testing.T) {
 
 	a := render("relay-a", keepalived.Options{})
 	has(t, a, "router_id relay-a", "script_user keepalived_script", "enable_script_security",
-		`script "/usr/local/bin/relay check --admin 127.0.0.1:9100 --link 127.0.0.1:7000 --timeout 400ms --grace 3s"`,
+		`script "/usr/libexec/chatrelay/relay check --admin 127.0.0.1:9100 --link 127.0.0.1:7000 --timeout 400ms --grace 3s"`,
 		"interval 1", "timeout 1", "fall 1", "rise 2", "weight 0", "init_fail",
 		`file "/run/chatrelay/relay.down"`, "init_file 1",
 		"state BACKUP", "nopreempt", "interface eth1", "virtual_router_id 51", "priority 150", "version 3",
 		"advert_int 0.1", "192.168.56.100/24 dev eth1", "chk_relay", "relay_down",
-		`notify "/usr/local/libexec/chatrelay/notify.sh relay-a"`)
+		`notify "/usr/libexec/chatrelay/notify.sh relay-a"`)
 	hasNot(t, a, "unicast", "check_unicast_src", "smtp", "notification_email", "vrrp_strict", "preempt_delay", "state MASTER")
 
 	b := render("relay-b", keepalived.Options{

@@ -3,7 +3,7 @@
 # whether it is alive in keepalived's track file, so keepalived releases the
 # VIP the moment the relay dies instead of at the next 1 s health check.
 #
-#   CHATRELAY_TRACK_FILE=/run/chatrelay/relay.down relay-supervise.sh /usr/local/bin/relay --vip ...
+#   CHATRELAY_TRACK_FILE=/run/chatrelay/relay.down relay-supervise.sh /usr/bin/relay --vip ...
 #
 # - starts the command, then writes 0 to the track file (relay up);
 # - waits for it; when it exits, in any way (crash, SIGKILL, clean stop),

@@ -18,10 +18,11 @@ var confTemplate string
 
 var tmpl = template.Must(template.New("keepalived.conf").Option("missingkey=error").Parse(confTemplate))
 
-// Defaults for Options.
+// Defaults for Options: where the chatrelay package (packaging/nfpm.yaml)
+// installs the check's copy of the relay and the notify script.
 const (
-	DefaultRelayBin     = "/usr/local/bin/relay"
-	DefaultNotifyScript = "/usr/local/libexec/chatrelay/notify.sh"
+	DefaultRelayBin     = "/usr/libexec/chatrelay/relay"
+	DefaultNotifyScript = "/usr/libexec/chatrelay/notify.sh"
 	DefaultTrackFile    = "/run/chatrelay/relay.down"
 	DefaultScriptUser   = "keepalived_script"
 )

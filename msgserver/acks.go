@@ -539,8 +539,8 @@ func (s *Server) lateReadAfter() time.Duration { return s.cfg.RedisTimeout + 500
 // the login had read the inbox; without this it would wait for the next
 // login. A session with acks gets only entries not kept as sent and not
 // read at login (known); one that is paging reads them in its next page.
-// It runs on a timer, so a login storm holds no goroutines meanwhile,
-// and then on one of a few goroutines (lateReads).
+// The reads of many logins share a round trip (lateReader), so a login
+// storm holds no goroutines or timers meanwhile.
 func (s *Server) readInboxLate(sess *session, user string, acks bool, known []inboxEvent) {
 	var ids map[string]bool
 	if acks {
@@ -549,42 +549,7 @@ func (s *Server) readInboxLate(sess *session, user string, acks bool, known []in
 			ids[e.ev.ID] = true
 		}
 	}
-	read := func() {
-		if s.ctx.Err() != nil || sess.isClosed() || s.local(user) != sess {
-			return
-		}
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-		defer cancel()
-		var b sendq.Batch
-		defer b.Flush()
-		if !acks {
-			lines, err := s.store.TakeInbox(ctx, user, s.newID().String())
-			if err != nil {
-				s.log.Warn("offline inbox not read again after login; it stays for the next login", "user", user, "err", err)
-				return
-			}
-			for _, e := range s.inboxEvents(user, lines) {
-				_ = sess.queue(&b, e.appendLine)
-			}
-			return
-		}
-		if sess.pager.Load().skipLive() {
-			return // paging: the next page reads the inbox
-		}
-		lines, err := s.store.ReadInbox(ctx, user)
-		if err != nil {
-			s.log.Warn("inbox not read again after login; what is in it comes at the next login", "user", user, "err", err)
-			return
-		}
-		for _, e := range s.inboxEvents(user, lines) {
-			if e.ev.Redelivered || ids[e.ev.ID] {
-				continue // sent live (to this session or an earlier one), or at login
-			}
-			_ = sess.queue(&b, e.appendLine)
-		}
-	}
-	// The timer only queues the read: its goroutine ends at once.
-	time.AfterFunc(s.lateReadAfter(), func() { s.lateReads.add(read) })
+	s.lateReads.add(lateRead{due: time.Now().Add(s.lateReadAfter()), sess: sess, user: user, acks: acks, ids: ids})
 }
 
 // acker gives acks their Redis round trip as loginBatcher does logins: one

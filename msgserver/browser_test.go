@@ -160,10 +160,12 @@ func TestBrowserChatPage(t *testing.T) {
 
 	say(ctxA, "alice", "bob", "hello bob, from server a")
 	waitMsg(ctxB, "bob gets alice's message", "in", "hello bob, from server a", "")
-	waitMsg(ctxA, "alice sees it relayed", "out", "hello bob, from server a", "relayed")
+	// The pages log in with acks and receipts: bob's page acks what it
+	// shows, and alice's then says bob has it.
+	waitMsg(ctxA, "alice sees bob received it", "out", "hello bob, from server a", "received")
 	say(ctxB, "bob", "alice", "hi alice, from server b")
 	waitMsg(ctxA, "alice gets bob's reply", "in", "hi alice, from server b", "")
-	waitMsg(ctxB, "bob sees his relayed", "out", "hi alice, from server b", "relayed")
+	waitMsg(ctxB, "bob sees alice received his", "out", "hi alice, from server b", "received")
 
 	// A refusal shows the server's reason.
 	say(ctxA, "alice", "two  spaces", "to nobody") // a doubled space is not a name
@@ -185,6 +187,15 @@ func TestBrowserChatPage(t *testing.T) {
 		chromedp.WaitVisible(chromedp.ID("chat")),
 	)
 	waitMsg(ctxB, "bob gets the offline message", `in[data-offline="true"]`, "are you there?", "")
+	waitMsg(ctxA, "alice sees bob received the offline message", "out", "are you there?", "received")
+	testenv.Eventually(t, 10*time.Second, "every message and receipt acked: nothing kept", func() bool {
+		for _, user := range []string{"alice", "bob"} {
+			if n, err := tr.a.Redis.LLen(context.Background(), "chatrelay:inbox:"+user).Result(); err != nil || n != 0 {
+				return false
+			}
+		}
+		return true
+	})
 
 	if e := errs.list(); len(e) > 0 {
 		fail("JavaScript console errors:\n%s", strings.Join(e, "\n"))
@@ -209,7 +220,7 @@ func TestBrowserChatPage(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "bob logged in again", func() bool { return tr.b.Sessions() == 1 })
 	say(ctxA, "alice", "bob", "welcome back")
 	waitMsg(ctxB, "bob gets a message after the restart", "in", "welcome back", "")
-	waitMsg(ctxA, "alice sees it relayed", "out", "welcome back", "relayed")
+	waitMsg(ctxA, "alice sees bob received it", "out", "welcome back", "received")
 
 	screenshot(ctxA, "page-a-alice")
 	screenshot(ctxB, "page-b-bob")

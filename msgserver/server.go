@@ -31,10 +31,10 @@ type Server struct {
 	m         *Metrics
 	store     *store.Store
 	watches   inboxWatches // logins in progress here (see inboxWatch)
-	lateReads lateReads    // inbox reads a little after logins (readInboxLate)
 	logins    *loginBatcher
 	auth      *verifier // nil: logins are not authenticated
 	releases  *releaser
+	lateReads *lateReader
 	relays    []*relayLink   // one per relay address (VIP); none when no relay is configured
 	ledger    *ledger        // messages forwarded through the relays until acked; nil without relay
 	poller    *poller.Poller // parked idle sessions; nil when parking is off
@@ -137,7 +137,12 @@ func New(cfg Config) (*Server, error) {
 	s.logins = newLoginBatcher(s.store, cfg.RedisTimeout, s.m.redisError)
 	s.releases = newReleaser(s.store, s.log, cfg.RedisTimeout)
 	s.acker = newAcker(s.store, cfg.RedisTimeout)
-	s.wg.Add(4)
+	s.lateReads = newLateReader(s)
+	s.wg.Add(5)
+	go func() {
+		defer s.wg.Done()
+		s.lateReads.run(ctx)
+	}()
 	go func() {
 		defer s.wg.Done()
 		s.acker.run(ctx)
@@ -317,14 +322,12 @@ func (s *Server) login(sess *session, r request) *clientError {
 	if draining {
 		return errorf(CodeShuttingDown, "server shutting down; connect to another")
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
-	defer cancel()
 	loc := store.Location{Server: s.cfg.ID, Session: sess.id}
 	// Until the session is in the local map, a local sender may find the
 	// user claimed but not here and store its message offline, after the
 	// inbox was taken: the watch notices, and the inbox is read again.
 	watch := s.watches.watch(r.Name)
-	c := s.logins.claim(ctx, store.Claim{User: r.Name, At: loc, Token: s.newID().String(), Keep: r.Acks})
+	c := s.logins.claim(store.Claim{User: r.Name, At: loc, Token: s.newID().String(), Keep: r.Acks})
 	if c.Err != nil {
 		var b sendq.Batch
 		for _, h := range s.watches.takeHeld(watch) {
@@ -377,7 +380,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		k := wire.Kick{Origin: s.cfg.ID, Dest: c.Old.Server, User: r.Name, Session: c.Old.Session}
 		s.sendRelay(func(b []byte) []byte { return wire.AppendKick(b, k) })
 	}
-	if s.log.Enabled(s.ctx, slog.LevelDebug) { // the address is made for the log only
+	if s.log.Enabled(s.ctx, slog.LevelDebug) { // the arguments would cost allocations per login
 		s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote())
 	}
 	s.readInboxLate(sess, r.Name, r.Acks, inbox)

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chatrelay/chatrelay/keepalived"
 	"github.com/chatrelay/chatrelay/testenv"
 )
 
@@ -38,8 +39,9 @@ var files = []struct {
 	{"/usr/lib/systemd/system/chatrelay-relay.service", "-rw-r--r--", false},
 	{"/usr/lib/sysusers.d/chatrelay.conf", "-rw-r--r--", false},
 	{"/usr/lib/tmpfiles.d/chatrelay.conf", "-rw-r--r--", false},
-	{"/usr/libexec/chatrelay/notify.sh", "-rwxr-xr-x", false},
-	{"/usr/libexec/chatrelay/relay", "-rwxr-xr-x", false},
+	// Where `relay render-keepalived` points keepalived.conf by default.
+	{keepalived.DefaultNotifyScript, "-rwxr-xr-x", false},
+	{keepalived.DefaultRelayBin, "-rwxr-xr-x", false},
 	{"/usr/share/doc/chatrelay/CHANGELOG.md", "-rw-r--r--", false},
 	{"/usr/share/doc/chatrelay/LICENSE", "-rw-r--r--", false},
 }

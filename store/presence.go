@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -88,15 +87,19 @@ func (s *Store) ReleaseAll(ctx context.Context, users map[string]Location) error
 	if len(users) == 0 {
 		return nil
 	}
-	// Eval, not Run: a pipeline cannot fall back from EVALSHA on NOSCRIPT.
-	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for user, at := range users {
-			releaseScript.Eval(ctx, pipe, []string{userKeyPrefix + user}, at.value())
-		}
-		return nil
+	keys := make([]string, 0, len(users))
+	values := make([]string, 0, len(users))
+	for user, at := range users {
+		keys = append(keys, userKeyPrefix+user)
+		values = append(values, at.value())
+	}
+	cmds := s.evalAll(ctx, releaseScript, len(keys), func(i int) ([]string, []any) {
+		return keys[i : i+1], []any{values[i]}
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return s.fail(fmt.Errorf("release %d presence records: %w", len(users), err))
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return s.fail(fmt.Errorf("release %d presence records: %w", len(users), err))
+		}
 	}
 	return nil
 }
@@ -119,26 +122,17 @@ func (s *Store) RefreshAll(ctx context.Context, users []Record) (lost []string, 
 	if _, ok := s.rdb.(*redis.ClusterClient); ok {
 		per = 1 // a script's keys must share a hash slot: one user per call
 	}
-	cmds := make([]*redis.Cmd, 0, (len(users)+per-1)/per)
-	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for batch := range slices.Chunk(users, per) {
-			// The command keeps keys and args: each batch has its own.
-			keys := make([]string, len(batch))
-			args := make([]any, 1, len(batch)+1)
-			args[0] = ms
-			for i, u := range batch {
-				keys[i] = userKeyPrefix + u.User
-				args = append(args, u.At.value())
-			}
-			// Eval, not Run: a pipeline cannot fall back from EVALSHA on
-			// NOSCRIPT.
-			cmds = append(cmds, refreshScript.Eval(ctx, pipe, keys, args...))
+	cmds := s.evalAll(ctx, refreshScript, (len(users)+per-1)/per, func(j int) ([]string, []any) {
+		batch := users[j*per : min(len(users), (j+1)*per)]
+		keys := make([]string, len(batch))
+		args := make([]any, 1, len(batch)+1)
+		args[0] = ms
+		for i, u := range batch {
+			keys[i] = userKeyPrefix + u.User
+			args = append(args, u.At.value())
 		}
-		return nil
+		return keys, args
 	})
-	if err != nil {
-		return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
-	}
 	for i, c := range cmds {
 		pos, err := c.Int64Slice()
 		if err != nil {

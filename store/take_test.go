@@ -120,7 +120,16 @@ func TestInboxTakeSurvivesRetriedPipeline(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p := startCutProxy(t, r.Addr, "chatrelay:inbox:dee")
+	// The scripts are loaded (a take by another user), so what the proxy
+	// cuts is a take Redis ran, not one it answered NOSCRIPT.
+	if err := st.PushInbox(ctx, "warm", []byte("w")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.TakeInbox(ctx, "warm", "warm-1"); err != nil {
+		t.Fatal(err)
+	}
+	// The take, not the look whether the inbox exists, is cut.
+	p := startCutProxy(t, r.Addr, "chatrelay:taken:")
 	viaProxy := redis.NewClient(&redis.Options{Addr: p.ln.Addr().String()}) // go-redis's default retries
 	t.Cleanup(func() { viaProxy.Close() })
 	proxied := store.New(viaProxy, cfg)

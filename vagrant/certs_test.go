@@ -47,14 +47,14 @@ func TestLabCertificates(t *testing.T) {
 		t.Run(l.name, func(t *testing.T) {
 			topo := l.load(t)
 			dir := filepath.Join(t.TempDir(), "pki")
-			if _, err := vagrant.WriteCerts(topo, dir, time.Now()); err != nil {
+			if _, err := keepalived.WriteCerts(topo, dir, time.Now()); err != nil {
 				t.Fatal(err)
 			}
 			if fi, err := os.Stat(filepath.Join(dir, "ca-key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
 				t.Fatalf("CA key: %v %v, want mode 0600", err, fi)
 			}
 			got := map[string][]string{}
-			for _, c := range vagrant.Certs(topo) {
+			for _, c := range keepalived.Certs(topo) {
 				got[c.Host] = append(got[c.Host], c.Name)
 				certFile, keyFile := c.CertPaths(dir)
 				if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
@@ -124,7 +124,7 @@ func TestWriteCertsRenewsOnlyWhatChanged(t *testing.T) {
 	topo := labs(t)[0].load(t)
 	dir := filepath.Join(t.TempDir(), "pki")
 	now := time.Now()
-	if _, err := vagrant.WriteCerts(topo, dir, now); err != nil {
+	if _, err := keepalived.WriteCerts(topo, dir, now); err != nil {
 		t.Fatal(err)
 	}
 	snapshot := func() map[string][]byte {
@@ -138,7 +138,7 @@ func TestWriteCertsRenewsOnlyWhatChanged(t *testing.T) {
 		return m
 	}
 	before := snapshot()
-	report, err := vagrant.WriteCerts(topo, dir, now)
+	report, err := keepalived.WriteCerts(topo, dir, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestWriteCertsRenewsOnlyWhatChanged(t *testing.T) {
 			topo.Hosts[i].IP = "192.168.56.23"
 		}
 	}
-	if _, err := vagrant.WriteCerts(topo, dir, now); err != nil {
+	if _, err := keepalived.WriteCerts(topo, dir, now); err != nil {
 		t.Fatal(err)
 	}
 	after := snapshot()
@@ -169,7 +169,7 @@ func TestWriteCertsRenewsOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("msg-2's new certificate: %v", err)
 	}
 	// Near their end, every certificate is reissued, and the CA kept.
-	report, err = vagrant.WriteCerts(topo, dir, now.Add(vagrant.CertValidity-vagrant.RenewBefore/2))
+	report, err = keepalived.WriteCerts(topo, dir, now.Add(keepalived.CertValidity-keepalived.RenewBefore/2))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,15 +182,15 @@ func TestWriteCertsRenewsOnlyWhatChanged(t *testing.T) {
 			t.Errorf("the CA was not kept: %q", l)
 		}
 	}
-	if made != len(vagrant.Certs(topo)) {
-		t.Errorf("near their end, %d certificates reissued, want all %d:\n%s", made, len(vagrant.Certs(topo)), strings.Join(report, "\n"))
+	if made != len(keepalived.Certs(topo)) {
+		t.Errorf("near their end, %d certificates reissued, want all %d:\n%s", made, len(keepalived.Certs(topo)), strings.Join(report, "\n"))
 	}
 
 	// A CA certificate whose key is gone is not silently replaced.
 	if err := os.Remove(filepath.Join(dir, "ca-key.pem")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := vagrant.WriteCerts(topo, dir, now); err == nil || !strings.Contains(err.Error(), "remove "+dir) {
+	if _, err := keepalived.WriteCerts(topo, dir, now); err == nil || !strings.Contains(err.Error(), "remove "+dir) {
 		t.Fatalf("CA key missing: %v, want an error saying to remove the folder", err)
 	}
 }

@@ -44,8 +44,8 @@ const (
 	// and NotifyScript keepalived/notify.sh, as the chatrelay package
 	// installs them (packaging/nfpm.yaml), in the folder its postinstall.sh
 	// labels for SELinux.
-	CheckRelayBin = "/usr/libexec/chatrelay/relay"
-	NotifyScript  = "/usr/libexec/chatrelay/notify.sh"
+	CheckRelayBin = keepalived.DefaultRelayBin
+	NotifyScript  = keepalived.DefaultNotifyScript
 	// RedisPasswordFile holds the lab Redis's password for the message
 	// servers (--redis-password-file), readable by the services' user;
 	// CheckRedisPasswordFile is the same password for keepalived's check,

@@ -136,7 +136,7 @@ func labCopy(t *testing.T, topology string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range vagrant.Certs(topo) {
+	for _, c := range keepalived.Certs(topo) {
 		standIns = append(standIns, "pki/"+c.Host+"/"+c.Name+".pem", "pki/"+c.Host+"/"+c.Name+"-key.pem")
 	}
 	for _, f := range standIns {
@@ -307,7 +307,7 @@ func TestMachines(t *testing.T) {
 					}
 				}
 				wantPKI := []string{"build/pki/ca.pem /tmp/chatrelay-provision/pki/ca.pem"}
-				for _, c := range vagrant.Certs(topo) {
+				for _, c := range keepalived.Certs(topo) {
 					if c.Host == h.Name {
 						for _, f := range []string{c.Name + ".pem", c.Name + "-key.pem"} {
 							wantPKI = append(wantPKI, "build/pki/"+h.Name+"/"+f+" /tmp/chatrelay-provision/pki/host/"+f)
@@ -825,7 +825,7 @@ func TestBuildVagrant(t *testing.T) {
 	if !strings.Contains(o, "made  "+filepath.Join(out, "pki", "ca.pem")) {
 		t.Errorf("the first build-vagrant.sh did not make the lab CA:\n%s", o)
 	}
-	for _, c := range vagrant.Certs(labs(t)[0].load(t)) {
+	for _, c := range keepalived.Certs(labs(t)[0].load(t)) {
 		certFile, _ := c.CertPaths(filepath.Join(out, "pki"))
 		if !strings.Contains(again, "kept  "+certFile) {
 			t.Errorf("the second build-vagrant.sh did not keep %s:\n%s", certFile, again)

@@ -192,7 +192,7 @@ func writeFileAtomic(path string, data []byte) error {
 }
 
 // genCertsMain is "relay gen-certs": it makes or renews the Vagrant lab's
-// CA and host certificates in --out from the topology (vagrant.WriteCerts
+// CA and host certificates in --out from the topology (keepalived.WriteCerts
 // says what each host gets and when a certificate is reissued).
 // scripts/build-vagrant.sh runs it on the VM host. Exit codes: 0 done, 2
 // anything wrong.
@@ -213,7 +213,7 @@ func genCertsMain(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fs.Fail("%v", err)
 	}
-	report, err := vagrant.WriteCerts(t, *out, time.Now())
+	report, err := keepalived.WriteCerts(t, *out, time.Now())
 	if err != nil {
 		return fs.Fail("%v", err)
 	}

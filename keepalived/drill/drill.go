@@ -4,7 +4,7 @@
 // and the real binaries, drives steady cross-server traffic, injects one
 // fault and reports how long delivery stopped and what was lost or shown
 // twice. As on the Vagrant VMs, every connection runs over TLS, with the
-// lab's certificates (vagrant.WriteCerts) made for each drill: the client
+// lab's certificates (keepalived.WriteCerts) made for each drill: the client
 // ports, the relay link (mutual TLS) and Redis. It needs root.
 package drill
 
@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/keepalived"
-	"github.com/chatrelay/chatrelay/vagrant"
 )
 
 // Scenario names, in the order "all" runs them.
@@ -174,7 +173,7 @@ func (d *drill) run(scenario string) error {
 	if err := os.WriteFile(filepath.Join(d.dir, "link.secret"), []byte(fmt.Sprintf("drill-secret-%d-%d", os.Getpid(), time.Now().UnixNano())), 0o600); err != nil {
 		return err
 	}
-	if _, err := vagrant.WriteCerts(d.spec.topo, d.pki(), time.Now()); err != nil {
+	if _, err := keepalived.WriteCerts(d.spec.topo, d.pki(), time.Now()); err != nil {
 		return fmt.Errorf("the lab's certificates: %w", err)
 	}
 
@@ -328,11 +327,11 @@ func (d *drill) run(scenario string) error {
 }
 
 // pki is the folder of the drill's CA and certificates; cert is one of
-// them (vagrant.Certs names them) and its key.
+// them (keepalived.Certs names them) and its key.
 func (d *drill) pki() string { return filepath.Join(d.dir, "pki") }
 
 func (d *drill) cert(host, name string) (cert, key string) {
-	return vagrant.Cert{Host: host, Name: name}.CertPaths(d.pki())
+	return keepalived.Cert{Host: host, Name: name}.CertPaths(d.pki())
 }
 
 func (d *drill) caFile() string { return filepath.Join(d.pki(), "ca.pem") }

@@ -24,6 +24,15 @@
   let refSeq = 0;
   const pending = new Map(); // ref -> the status element of a message sent and not answered
   const peers = new Set();
+  // The page logs in with acks and receipts (docs/protocol.md, "Delivery
+  // guarantees"): it acks each message and receipt once it has shown it,
+  // so one that reached the server but not the page comes again at the
+  // next login; a message sent again is shown once. A receipt says the
+  // other side's client has the message.
+  const seen = new Set();     // ids of messages shown, the last SEEN_MAX
+  const SEEN_MAX = 5000;
+  let toAck = [];             // ids shown and not yet acked
+  const receivedEarly = new Set(); // receipts that came before the reply that names the id
 
   function setConn(state, text) {
     el.conn.dataset.state = state;
@@ -83,7 +92,42 @@
     el.peersList.append(o);
   }
 
+  // ack acks an id with the next batch (one ack per turn of the event
+  // loop, at most 256 ids each: the server's limit).
+  function ack(id) {
+    if (!id) return;
+    if (toAck.length === 0) setTimeout(flushAcks, 0);
+    toAck.push(id);
+  }
+
+  function flushAcks() {
+    while (toAck.length > 0 && send({ cmd: "ack", ids: toAck.slice(0, 256) })) toAck = toAck.slice(256);
+    toAck = []; // unsent ones come again at the next login, and are then shown once
+  }
+
+  function remember(id) {
+    seen.add(id);
+    if (seen.size > SEEN_MAX) seen.delete(seen.values().next().value);
+  }
+
+  // received marks a message sent as on the other page.
+  function received(id) {
+    const li = el.log.querySelector(`li.msg.out[data-id="${CSS.escape(id)}"]`);
+    if (!li) {
+      // Its reply is still on the way, or it was sent from an earlier page.
+      receivedEarly.add(id);
+      if (receivedEarly.size > SEEN_MAX) receivedEarly.delete(receivedEarly.values().next().value);
+      return;
+    }
+    setStatus(li.querySelector(".status"), "received", "received");
+  }
+
   function incoming(ev) {
+    if (ev.id && seen.has(ev.id)) {
+      ack(ev.id); // shown already: a copy sent again because the last ack did not arrive
+      return;
+    }
+    if (ev.id) remember(ev.id);
     const li = document.createElement("li");
     li.className = "msg in";
     li.dataset.id = ev.id || "";
@@ -99,6 +143,7 @@
     addPeer(ev.from);
     if (!el.to.value) el.to.value = ev.from;
     scrollDown();
+    ack(ev.id);
   }
 
   function outgoing(to, content, ref) {
@@ -157,6 +202,7 @@
         if (r.ok) {
           setStatus(node, r.status || "sent", statusText[r.status] || r.status || "accepted");
           if (r.id) node.closest(".msg").dataset.id = r.id;
+          if (r.id && receivedEarly.delete(r.id)) received(r.id);
         } else {
           setStatus(node, "refused", "refused: " + (r.error || r.code));
         }
@@ -171,6 +217,10 @@
     switch (ev.event) {
       case "chat":
         incoming(ev);
+        return;
+      case "receipt": // kept for the page like a message until acked
+        if (ev.id && ev.status === "delivered") received(ev.id);
+        ack(ev.id);
         return;
       case "kicked":
         autoLogin = false; // do not take the name back from the other login
@@ -192,7 +242,7 @@
   }
 
   function login(name, token) {
-    const req = { cmd: "login", name: name };
+    const req = { cmd: "login", name: name, acks: true, receipts: true };
     if (token) req.token = token;
     return send(req);
   }

@@ -66,7 +66,7 @@ done
 if ((${#missing[@]} > 0)); then
 	die "not uploaded to ${stage}: ${missing[*]} (the Vagrantfile uploads them; is the repository complete?)"
 fi
-# The TLS files of this host's roles (vagrant/certs.go says which).
+# The TLS files of this host's roles (keepalived/certs.go says which).
 certs=()
 has_role relay && certs+=(relay check)
 has_role msgserver && certs+=(msgserver)
@@ -130,7 +130,7 @@ install -m 0640 -o root -g chatrelay "$stage/build/link.secret" /etc/chatrelay/l
 # So is the Redis password (--redis-password-file); keepalived's check gets
 # its own copy below.
 install -m 0640 -o root -g chatrelay "$stage/build/redis.password" /etc/chatrelay/redis.password
-# TLS (vagrant/certs.go): the CA's certificate, and this host's certificates
+# TLS (keepalived/certs.go): the CA's certificate, and this host's certificates
 # with their keys readable by the services' user only. keepalived's check
 # gets its own certificate below, Redis its own under /etc/redis/tls.
 install -d -m 0755 /etc/chatrelay/tls
