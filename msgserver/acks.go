@@ -92,14 +92,24 @@ func (it *item) entry(b []byte, kept bool) []byte {
 	return appendPayload(b, it.payload())
 }
 
-// forwardPayload is the Forward payload of the item: the chat payload of
-// old for a plain chat message; otherwise a zero byte (no name is empty,
-// so no chat payload starts with one) and the inbox entry.
-func (it *item) forwardPayload() []byte {
+// appendForwardPayload appends the Forward payload of the item: the chat
+// payload of old for a plain chat message; otherwise a zero byte (no name
+// is empty, so no chat payload starts with one) and the inbox entry.
+func (it *item) appendForwardPayload(b []byte) []byte {
 	if !it.isReceipt() && !it.wantReceipt {
-		return appendPayload(nil, it.payload())
+		return appendPayload(b, it.payload())
 	}
-	return it.entry([]byte{0}, false)
+	return it.entry(append(b, 0), false)
+}
+
+// forwardFrame is the item's Forward frame from origin to dest, with id,
+// in one buffer of about its size.
+func (it *item) forwardFrame(id wire.ID, origin, dest string) []byte {
+	ev := &it.ev
+	size := wire.HeaderLen + wire.IDLen + 2 + len(origin) + len(dest) + // the frame's fields
+		1 + 1 + wire.IDLen + 1 + // an entry's zero byte, version, id, flags
+		2 + len(ev.From) + len(ev.To) + 8 + len(ev.Content) // the chat payload
+	return wire.AppendForwardFunc(make([]byte, 0, size), id, origin, dest, it.appendForwardPayload)
 }
 
 // parseForward reads a Forward's payload; a chat message's id is the

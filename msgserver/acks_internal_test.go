@@ -47,12 +47,16 @@ func TestEntryRoundTrip(t *testing.T) {
 		if err != nil || kept != tc.kept && !tc.it.isReceipt() || fmt.Sprint(got) != fmt.Sprint(tc.it) {
 			t.Errorf("entry of %+v (kept %v) read back as %+v, %v, %v", tc.it, tc.kept, got, kept, err)
 		}
-		f := &wire.Forward{ID: wire.ID{9}, Payload: tc.it.forwardPayload()}
-		if got, err := parseForward(f); err != nil || fmt.Sprint(got) != fmt.Sprint(tc.it) && tc.it.wantReceipt {
+		frame := tc.it.forwardFrame(wire.ID{9}, "msg-a", "msg-b")
+		f, err := wire.ParseForward(frame[wire.HeaderLen:])
+		if err != nil || f.ID != (wire.ID{9}) || f.Origin != "msg-a" || f.Dest != "msg-b" {
+			t.Fatalf("forward frame of %+v parsed as %+v, %v", tc.it, f, err)
+		}
+		if got, err := parseForward(&f); err != nil || fmt.Sprint(got) != fmt.Sprint(tc.it) && tc.it.wantReceipt {
 			t.Errorf("forward of %+v read back as %+v, %v", tc.it, got, err)
 		}
 	}
-	if p := chat.forwardPayload(); p[0] == 0 {
+	if p := chat.appendForwardPayload(nil); p[0] == 0 {
 		t.Error("a plain chat payload must stay the old format")
 	}
 }

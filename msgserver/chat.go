@@ -129,16 +129,17 @@ func (d *delivery) routeRemote(cached bool, avoid string, b *sendq.Batch, credit
 	}
 	d.routes++
 	d.lastDest = loc.Server
-	f := &wire.Forward{ID: d.id, Origin: s.cfg.ID, Dest: loc.Server}
-	f.Payload = d.forwardPayload()
+	frame := d.forwardFrame(d.id, s.cfg.ID, loc.Server)
 	if !s.ledger.waitRoom(s.ctx, b, s.cfg.NoRouteGiveUp, credit) {
 		return errorf(CodeBacklogFull, "message not sent: %d messages have awaited their ack for %s; try again shortly", s.ledger.window, s.cfg.NoRouteGiveUp)
 	}
 	var err error
 	if b != nil {
-		err = s.ledger.sendIn(b, d, f)
+		err = s.ledger.sendFrame(b, d, d.id, loc.Server, frame)
 	} else {
-		err = s.ledger.send(d, f)
+		var b sendq.Batch
+		err = s.ledger.sendFrame(&b, d, d.id, loc.Server, frame)
+		b.Flush() // the write, if it is ours, happens outside the ledger's lock
 	}
 	if err != nil {
 		return errorf(CodeBacklogFull, "message not sent: %v; try again shortly", err)
@@ -333,7 +334,8 @@ func (s *Server) forwardTo(b *sendq.Batch, dst *session, c *linkConn, f wire.For
 	if _, busy := s.gate.check(f.ID, true); busy {
 		return
 	}
-	handed := s.deliverLocal(b, dst, it, false, func(_ *sendq.Batch, ok bool) {
+	kept := *it // the keeper holds it: a copy, so the caller's item stays on its stack
+	handed := s.deliverLocal(b, dst, &kept, false, func(_ *sendq.Batch, ok bool) {
 		s.gate.done(f.ID, ok)
 		code := byte(wire.AckDelivered)
 		if !ok {

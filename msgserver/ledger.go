@@ -2,6 +2,7 @@ package msgserver
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"time"
@@ -57,7 +58,7 @@ type ledger struct {
 	m          *Metrics
 
 	mu       sync.Mutex
-	byID     map[wire.ID]*pending
+	byID     pendingIndex
 	awaiting pendingList   // sent, or waiting for a connection, and not acked: in due order
 	held     pendingList   // NACKed, waiting for their retry time
 	waiters  []*flowWaiter // readers waiting for room in the window, first come first served (flow.go)
@@ -114,7 +115,7 @@ func newLedger(cfg *Config, m *Metrics) *ledger {
 		giveUp:     cfg.NoRouteGiveUp,
 		stallAfter: cfg.StallAfter,
 		m:          m,
-		byID:       make(map[wire.ID]*pending),
+		byID:       newPendingIndex(min(max(cfg.SendWindow, 1), max(cfg.MaxUnacked, 1))),
 	}
 }
 
@@ -130,16 +131,21 @@ func (g *ledger) send(d *delivery, f *wire.Forward) error {
 // sendIn is send for a reader handling a batch of input: the write waits
 // for b.Flush.
 func (g *ledger) sendIn(b *sendq.Batch, d *delivery, f *wire.Forward) error {
-	frame := wire.AppendForward(nil, f)
+	return g.sendFrame(b, d, f.ID, f.Dest, wire.AppendForward(nil, f))
+}
+
+// sendFrame is sendIn for a Forward already encoded: frame, with id, for
+// dest. The ledger keeps frame.
+func (g *ledger) sendFrame(b *sendq.Batch, d *delivery, id wire.ID, dest string, frame []byte) error {
 	now := time.Now()
 	g.mu.Lock()
-	if len(g.byID) >= g.max {
+	if g.byID.n >= g.max {
 		g.mu.Unlock()
 		return errBacklogFull
 	}
-	p := &pending{d: d, id: f.ID, dest: f.Dest, frame: frame, key: spreadKey(d)}
-	g.byID[f.ID] = p
-	g.m.setUnacked(len(g.byID))
+	p := &pending{d: d, id: id, dest: dest, frame: frame, key: spreadKey(d)}
+	g.byID.put(p)
+	g.m.setUnacked(g.byID.n)
 	g.sendLocked(b, g.pickLocked(p.key, nil), p, now)
 	g.mu.Unlock()
 	return nil
@@ -260,16 +266,16 @@ func spreadKey(d *delivery) uint32 {
 
 // acked ends the message an Ack is for and returns its delivery and
 // outcome; nil for a duplicate ack, or one for a copy sent elsewhere before
-// a re-route.
-func (g *ledger) acked(a wire.Ack) (*delivery, outcome) {
+// a re-route. now is when the ack arrived.
+func (g *ledger) acked(a wire.Ack, now time.Time) (*delivery, outcome) {
 	g.mu.Lock()
-	p := g.byID[a.ID]
+	p := g.byID.get(a.ID)
 	if p == nil || p.dest != a.Origin {
 		g.mu.Unlock()
 		return nil, 0
 	}
 	if g.stallAfter > 0 {
-		lat := time.Since(p.due.Add(-g.ackTimeout)) // since it was last sent
+		lat := now.Sub(p.due.Add(-g.ackTimeout)) // since it was last sent
 		g.ackLatency += (lat - g.ackLatency) / 16
 	}
 	if p.list == &g.awaiting {
@@ -301,7 +307,7 @@ func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) (gaveUp, first *
 	defer b.Flush()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	p := g.byID[a.ID]
+	p := g.byID.get(a.ID)
 	if p == nil || p.list == &g.held || p.dest != a.Dest {
 		return nil, nil
 	}
@@ -337,7 +343,7 @@ func (g *ledger) nacked(c *linkConn, a wire.Ack, now time.Time) (gaveUp, first *
 func (g *ledger) withdraw(id wire.ID, dest string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	p := g.byID[id]
+	p := g.byID.get(id)
 	if p == nil || p.dest != dest {
 		return false
 	}
@@ -347,8 +353,8 @@ func (g *ledger) withdraw(id wire.ID, dest string) bool {
 
 func (g *ledger) removeLocked(p *pending) {
 	p.list.remove(p)
-	delete(g.byID, p.id)
-	g.m.setUnacked(len(g.byID))
+	g.byID.delete(p.id)
+	g.m.setUnacked(g.byID.n)
 	g.doneLocked()
 }
 
@@ -487,7 +493,7 @@ func (g *ledger) run(ctx context.Context, every time.Duration) {
 func (g *ledger) unacked() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.byID)
+	return g.byID.n
 }
 
 // abandon forgets every message (at shutdown) and returns their
@@ -495,15 +501,97 @@ func (g *ledger) unacked() int {
 func (g *ledger) abandon() []*delivery {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ds := make([]*delivery, 0, len(g.byID))
-	for _, p := range g.byID {
-		ds = append(ds, p.d)
-	}
-	clear(g.byID)
+	ds := make([]*delivery, 0, g.byID.n)
+	g.byID.each(func(p *pending) { ds = append(ds, p.d) })
+	g.byID.clear()
 	g.wakeAllLocked()
 	g.awaiting, g.held = pendingList{}, pendingList{}
 	g.m.setUnacked(0)
 	return ds
+}
+
+// pendingIndex finds pending messages by id. Ids are a per-process prefix
+// and a sequence number (Server.newID), and what a server has in flight are
+// mostly consecutive numbers of its own: so a message goes in the ring slot
+// of its sequence number, and only one whose slot is taken (a message held
+// long, an id of another form) in the map. A map of every message, with
+// an insert and a delete per message, was a tenth of a message server's
+// CPU at saturation.
+type pendingIndex struct {
+	ring     []*pending // by sequence number modulo its length, a power of two
+	overflow map[wire.ID]*pending
+	n        int // messages indexed
+}
+
+// newPendingIndex makes an index with a ring of at least twice window.
+func newPendingIndex(window int) pendingIndex {
+	size := 64
+	for size < 2*window {
+		size *= 2
+	}
+	return pendingIndex{ring: make([]*pending, size), overflow: make(map[wire.ID]*pending)}
+}
+
+func (x *pendingIndex) slot(id wire.ID) **pending {
+	return &x.ring[binary.BigEndian.Uint64(id[8:])&uint64(len(x.ring)-1)]
+}
+
+func (x *pendingIndex) get(id wire.ID) *pending {
+	if p := *x.slot(id); p != nil && p.id == id {
+		return p
+	}
+	if len(x.overflow) == 0 {
+		return nil
+	}
+	return x.overflow[id]
+}
+
+// put indexes p, in place of a message of the same id if there is one.
+func (x *pendingIndex) put(p *pending) {
+	s := x.slot(p.id)
+	if *s != nil && (*s).id == p.id {
+		*s = p
+		return
+	}
+	if _, ok := x.overflow[p.id]; ok {
+		x.overflow[p.id] = p
+		return
+	}
+	if *s == nil {
+		*s = p
+	} else {
+		x.overflow[p.id] = p
+	}
+	x.n++
+}
+
+func (x *pendingIndex) delete(id wire.ID) {
+	if s := x.slot(id); *s != nil && (*s).id == id {
+		*s = nil
+		x.n--
+		return
+	}
+	if _, ok := x.overflow[id]; ok {
+		delete(x.overflow, id)
+		x.n--
+	}
+}
+
+func (x *pendingIndex) each(f func(*pending)) {
+	for _, p := range x.ring {
+		if p != nil {
+			f(p)
+		}
+	}
+	for _, p := range x.overflow {
+		f(p)
+	}
+}
+
+func (x *pendingIndex) clear() {
+	clear(x.ring)
+	clear(x.overflow)
+	x.n = 0
 }
 
 // pendingList is a list of pending messages linked through the messages

@@ -77,16 +77,16 @@ func TestLedgerEndsAMessageOnItsAck(t *testing.T) {
 	}
 	expectSent(t, relay, wire.ID{1}, wire.ID{2})
 
-	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-c", Dest: "msg-a", Code: wire.AckDelivered}); d != nil {
+	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-c", Dest: "msg-a", Code: wire.AckDelivered}, time.Now()); d != nil {
 		t.Fatal("an ack from a server the message was not sent to ended it")
 	}
-	if d, o := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}); d != d1 || o != outTaken {
+	if d, o := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}, time.Now()); d != d1 || o != outTaken {
 		t.Fatalf("ack: %p %v, want %p taken", d, o, d1)
 	}
-	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}); d != nil {
+	if d, _ := g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckDelivered}, time.Now()); d != nil {
 		t.Fatal("a duplicate ack ended a message again")
 	}
-	if d, o := g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckNotHere}); d != d2 || o != outNotHere {
+	if d, o := g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b", Dest: "msg-a", Code: wire.AckNotHere}, time.Now()); d != d2 || o != outNotHere {
 		t.Fatalf("not-here ack: %p %v, want %p not here", d, o, d2)
 	}
 	if n := g.unacked(); n != 0 {
@@ -125,7 +125,7 @@ func TestLedgerResendsWhenTheAckIsOverdue(t *testing.T) {
 	expectSent(t, relay) // not due yet
 	g.resendDue(time.Now().Add(time.Minute + time.Second))
 	expectSent(t, relay) // due, but nothing came back: the acks may be waiting unread
-	g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b"})
+	g.acked(wire.Ack{ID: wire.ID{2}, Origin: "msg-b"}, time.Now())
 	g.resendDue(time.Now().Add(time.Minute + time.Second))
 	expectSent(t, relay, wire.ID{1}) // one sent after it was acked: its ack is lost
 	if n := g.unacked(); n != 1 {
@@ -258,7 +258,7 @@ func TestLedgerResendsOverTheOtherLinkAtOnce(t *testing.T) {
 	}
 	_ = g.send(to(u0), fwd(4))
 	expectSent(t, relay1, wire.ID{1}, wire.ID{3}, wire.ID{4})
-	g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b"})
+	g.acked(wire.Ack{ID: wire.ID{1}, Origin: "msg-b"}, time.Now())
 	c2, relay2 := testConn(t) // the first link back
 	if n := g.up(c2); n != 0 {
 		t.Fatalf("up sent %d; everything is on the live link already", n)
@@ -365,4 +365,59 @@ func TestLedgerStallThresholdFollowsAckLatency(t *testing.T) {
 	stats1.LastRecv.Store(start.Add(250 * time.Millisecond).UnixNano())
 	g.resendDue(start.Add(250 * time.Millisecond))
 	expectSent(t, relay1, wire.ID{1})
+}
+
+// The ledger finds a message by its id whatever the id: ids of this
+// server's form that share a ring slot (sequence numbers a ring apart),
+// ids of another form, and an id sent again replaces the message it had.
+func TestLedgerFindsMessagesSharingASlot(t *testing.T) {
+	x := newPendingIndex(8) // a ring of 64
+	id := func(prefix byte, seq uint64) wire.ID {
+		var v wire.ID
+		v[0] = prefix
+		for i := range 8 {
+			v[15-i] = byte(seq >> (8 * i))
+		}
+		return v
+	}
+	a := &pending{id: id(1, 5)}
+	b := &pending{id: id(1, 5+64)} // a's slot
+	c := &pending{id: id(2, 5)}    // a's slot, another prefix
+	for _, p := range []*pending{a, b, c} {
+		x.put(p)
+	}
+	if x.n != 3 {
+		t.Fatalf("%d indexed, want 3", x.n)
+	}
+	for _, p := range []*pending{a, b, c} {
+		if got := x.get(p.id); got != p {
+			t.Fatalf("get %x: %p, want %p", p.id, got, p)
+		}
+	}
+	if x.get(id(1, 6)) != nil || x.get(id(3, 5)) != nil {
+		t.Fatal("found an id never put")
+	}
+	b2 := &pending{id: b.id}
+	x.put(b2)
+	if x.n != 3 || x.get(b.id) != b2 {
+		t.Fatalf("an id put again: %d indexed, get gives %p, want 3 and %p", x.n, x.get(b.id), b2)
+	}
+	x.delete(a.id)
+	if x.get(a.id) != nil || x.get(b.id) != b2 || x.get(c.id) != c || x.n != 2 {
+		t.Fatal("deleting the slot's message lost another, or kept it")
+	}
+	x.delete(c.id)
+	x.delete(c.id) // twice: nothing more
+	if x.get(c.id) != nil || x.n != 1 {
+		t.Fatalf("after deleting c: %d indexed, want 1", x.n)
+	}
+	var seen []*pending
+	x.each(func(p *pending) { seen = append(seen, p) })
+	if len(seen) != 1 || seen[0] != b2 {
+		t.Fatalf("each saw %v, want only b2", seen)
+	}
+	x.clear()
+	if x.n != 0 || x.get(b.id) != nil {
+		t.Fatal("clear left a message")
+	}
 }

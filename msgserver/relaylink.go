@@ -59,6 +59,7 @@ const (
 type linkEvent struct {
 	kind linkEventKind
 	conn *linkConn // the connection it happened on
+	at   time.Time // when the read that brought the frame returned (frame events)
 	err  error
 	fwd  wire.Forward // Payload aliases the read buffer: valid until the next call to next
 	ack  wire.Ack
@@ -78,6 +79,7 @@ type relayLink struct {
 	// Used only by the goroutine that calls next.
 	fr          *wire.Reader
 	deadlineSet time.Time
+	readAt      time.Time // when the latest read of the connection returned
 	lost        *linkConn // the connection that ended last: connect waits for its heartbeat
 
 	mu sync.Mutex
@@ -146,14 +148,18 @@ func (l *relayLink) next(ctx context.Context, b *sendq.Batch) (linkEvent, error)
 	}
 	c := l.conn
 	for {
-		if !l.fr.Ready() {
+		// The clock, the read deadline and the time last heard from are
+		// touched once per read of the connection, not per frame: the
+		// frames of one read arrived together.
+		fresh := !l.fr.Ready()
+		if fresh {
 			b.Flush()
-		}
-		// Moving the deadline costs a timer update; do it a few times per
-		// dead-after period, not per frame.
-		if now := time.Now(); now.Sub(l.deadlineSet) > l.cfg.DeadAfter/4 {
-			l.deadlineSet = now
-			_ = c.conn.SetReadDeadline(now.Add(l.cfg.DeadAfter))
+			// Moving the deadline costs a timer update; do it a few times
+			// per dead-after period, not per read.
+			if now := time.Now(); now.Sub(l.deadlineSet) > l.cfg.DeadAfter/4 {
+				l.deadlineSet = now
+				_ = c.conn.SetReadDeadline(now.Add(l.cfg.DeadAfter))
+			}
 		}
 		typ, body, raw, err := l.fr.Next()
 		if err != nil {
@@ -168,8 +174,11 @@ func (l *relayLink) next(ctx context.Context, b *sendq.Batch) (linkEvent, error)
 		}
 		l.stats.FramesIn.Add(1)
 		l.stats.BytesIn.Add(uint64(len(raw)))
-		l.stats.LastRecv.Store(time.Now().UnixNano())
-		ev := linkEvent{conn: c}
+		if fresh {
+			l.readAt = time.Now()
+			l.stats.LastRecv.Store(l.readAt.UnixNano())
+		}
+		ev := linkEvent{conn: c, at: l.readAt}
 		switch typ {
 		case wire.TypeForward:
 			ev.kind = gotForward
@@ -322,7 +331,7 @@ func (l *relayLink) start(ctx context.Context, conn net.Conn, relayID string) *l
 		unwatch:  context.AfterFunc(ctx, func() { netx.CloseNow(conn) }), // ends the read at shutdown
 	}
 	l.stats.LastRecv.Store(now.UnixNano())
-	l.fr = wire.NewReader(conn, 2*l.cfg.MaxLine+4096)
+	l.fr = wire.NewReader(netx.NewReader(conn), 2*l.cfg.MaxLine+4096)
 	l.deadlineSet = time.Time{}
 	l.mu.Lock()
 	l.conn = c

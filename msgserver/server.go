@@ -503,11 +503,11 @@ func (s *Server) serveRelay(ctx context.Context, l *relayLink) {
 		case gotForward:
 			s.onForward(ev.fwd, ev.conn, &b)
 		case gotAck:
-			if d, o := s.ledger.acked(ev.ack); d != nil {
+			if d, o := s.ledger.acked(ev.ack, ev.at); d != nil {
 				d.forwarded(o, &b)
 			}
 		case gotNack:
-			gaveUp, first := s.ledger.nacked(ev.conn, ev.ack, time.Now())
+			gaveUp, first := s.ledger.nacked(ev.conn, ev.ack, ev.at)
 			if gaveUp != nil {
 				gaveUp.forwarded(outGaveUp, nil)
 			}

@@ -384,12 +384,13 @@ type lineReader struct {
 // that brought the first byte of the line not yet complete.
 type timedConn struct {
 	conn        net.Conn
+	rd          io.Reader // reads conn (netx.NewReader: without waking the runtime's monitor)
 	last, start time.Time // start is zero while no line is begun
 	filled      bool      // a read filled the whole buffer
 }
 
 func (c *timedConn) Read(p []byte) (int, error) {
-	n, err := c.conn.Read(p)
+	n, err := c.rd.Read(p)
 	if n == len(p) {
 		c.filled = true
 	}
@@ -449,6 +450,9 @@ func (lr *lineReader) grow() *lineReader {
 
 func (lr *lineReader) reset(conn net.Conn) {
 	lr.src = timedConn{conn: conn}
+	if conn != nil {
+		lr.src.rd = netx.NewReader(conn)
+	}
 	lr.br.Reset(&lr.src)
 }
 

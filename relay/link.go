@@ -54,7 +54,7 @@ func (r *Relay) serveConn(conn net.Conn, p *pendingConn) {
 		return
 	}
 
-	fr := wire.NewReader(conn, r.cfg.MaxFrame) // the full frame size only now
+	fr := wire.NewReader(netx.NewReader(conn), r.cfg.MaxFrame) // the full frame size only now
 	l := &link{r: r, conn: conn, server: server, remote: remote, local: conn.LocalAddr().String(), stats: &wire.LinkStats{}}
 	l.stats.LastRecv.Store(time.Now().UnixNano())
 	l.q = sendq.New(r.cfg.MaxQueueBytes, func(n, items int, waited time.Duration) {

@@ -6,7 +6,7 @@
 # messages for every process, refusals, resends, evenness, memory growth.
 # Then idle sessions on a fresh message server. Stops everything on exit.
 #
-#   scripts/bench-local.sh [users] [seconds] [rounds] [idle sessions]
+#   scripts/bench-local.sh [users] [seconds] [rounds] [idle sessions (0: none)]
 #
 # BIN=dir uses binaries already built there (relay, msgserver, chatbench)
 # instead of building the working tree, to compare versions. PROFILE=dir
@@ -155,6 +155,8 @@ print("sys/1k: read and write system calls per 1 000 delivered (tier: all four p
 print("RSS+MB: msg-1's RSS growth over the run; CPU/1k: tier = redis + relay + msg-1 + msg-2, direct = both nodes; the load generator is apart")
 EOF
 fi
+
+[ "$idle" -gt 0 ] || exit 0 # idle 0: the loads only
 
 # Idle: a fresh message server, so RSS per session is not flattered by a
 # heap the loads above grew. Presence in Redis is counted apart.

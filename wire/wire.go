@@ -354,6 +354,18 @@ func AppendForward(b []byte, f *Forward) []byte {
 	return finish(b, s)
 }
 
+// AppendForwardFunc appends a Forward frame whose payload fn appends (fn
+// only appends): for a sender that encodes the payload straight into the
+// frame, without a buffer of its own.
+func AppendForwardFunc(b []byte, id ID, origin, dest string, fn func([]byte) []byte) []byte {
+	b, s := begin(b, TypeForward)
+	b = append(b, id[:]...)
+	b = AppendStr8(b, origin)
+	b = AppendStr8(b, dest)
+	b = fn(b)
+	return finish(b, s)
+}
+
 // ParseForward decodes a Forward body. Payload aliases body.
 func ParseForward(body []byte) (f Forward, err error) {
 	c := cursor{b: body}

@@ -37,6 +37,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -230,7 +231,7 @@ func (n *directNode) accept(ln net.Listener) {
 
 func (n *directNode) serveClient(c net.Conn) {
 	s := &dSession{conn: c, q: sendq.NewWriter(dQueueBytes, c, dWriteTimeout)}
-	br := bufio.NewReaderSize(c, dMaxLine)
+	br := bufio.NewReaderSize(netx.NewReader(c), dMaxLine) // reads as msgserver does (netx.NewReader)
 	p := new(fastjson.Parser)
 	var b sendq.Batch
 	for {
@@ -372,7 +373,7 @@ func (n *directNode) chat(s *dSession, b *sendq.Batch, r dRequest) {
 // readLink handles the peer's frames: Forward (deliver, then ack) and Ack
 // (reply to the sender).
 func (n *directNode) readLink(c net.Conn) error {
-	fr := wire.NewReader(c, wire.DefaultMaxFrame)
+	fr := wire.NewReader(netx.NewReader(c), wire.DefaultMaxFrame)
 	var b sendq.Batch
 	defer b.Flush()
 	for {

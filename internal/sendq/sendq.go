@@ -28,6 +28,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/chatrelay/chatrelay/internal/netx"
 )
@@ -64,19 +65,71 @@ type Queue struct {
 	drained      chan struct{} // made by Done, closed when finished
 }
 
-// Idle queues hold no buffer: a write's buffer goes back to this pool, and
+// Idle queues hold no buffer: a write's buffer goes back to a pool, and
 // the next item takes one from it. With many idle connections that is a
 // buffer per busy connection, not one per connection.
-const poolBufSize = 2048
+//
+// Buffers come in classes of poolBufSize and its doublings. A queue whose
+// buffer is nearly full moves to a buffer of the next class before an item
+// is appended (roomFor), and a written buffer goes back to its class's
+// pool: at saturation, when a read's worth of items goes into one write,
+// growing by append made a new, larger buffer for every write, and those
+// allocations were most of what the servers allocated.
+const (
+	poolBufSize = 2048
+	poolClasses = 10 // 2 KB to 1 MB
+	// growMargin is the free room below which the buffer moves up a class
+	// before an item is appended: more than most items (a chat line or a
+	// Forward frame), so that append rarely grows a buffer itself.
+	growMargin = 1024
+)
 
-var bufPool = sync.Pool{New: func() any { return new([poolBufSize]byte) }}
+// The pools hold the first byte of each buffer: an interface holding a
+// pointer costs no allocation, one holding a slice would.
+var bufPools [poolClasses]sync.Pool
 
-func getBuf() []byte { return bufPool.Get().(*[poolBufSize]byte)[:0] }
+func classOf(c int) int {
+	for i := range poolClasses {
+		if c == poolBufSize<<i {
+			return i
+		}
+	}
+	return -1
+}
+
+func getBuf(class int) []byte {
+	size := poolBufSize << class
+	if p, ok := bufPools[class].Get().(*byte); ok {
+		return unsafe.Slice(p, size)[:0]
+	}
+	return make([]byte, 0, size)
+}
 
 func putBuf(b []byte) {
-	if cap(b) == poolBufSize {
-		bufPool.Put((*[poolBufSize]byte)(b[:poolBufSize]))
+	if class := classOf(cap(b)); class >= 0 {
+		bufPools[class].Put(unsafe.SliceData(b[:cap(b)]))
 	}
+}
+
+// roomLocked gives q.buf a buffer before an item is appended: one from
+// the smallest pool, or, when it has less than growMargin free, one of the
+// next class with what it holds. q.mu is held and the queue has its
+// connection.
+func (q *Queue) roomLocked() {
+	if q.buf == nil {
+		q.buf = getBuf(0)
+		return
+	}
+	if cap(q.buf)-len(q.buf) >= growMargin {
+		return
+	}
+	class := classOf(cap(q.buf))
+	if class < 0 || class+1 >= poolClasses {
+		return // grown past the classes by a large item: append grows it
+	}
+	nb := append(getBuf(class+1), q.buf...)
+	putBuf(q.buf)
+	q.buf = nb
 }
 
 // finishLocked records that the queue is done; q.mu is held.
@@ -123,8 +176,8 @@ func (q *Queue) AppendTo(b *Batch, fn func([]byte) []byte) error {
 	if q.items == 0 && q.flushed != nil {
 		q.oldest = time.Now()
 	}
-	if q.buf == nil && q.conn != nil {
-		q.buf = getBuf()
+	if q.conn != nil {
+		q.roomLocked()
 	}
 	q.buf = fn(q.buf)
 	q.items++
@@ -161,8 +214,8 @@ func (q *Queue) AppendLater(fn func([]byte) []byte) error {
 	if q.items == 0 && q.flushed != nil {
 		q.oldest = time.Now()
 	}
-	if q.buf == nil && q.conn != nil {
-		q.buf = getBuf()
+	if q.conn != nil {
+		q.roomLocked()
 	}
 	q.buf = fn(q.buf)
 	q.items++
@@ -252,19 +305,14 @@ func (q *Queue) writeLocked() {
 // goroutine) reports 0 bytes, so the writer, which sets a fresh one, takes
 // over.
 func writeNow(rc syscall.RawConn, p []byte) (n int, err error) {
-	cerr := rc.Write(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Write(int(fd), p)
-			if err != syscall.EINTR {
-				return true // never wait for writability here
-			}
-		}
-	})
-	if n < 0 {
-		n = 0
-	}
-	if err == syscall.EAGAIN {
-		err = nil
+	op := writeOps.Get().(*writeOp)
+	op.p = p
+	cerr := rc.Write(op.fn)
+	n, errno := op.n, op.errno
+	*op = writeOp{fn: op.fn}
+	writeOps.Put(op)
+	if errno != 0 && errno != syscall.EAGAIN {
+		err = errno
 	}
 	if cerr != nil && err == nil {
 		if errors.Is(cerr, os.ErrDeadlineExceeded) {
@@ -273,6 +321,27 @@ func writeNow(rc syscall.RawConn, p []byte) (n int, err error) {
 		err = cerr
 	}
 	return n, err
+}
+
+// writeOp is one inline write: the function RawConn.Write calls, made once
+// per writeOp (a closure per write was an allocation per write), and what
+// it is to write and wrote.
+type writeOp struct {
+	fn    func(fd uintptr) bool
+	p     []byte
+	n     int
+	errno syscall.Errno
+}
+
+var writeOps = sync.Pool{New: func() any {
+	op := &writeOp{}
+	op.fn = op.write
+	return op
+}}
+
+func (op *writeOp) write(fd uintptr) bool {
+	op.n, op.errno = netx.RawWrite(fd, op.p) // without waking the runtime's monitor (netx.RawWrite)
+	return true                              // never wait for writability here
 }
 
 // failLocked ends the queue after a failed write; q.mu is held and released.
@@ -372,6 +441,7 @@ func (q *Queue) Err() error {
 }
 
 func (q *Queue) flushLoop() {
+	deadline := false // this goroutine has set a write deadline
 	for {
 		q.mu.Lock()
 		if len(q.buf) == 0 || q.werr != nil {
@@ -381,7 +451,7 @@ func (q *Queue) flushLoop() {
 			}
 			failed := q.werr != nil
 			q.mu.Unlock()
-			if q.writeTimeout > 0 && !failed {
+			if deadline && !failed {
 				// An expired deadline would make every later inline write
 				// fall back to this goroutine.
 				_ = q.conn.SetWriteDeadline(time.Time{})
@@ -392,10 +462,22 @@ func (q *Queue) flushLoop() {
 		q.buf, q.items, q.carried = nil, 0, 0
 		q.mu.Unlock()
 
-		if q.writeTimeout > 0 {
-			_ = q.conn.SetWriteDeadline(time.Now().Add(q.writeTimeout))
+		// Mostly this goroutine has what was queued while an inline write
+		// ran, and the socket takes it at once: a non-blocking write, as
+		// inline. Only what the socket does not take waits, with the
+		// write deadline, in a blocking write.
+		var err error
+		n := 0
+		if q.raw != nil {
+			n, err = writeNow(q.raw, out)
 		}
-		_, err := q.conn.Write(out)
+		if err == nil && n < len(out) {
+			if q.writeTimeout > 0 {
+				_ = q.conn.SetWriteDeadline(time.Now().Add(q.writeTimeout))
+				deadline = true
+			}
+			_, err = q.conn.Write(out[n:])
+		}
 		if err == nil && q.flushed != nil {
 			q.flushed(carried+len(out), items, time.Since(oldest))
 		}
