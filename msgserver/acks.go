@@ -288,7 +288,7 @@ func (k *keeper) run1(ctx context.Context, jobs []*keepJob) {
 		default:
 			// Kept: if the session closes before the client has it, its
 			// next login has it again; while it pages, the pager sends it.
-			if !j.dst.pager.skipLive() {
+			if !j.dst.pager.Load().skipLive() {
 				_ = j.dst.sendEvent(&b, &j.it.ev)
 			}
 			j.done(&b, true)
@@ -435,6 +435,9 @@ func (s *Server) pageBudget() int { return s.cfg.SessionQueueBytes / 2 }
 // skipLive reports whether a live event for the session must wait for the
 // pager (it is kept; the pager sends it in its turn).
 func (p *pager) skipLive() bool {
+	if p == nil {
+		return false // never paged: the session has no acks
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.on {
@@ -470,7 +473,11 @@ func (s *Server) sendPageLocked(b *sendq.Batch, sess *session, p *pager, inbox [
 // startPaging sends the first page of a login with acks, before its
 // session is published (s.mu held).
 func (s *Server) startPaging(b *sendq.Batch, sess *session, inbox []inboxEvent) {
-	p := &sess.pager
+	p := sess.pager.Load()
+	if p == nil {
+		p = new(pager)
+		sess.pager.Store(p)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sent = make(map[string]bool)
@@ -485,7 +492,10 @@ func (s *Server) startPaging(b *sendq.Batch, sess *session, inbox []inboxEvent) 
 // event was kept meanwhile), the inbox is read again and the next page
 // sent. It runs on the session's reader.
 func (s *Server) pageAcked(sess *session, ids []string) {
-	p := &sess.pager
+	p := sess.pager.Load()
+	if p == nil {
+		return // never paged
+	}
 	p.mu.Lock()
 	if !p.on {
 		p.mu.Unlock()

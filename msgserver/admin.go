@@ -51,9 +51,9 @@ func (s *Server) Session(name string) (SessionInfo, bool) {
 		return SessionInfo{}, false
 	}
 	sess.pmu.Lock()
-	parked := sess.cancelWait != nil
+	parked := sess.waitTok != 0
 	sess.pmu.Unlock()
-	return SessionInfo{User: name, Server: s.cfg.ID, Session: sess.id, Remote: sess.remote, Parked: parked, QueuedBytes: sess.q.Len()}, true
+	return SessionInfo{User: name, Server: s.cfg.ID, Session: sess.id, Remote: sess.remote(), Parked: parked, QueuedBytes: sess.q.Len()}, true
 }
 
 // Kick closes the session of user name on this server, telling the client

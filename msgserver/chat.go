@@ -40,7 +40,7 @@ func (s *Server) chat(sess *session, r request, b *sendq.Batch, credit *int) *cl
 	}
 	if r.Send != "" && r.Send != sess.name {
 		if send, e := normalizeName(r.Send, s.cfg.MaxNameLen); e != nil || send != sess.name {
-			s.log.Warn("refused chat with a forged sender", "user", sess.name, "claimed", truncate(r.Send, 64), "remote", sess.remote)
+			s.log.Warn("refused chat with a forged sender", "user", sess.name, "claimed", truncate(r.Send, 64), "remote", sess.remote())
 			return errorf(CodeSenderMismatch, "send %q is not the logged-in user %q", truncate(r.Send, 64), sess.name)
 		}
 	}

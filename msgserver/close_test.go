@@ -187,7 +187,7 @@ func dialSession(t *testing.T, srv *Server, addr string) (net.Conn, *session) {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		for s := range srv.conns {
-			if s.remote == client.LocalAddr().String() {
+			if s.remote() == client.LocalAddr().String() {
 				sess = s
 			}
 		}

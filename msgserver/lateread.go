@@ -120,7 +120,7 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 		if r.sess.isClosed() || s.local(r.user) != r.sess {
 			continue
 		}
-		if r.acks && r.sess.pager.skipLive() {
+		if r.acks && r.sess.pager.Load().skipLive() {
 			continue // paging: the next page reads the inbox
 		}
 		in := &store.InboxRead{User: r.user, Keep: r.acks}

@@ -38,6 +38,7 @@ type Server struct {
 	relays    []*relayLink   // one per relay address (VIP); none when no relay is configured
 	ledger    *ledger        // messages forwarded through the relays until acked; nil without relay
 	poller    *poller.Poller // parked idle sessions; nil when parking is off
+	idle      *idleWheel     // the idle timeouts of parked sessions
 	ips       *ipLimits      // connections and logins per source address
 	web       webServer      // the web port, if served (web.go)
 
@@ -124,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 	} else {
 		s.log.Warn("clients are not authenticated: anyone who reaches the client port can log in under any name (no auth key)")
 	}
+	s.idle = newIdleWheel()
 	if cfg.ParkIdleAfter > 0 {
 		p, err := poller.New()
 		if err != nil {
@@ -369,7 +371,7 @@ func (s *Server) login(sess *session, r request) *clientError {
 		s.kickElsewhere(r.Name, c.Old)
 	}
 	if s.log.Enabled(s.ctx, slog.LevelDebug) { // the arguments would cost allocations per login
-		s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote)
+		s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote())
 	}
 	s.readInboxLate(sess, r.Name, r.Acks, inbox)
 	if c.InboxErr != nil && !storedMeanwhile {
@@ -430,7 +432,7 @@ func (s *Server) readInboxAgain(sess *session, user string, acks bool, watch *in
 	watch.inflight.Wait()
 	tctx, tcancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
 	defer tcancel()
-	if acks && sess.pager.skipLive() {
+	if acks && sess.pager.Load().skipLive() {
 		return // paging: the next page reads the inbox again
 	}
 	var lines []string
@@ -472,7 +474,7 @@ func (s *Server) authenticate(sess *session, name, token string) *clientError {
 		return nil
 	}
 	s.m.authFailure(ae.reason)
-	s.log.Debug("login refused", "user", name, "session", sess.id, "remote", sess.remote, "reason", ae.reason, "err", truncate(ae.err.Error(), 200))
+	s.log.Debug("login refused", "user", name, "session", sess.id, "remote", sess.remote(), "reason", ae.reason, "err", truncate(ae.err.Error(), 200))
 	return errorf(CodeAuthFailed, "authentication failed: a valid, unexpired token for this name is required")
 }
 
@@ -634,9 +636,9 @@ func (s *Server) setRedisState(err error) {
 // that was lost with the relay link).
 func (s *Server) refreshPresence(ctx context.Context) {
 	s.mu.Lock()
-	users := make(map[string]store.Location, len(s.sessions))
+	users := make([]store.Record, 0, len(s.sessions))
 	for name, sess := range s.sessions {
-		users[name] = store.Location{Server: s.cfg.ID, Session: sess.id}
+		users = append(users, store.Record{User: name, At: store.Location{Server: s.cfg.ID, Session: sess.id}})
 	}
 	s.mu.Unlock()
 	if len(users) == 0 {
@@ -649,8 +651,15 @@ func (s *Server) refreshPresence(ctx context.Context) {
 		s.setRedisState(err)
 		return
 	}
+	if len(lost) == 0 {
+		return
+	}
+	ids := make(map[string]string, len(users))
+	for _, u := range users {
+		ids[u.User] = u.At.Session
+	}
 	for _, name := range lost {
-		s.onKick(wire.Kick{Origin: "presence", User: name, Session: users[name].Session})
+		s.onKick(wire.Kick{Origin: "presence", User: name, Session: ids[name]})
 	}
 }
 
@@ -778,6 +787,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	s.wg.Wait()
 	s.web.close()
+	s.idle.close()
 	if s.poller != nil {
 		_ = s.poller.Close() // every session has finished: nothing waits in it
 	}

@@ -31,12 +31,11 @@ const maxConsecutiveErrors = 20
 // goroutine at all: it waits in the server's poller (park.go) and gets a
 // new reader when the client sends again.
 type session struct {
-	srv    *Server
-	conn   net.Conn
-	raw    syscall.RawConn // the TCP socket (under TLS too), for the poller; nil without one
-	id     string
-	remote string
-	q      *sendq.Queue
+	srv  *Server
+	conn net.Conn
+	raw  syscall.RawConn // the TCP socket (under TLS too), for the poller; nil without one
+	id   string
+	q    *sendq.Queue
 
 	// name is set by login and read only by the reader goroutine (the
 	// poller hands the session from one reader to the next); other
@@ -60,25 +59,28 @@ type session struct {
 	// acks and receipts are the login's options (acks.go); set by the
 	// reader at login, read by whoever delivers to the session.
 	acks, receipts atomic.Bool
-	// pager sends a session with acks what it has kept in pages (acks.go).
-	pager pager
+	// pager sends a session with acks what it has kept in pages (acks.go);
+	// made at its first login with acks, nil for the others.
+	pager atomic.Pointer[pager]
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
 
-	// While parked: how to take the session back from the poller, and the
-	// timer that closes it at the idle timeout.
-	pmu        sync.Mutex
-	cancelWait func() bool
-	idleTimer  *time.Timer
+	// While parked (park.go): its wait in the poller (a poller.Token, or
+	// wsWait; 0 while not waiting) and its tick on the idle wheel (0 when
+	// on none), under pmu; and its place in that tick, under the wheel's
+	// lock.
+	pmu      sync.Mutex
+	waitTok  uint64
+	parkTick int64
+	wheelIdx int32
 }
 
 func newSession(srv *Server, conn net.Conn) *session {
 	s := &session{
-		srv:    srv,
-		conn:   conn,
-		id:     randomHex(8),
-		remote: conn.RemoteAddr().String(),
+		srv:  srv,
+		conn: conn,
+		id:   randomHex(8),
 		// Rounded up, so at least 1: 0 means logged in.
 		loginBy: int32((time.Since(srv.started) + srv.cfg.LoginTimeout + time.Second - 1) / time.Second),
 	}
@@ -276,7 +278,7 @@ func (s *session) close(r closeReason) {
 		c := &closeRules[r]
 		if c.msg != "" {
 			// Not s.name: close runs on any goroutine, the name is the reader's.
-			s.srv.log.Log(context.Background(), c.level, c.msg, "session", s.id, "remote", s.remote, "reason", r, "queued_bytes", s.q.Len())
+			s.srv.log.Log(context.Background(), c.level, c.msg, "session", s.id, "remote", s.remote(), "reason", r, "queued_bytes", s.q.Len())
 		}
 		if wc, ok := s.conn.(*wsConn); ok {
 			wc.closeCode(c.code) // the WebSocket close frame says it too
@@ -309,6 +311,10 @@ func (s *session) close(r closeReason) {
 
 func (s *session) isClosed() bool { return s.closed.Load() }
 
+// remote is the client's address, for logs: made when asked, not kept
+// by every session.
+func (s *session) remote() string { return s.conn.RemoteAddr().String() }
+
 // run serves the connection until it ends or parks. It is kept tiny, and
 // the cleanup out of it: a session that cannot park waits in a read at the
 // bottom of this call chain, and the runtime shrinks an idle goroutine's
@@ -330,7 +336,7 @@ func (s *session) finish() {
 	s.close(closeClientGone) // unless something closed it first
 	<-s.q.Done()             // everything queued is written (bounded by the write timeout)
 	if err := s.q.Err(); err != nil {
-		s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote, "err", err)
+		s.srv.log.Debug("client write failed", "session", s.id, "remote", s.remote(), "err", err)
 		_ = netx.CloseNow(s.conn)
 		return
 	}
@@ -480,13 +486,16 @@ func (s *session) readLoop() (parked bool) {
 	// loop reads it once per read, not per line.
 	now := time.Now()
 	lastInput := now
+	// parkAfter is ParkIdleAfter, or parkAfterLogin while nothing has come
+	// since a login.
+	parkAfter := cfg.ParkIdleAfter
 	for {
 		// Wait for input until the next deadline (wakeAt). Moving it costs
 		// a timer update: at most once a second, unless a wake-up has just
 		// found a line begun.
 		if now.Sub(deadlineSet) > time.Second {
 			deadlineSet = now
-			_ = s.conn.SetReadDeadline(s.wakeAt(now, lastInput, lr.src.start, canPark))
+			_ = s.conn.SetReadDeadline(s.wakeAt(now, lastInput, lr.src.start, canPark, parkAfter))
 			if s.isClosed() {
 				return false // close's wake-up deadline was just overwritten
 			}
@@ -541,11 +550,22 @@ func (s *session) readLoop() (parked bool) {
 		if !tooLong && len(line) > cfg.MaxLine {
 			s.lineTooLong() // passed the limit with its last piece
 		} else if line = bytes.TrimSpace(line); !tooLong && len(line) > 0 {
+			loggedIn := s.loginBy == 0
 			switch cerr := s.handle(line, now, lr); {
 			case cerr == nil:
 				s.badInARow = 0
 			case cerr.badRequest():
 				s.badInARow++
+			}
+			// A client that logged in and says nothing more parks soon:
+			// a login storm holds a goroutine per session for a moment,
+			// not for ParkIdleAfter (their structures stay allocated for
+			// the life of the process).
+			switch {
+			case !loggedIn && s.loginBy == 0 && parkAfterLogin < parkAfter:
+				parkAfter, deadlineSet = parkAfterLogin, time.Time{}
+			case parkAfter != cfg.ParkIdleAfter:
+				parkAfter, deadlineSet = cfg.ParkIdleAfter, time.Time{}
 			}
 		}
 		tooLong, long = false, nil
@@ -563,17 +583,26 @@ func (s *session) giveBack(lr *lineReader) {
 	lr.credit = 0
 }
 
+// parkAfterLogin is how long a session that has just logged in waits for
+// its client's next request before it parks (ParkIdleAfter if that is
+// shorter). A client that goes on at once (a chat right after the login)
+// does not park; one that stays silent, as most do after a login, parks
+// now rather than later, so a reconnect storm of 20 000 clients runs a few
+// hundred readers at a time instead of all of them: the runtime keeps a
+// goroutine's descriptor (480 bytes) for reuse once it has existed.
+const parkAfterLogin = 250 * time.Millisecond
+
 // wakeAt is when a reader waiting for input must look up: at the idle
 // timeout, the time to park, the login deadline, or the line deadline, of
 // the line begun (lineStart) or of one that may begin while it waits.
-func (s *session) wakeAt(now, lastInput, lineStart time.Time, canPark bool) time.Time {
+func (s *session) wakeAt(now, lastInput, lineStart time.Time, canPark bool, parkAfter time.Duration) time.Time {
 	cfg := &s.srv.cfg
 	if lineStart.IsZero() {
 		lineStart = now
 	}
 	d := earliest(lastInput.Add(cfg.IdleTimeout), lineStart.Add(cfg.LineTimeout))
 	if canPark {
-		d = earliest(d, now.Add(cfg.ParkIdleAfter))
+		d = earliest(d, now.Add(parkAfter))
 	}
 	if by, ok := s.loginDeadline(); ok {
 		d = earliest(d, by)
@@ -667,7 +696,7 @@ func (s *session) readFailed(err error) {
 		return
 	}
 	if !errors.Is(err, io.EOF) {
-		s.srv.log.Debug("client read failed", "session", s.id, "remote", s.remote, "err", err)
+		s.srv.log.Debug("client read failed", "session", s.id, "remote", s.remote(), "err", err)
 	}
 }
 

@@ -159,27 +159,30 @@ func (w *wsConn) wakeReader(ready bool) {
 var errReady = errors.New("a message is waiting")
 
 // waitMessage is the poller's Wait for a WebSocket session: fn runs on a
-// new goroutine when the next message comes or the connection ends. The
-// returned cancel removes the wait and reports whether it did; false means
-// fn has been or is being started.
-func (w *wsConn) waitMessage(fn func()) (cancel func() bool, err error) {
+// new goroutine when the next message comes or the connection ends;
+// cancelWait removes the wait.
+func (w *wsConn) waitMessage(fn func()) error {
 	w.wakeMu.Lock()
 	defer w.wakeMu.Unlock()
 	if w.ready {
-		return nil, errReady
+		return errReady
 	}
 	w.wake = fn
 	w.web.parked.Add(1)
-	return func() bool {
-		w.wakeMu.Lock()
-		defer w.wakeMu.Unlock()
-		if w.wake == nil {
-			return false
-		}
-		w.wake = nil
-		w.web.parked.Add(-1)
-		return true
-	}, nil
+	return nil
+}
+
+// cancelWait removes the wait of waitMessage and reports whether it did;
+// false means its function has been or is being started.
+func (w *wsConn) cancelWait() bool {
+	w.wakeMu.Lock()
+	defer w.wakeMu.Unlock()
+	if w.wake == nil {
+		return false
+	}
+	w.wake = nil
+	w.web.parked.Add(-1)
+	return true
 }
 
 // readMessage reads a message: up to limit bytes of it, the rest read and

@@ -103,7 +103,8 @@ for round in $(seq "$rounds"); do
 done
 [ -n "${RAW:-}" ] && cp "$results" "$RAW"
 
-[ ! -s "$results" ] || python3 - "$results" "$work/tier.log" <<'EOF' # LOADS=none: no table, only the idle step
+if [ -s "$results" ]; then # LOADS=none: only the idle step
+python3 - "$results" "$work/tier.log" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 def med(xs):
@@ -153,6 +154,7 @@ print("refused and resent: totals over all rounds; even: median over runs of the
 print("sys/1k: read and write system calls per 1 000 delivered (tier: all four processes; direct: both nodes)")
 print("RSS+MB: msg-1's RSS growth over the run; CPU/1k: tier = redis + relay + msg-1 + msg-2, direct = both nodes; the load generator is apart")
 EOF
+fi
 
 [ "$idle" -gt 0 ] || exit 0 # idle 0: the loads only
 

@@ -9,21 +9,33 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// refreshScript extends a presence record if it still names this session,
-// recreates it if it vanished (Redis restarted), and leaves it alone if it
-// names another session (the user logged in elsewhere): returns 1, 2 or 0.
+// refreshScript extends the presence records of many sessions: each that
+// still names its session (ARGV[i+1] for KEYS[i]) gets the TTL ARGV[1]
+// again, each that vanished (Redis restarted) is recreated, and one that
+// names another session (the user logged in elsewhere) is left alone; it
+// returns the positions (1-based) of those. One call per batch of users,
+// not one each: a refresh of every local user made a command (and its
+// arguments and reply) per user, 580 bytes of garbage per user every
+// refresh, and Redis ran a script per user.
 var refreshScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local want = ARGV[i + 1]
+  local v = redis.call('GET', key)
+  if v == want then
+    redis.call('PEXPIRE', key, ARGV[1])
+  elseif not v then
+    redis.call('SET', key, want, 'PX', ARGV[1])
+  else
+    lost[#lost + 1] = i
+  end
 end
-if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
-end
-return 0
+return lost
 `)
+
+// refreshBatch is how many users one refresh call carries; on a Redis
+// Cluster, one.
+const refreshBatch = 256
 
 // releaseScript deletes a presence record only if it still names this
 // session, so a late disconnect never wipes a newer login elsewhere.
@@ -92,76 +104,45 @@ func (s *Store) ReleaseAll(ctx context.Context, users map[string]Location) error
 	return nil
 }
 
-// RefreshAll extends the records of many sessions, recreating any that
-// vanished, and returns the users whose record now names another session.
-//
-// Plain commands, no script, for the common case: one pipeline reads every
-// record, a second extends those that name their session. A record that
-// changes between the two is extended by the moment in between at most:
-// it was just written with the full TTL. Records found missing (or gone
-// by the extension) go through refreshScript, which recreates them only
-// if they are still missing.
-func (s *Store) RefreshAll(ctx context.Context, users map[string]Location) (lost []string, err error) {
+// Record is one user's presence: the user and where it is logged in.
+type Record struct {
+	User string
+	At   Location
+}
+
+// RefreshAll extends the records of many sessions, a batch of them per
+// call in one pipeline, recreating any that vanished, and returns the
+// users whose record now names another session.
+func (s *Store) RefreshAll(ctx context.Context, users []Record) (lost []string, err error) {
 	if len(users) == 0 {
 		return nil, nil
 	}
-	names := make([]string, 0, len(users))
-	values := make([]string, 0, len(users))
-	gets := make([]*redis.StringCmd, 0, len(users))
-	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for user, at := range users {
-			names = append(names, user)
-			values = append(values, at.value())
-			gets = append(gets, pipe.Get(ctx, userKeyPrefix+user))
+	ms := s.cfg.PresenceTTL.Milliseconds()
+	per := refreshBatch
+	if _, ok := s.rdb.(*redis.ClusterClient); ok {
+		per = 1 // a script's keys must share a hash slot: one user per call
+	}
+	cmds := s.evalAll(ctx, refreshScript, (len(users)+per-1)/per, func(j int) ([]string, []any) {
+		batch := users[j*per : min(len(users), (j+1)*per)]
+		keys := make([]string, len(batch))
+		args := make([]any, 1, len(batch)+1)
+		args[0] = ms
+		for i, u := range batch {
+			keys[i] = userKeyPrefix + u.User
+			args = append(args, u.At.value())
 		}
-		return nil
+		return keys, args
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
-	}
-	ttl := s.cfg.PresenceTTL
-	var mine, missing []int // indexes into names
-	for i, g := range gets {
-		switch v, err := g.Result(); {
-		case errors.Is(err, redis.Nil):
-			missing = append(missing, i)
-		case err != nil:
-			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
-		case v == values[i]:
-			mine = append(mine, i)
-		default:
-			lost = append(lost, names[i])
-		}
-	}
-	if len(mine) > 0 {
-		exps := make([]*redis.BoolCmd, len(mine))
-		_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for j, i := range mine {
-				exps[j] = pipe.PExpire(ctx, userKeyPrefix+names[i], ttl)
-			}
-			return nil
-		})
+	for i, c := range cmds {
+		pos, err := c.Int64Slice()
 		if err != nil {
 			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
 		}
-		for j, e := range exps {
-			if !e.Val() {
-				missing = append(missing, mine[j])
+		batch := users[i*per : min(len(users), (i+1)*per)]
+		for _, p := range pos {
+			if p >= 1 && int(p) <= len(batch) {
+				lost = append(lost, batch[p-1].User)
 			}
-		}
-	}
-	ms := ttl.Milliseconds()
-	cmds := s.evalAll(ctx, refreshScript, len(missing), func(j int) ([]string, []any) {
-		i := missing[j]
-		return []string{userKeyPrefix + names[i]}, []any{values[i], ms}
-	})
-	for j, c := range cmds {
-		n, err := c.Int()
-		if err != nil {
-			return nil, s.fail(fmt.Errorf("refresh %d presence records: %w", len(users), err))
-		}
-		if n == 0 {
-			lost = append(lost, names[missing[j]])
 		}
 	}
 	return lost, nil

@@ -3,7 +3,9 @@
 // servers. It owns the key layout, the Lua scripts, the pipelines and the
 // TTLs; the message server decides when to call it.
 //
-// Redis keys. Each command touches one key, so a Redis Cluster works too.
+// Redis keys. Each command touches one key, so a Redis Cluster works too
+// (the presence refresh, which takes many users' keys per call on one
+// server, takes one on a Cluster).
 //
 //	chatrelay:user:<name>    "<server id> <session id>", TTL Config.PresenceTTL
 //	chatrelay:inbox:<name>   list of offline message entries, oldest first, at most Config.InboxMax, TTL Config.InboxTTL

@@ -17,3 +17,17 @@ var ErrUnsupported = errors.New("no connection poller on this platform")
 
 // ErrClosed is returned by Wait after Close.
 var ErrClosed = errors.New("poller closed")
+
+// Waiter is what a waiting connection's owner gives Wait: Wake runs on a
+// new goroutine when the connection has input. An interface rather than a
+// function, so that an owner can wait without a closure made per wait.
+type Waiter interface{ Wake() }
+
+// Func makes a function a Waiter.
+type Func func()
+
+// Wake calls f.
+func (f Func) Wake() { f() }
+
+// Token names one wait, for Cancel; never 0.
+type Token uint64

@@ -30,7 +30,7 @@ type Poller struct {
 
 type waiter struct {
 	fd int
-	fn func()
+	w  Waiter
 }
 
 // wakeToken is the eventfd's token: Close writes to it to stop the loop.
@@ -67,42 +67,43 @@ func token(ev *unix.EpollEvent) uint64 {
 	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 }
 
-// Wait arranges for fn to run on a new goroutine once rc's connection has
-// input or is closed by the peer (input that is already there counts). The
-// returned cancel removes the wait and reports whether it did; false means
-// fn has been or is being started.
-func (p *Poller) Wait(rc syscall.RawConn, fn func()) (cancel func() bool, err error) {
+// Wait arranges for w.Wake to run on a new goroutine once rc's connection
+// has input or is closed by the peer (input that is already there counts).
+// Cancel with the returned token removes the wait.
+func (p *Poller) Wait(rc syscall.RawConn, w Waiter) (tok Token, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, ErrClosed
+		return 0, ErrClosed
 	}
 	p.next++
-	tok := p.next
+	tok = Token(p.next)
 	var cerr error
 	fd := -1
 	err = rc.Control(func(sysfd uintptr) {
 		fd = int(sysfd)
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT}
-		setToken(&ev, tok)
+		setToken(&ev, uint64(tok))
 		cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
 	})
 	if err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("epoll_ctl add: %w", err)
+		return 0, fmt.Errorf("epoll_ctl add: %w", err)
 	}
-	p.waiters[tok] = waiter{fd: fd, fn: fn}
-	return func() bool { return p.cancel(tok) }, nil
+	p.waiters[uint64(tok)] = waiter{fd: fd, w: w}
+	return tok, nil
 }
 
-func (p *Poller) cancel(tok uint64) bool {
+// Cancel removes the wait tok and reports whether it did; false means its
+// Wake has been or is being started (or tok was cancelled already).
+func (p *Poller) Cancel(tok Token) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	w, ok := p.waiters[tok]
+	w, ok := p.waiters[uint64(tok)]
 	if ok {
-		delete(p.waiters, tok)
+		delete(p.waiters, uint64(tok))
 		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, w.fd, nil)
 	}
 	return ok
@@ -140,7 +141,7 @@ func (p *Poller) loop() {
 			}
 			p.mu.Unlock()
 			if ok {
-				go w.fn()
+				go w.w.Wake()
 			}
 		}
 	}

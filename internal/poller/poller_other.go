@@ -11,9 +11,12 @@ type Poller struct{}
 func New() (*Poller, error) { return nil, ErrUnsupported }
 
 // Wait reports ErrUnsupported.
-func (p *Poller) Wait(rc syscall.RawConn, fn func()) (func() bool, error) {
-	return nil, ErrUnsupported
+func (p *Poller) Wait(rc syscall.RawConn, w Waiter) (Token, error) {
+	return 0, ErrUnsupported
 }
+
+// Cancel reports false.
+func (p *Poller) Cancel(tok Token) bool { return false }
 
 // Waiting returns 0.
 func (p *Poller) Waiting() int { return 0 }

@@ -56,7 +56,7 @@ func TestWaitFiresOnInputAndClose(t *testing.T) {
 	var runs atomic.Int32
 	fn := func() { runs.Add(1); fired <- struct{}{} }
 
-	if _, err := p.Wait(rawConn(t, conns[0]), fn); err != nil {
+	if _, err := p.Wait(rawConn(t, conns[0]), Func(fn)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := peers[0].Write([]byte("hello\n")); err != nil {
@@ -72,12 +72,12 @@ func TestWaitFiresOnInputAndClose(t *testing.T) {
 	if _, err := conns[1].Read(buf); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Wait(rawConn(t, conns[1]), fn); err != nil {
+	if _, err := p.Wait(rawConn(t, conns[1]), Func(fn)); err != nil {
 		t.Fatal(err)
 	}
 	expect(t, fired, "input already buffered")
 
-	if _, err := p.Wait(rawConn(t, conns[2]), fn); err != nil {
+	if _, err := p.Wait(rawConn(t, conns[2]), Func(fn)); err != nil {
 		t.Fatal(err)
 	}
 	peers[2].Close()
@@ -100,7 +100,7 @@ func TestWaitAgainAfterEachInput(t *testing.T) {
 	fired := make(chan struct{}, 1)
 	buf := make([]byte, 64)
 	for i := range 100 {
-		if _, err := p.Wait(rc, func() { fired <- struct{}{} }); err != nil {
+		if _, err := p.Wait(rc, Func(func() { fired <- struct{}{} })); err != nil {
 			t.Fatalf("wait %d: %v", i, err)
 		}
 		if _, err := peers[0].Write([]byte("x")); err != nil {
@@ -121,21 +121,21 @@ func TestCancel(t *testing.T) {
 	conns, peers := tcptest.Pairs(t, 1)
 	rc := rawConn(t, conns[0])
 	var cancelledRuns atomic.Int32
-	cancel, err := p.Wait(rc, func() { cancelledRuns.Add(1) })
+	tok, err := p.Wait(rc, Func(func() { cancelledRuns.Add(1) }))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !cancel() {
+	if !p.Cancel(tok) {
 		t.Fatal("cancel of a pending wait reported false")
 	}
-	if cancel() {
+	if p.Cancel(tok) {
 		t.Fatal("second cancel reported true")
 	}
 	if n := p.Waiting(); n != 0 {
 		t.Fatalf("%d waiting after cancel", n)
 	}
 	fired := make(chan struct{}, 1)
-	if _, err := p.Wait(rc, func() { fired <- struct{}{} }); err != nil {
+	if _, err := p.Wait(rc, Func(func() { fired <- struct{}{} })); err != nil {
 		t.Fatalf("wait after cancel: %v", err)
 	}
 	if _, err := peers[0].Write([]byte("x")); err != nil {
@@ -152,7 +152,7 @@ func TestCancelAfterFire(t *testing.T) {
 	p := newPoller(t)
 	conns, peers := tcptest.Pairs(t, 1)
 	fired := make(chan struct{}, 1)
-	cancel, err := p.Wait(rawConn(t, conns[0]), func() { fired <- struct{}{} })
+	tok, err := p.Wait(rawConn(t, conns[0]), Func(func() { fired <- struct{}{} }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestCancelAfterFire(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(t, fired, "input")
-	if cancel() {
+	if p.Cancel(tok) {
 		t.Fatal("cancel after the function started reported true")
 	}
 }
@@ -173,7 +173,7 @@ func TestManyConnections(t *testing.T) {
 	var runs [n]atomic.Int32
 	fired := make(chan struct{}, n)
 	for i := range n {
-		if _, err := p.Wait(rawConn(t, conns[i]), func() { runs[i].Add(1); fired <- struct{}{} }); err != nil {
+		if _, err := p.Wait(rawConn(t, conns[i]), Func(func() { runs[i].Add(1); fired <- struct{}{} })); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -201,13 +201,13 @@ func TestWaitAfterClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	conns, _ := tcptest.Pairs(t, 1)
-	if _, err := p.Wait(rawConn(t, conns[0]), func() {}); err != nil {
+	if _, err := p.Wait(rawConn(t, conns[0]), Func(func() {})); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Wait(rawConn(t, conns[0]), func() {}); !errors.Is(err, ErrClosed) {
+	if _, err := p.Wait(rawConn(t, conns[0]), Func(func() {})); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Wait after Close: %v, want ErrClosed", err)
 	}
 	if err := p.Close(); err != nil {
