@@ -136,8 +136,13 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(reads))*time.Microsecond)
 	defer cancel()
 	s.store.ReadInboxes(cctx, reads)
-	if ctx.Err() != nil {
-		return // the server is closing
+	if ctx.Err() != nil { // the server is closing: what was taken waits for the next login
+		for _, in := range reads {
+			if !in.Keep && in.Err == nil && len(in.Lines) > 0 {
+				s.restoreTaken(in.User, in.Lines)
+			}
+		}
+		return
 	}
 	for i, in := range reads {
 		r := of[i]
@@ -153,12 +158,13 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 			continue
 		}
 		var b sendq.Batch
-		for _, e := range s.inboxEvents(r.user, in.Lines) {
-			if r.acks && (e.ev.Redelivered || r.ids[e.ev.ID]) {
-				continue // sent live (to this session or an earlier one), or at login
+		var skip func(*inboxEvent) bool
+		if r.acks {
+			skip = func(e *inboxEvent) bool {
+				return e.ev.Redelivered || r.ids[e.ev.ID] // sent live (to this session or an earlier one), or at login
 			}
-			_ = r.sess.queue(&b, e.appendLine)
 		}
+		s.queueInbox(&b, r.sess, r.user, in.Lines, !r.acks, skip)
 		b.Flush()
 	}
 }

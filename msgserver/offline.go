@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/chatrelay/chatrelay/internal/sendq"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/wire"
 )
@@ -100,6 +101,42 @@ func (s *Server) inboxEvents(user string, entries []string) []inboxEvent {
 		evs = append(evs, e)
 	}
 	return evs
+}
+
+// queueInbox queues inbox entries to sess in their order, but those skip
+// (if not nil) says were sent already. When the entries were taken out of
+// Redis (taken) and the session stops taking them (it closed meanwhile, or
+// was cut as a slow consumer), the ones not queued go back to the head of
+// the inbox for the next login rather than being lost.
+func (s *Server) queueInbox(b *sendq.Batch, sess *session, user string, entries []string, taken bool, skip func(*inboxEvent) bool) {
+	for i, entry := range entries {
+		e, err := parseInboxEntry(entry)
+		if err != nil {
+			s.log.Error("skipping an unreadable offline message", "user", user, "index", i, "bytes", len(entry), "err", err)
+			continue
+		}
+		if skip != nil && skip(&e) {
+			continue
+		}
+		if err := sess.queue(b, e.appendLine); err != nil {
+			if taken {
+				s.restoreTaken(user, entries[i:])
+			}
+			return
+		}
+	}
+}
+
+// restoreTaken puts offline messages taken for a session that could not
+// have them back at the head of user's inbox.
+func (s *Server) restoreTaken(user string, entries []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RedisTimeout)
+	defer cancel()
+	if err := s.store.RestoreInbox(ctx, user, entries); err != nil {
+		s.log.Error("offline messages taken for a session that ended are lost", "user", user, "messages", len(entries), "err", err)
+		return
+	}
+	s.log.Info("offline messages put back for the next login: the session ended before they were queued", "user", user, "messages", len(entries))
 }
 
 // offlineLimiter returns the session's bucket for offline messages, or

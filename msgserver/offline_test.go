@@ -11,6 +11,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/testenv"
 )
 
@@ -270,4 +271,36 @@ func TestOfflineRateLimitsEachSender(t *testing.T) {
 	other := login(t, tr.a, "other")
 	chatRef(other, "away-6", "from someone else", "o")
 	other.Expect(map[string]any{"reply": "chat", "ok": true, "status": "offline", "ref": "o"})
+}
+
+// A login whose inbox take ran in Redis but whose reply never came (the
+// connection cut; the test servers' go-redis does not retry) still gets its
+// offline messages: the login takes again under the same name, which
+// returns what the first take moved (store/take.go), instead of leaving
+// them under the take's key until it expires.
+func TestLoginGetsInboxWhoseTakeReplyWasLost(t *testing.T) {
+	r := testenv.StartRedis(t)
+	a := testenv.StartServer(t, r.Addr, msgserver.Config{ID: "msg-a"})
+	ctx := testenv.WithTimeout(t, 10*time.Second)
+	// The take script is loaded, so what the proxy cuts is a take Redis ran.
+	if _, err := store.New(a.Redis, store.Config{}).TakeInbox(ctx, "warm", "warm-1"); err != nil {
+		t.Fatal(err)
+	}
+	alice := login(t, a, "alice")
+	for i := range 3 {
+		chatRef(alice, "dee", fmt.Sprint("m", i), strconv.Itoa(i))
+		alice.Expect(map[string]any{"reply": "chat", "ok": true, "status": "offline", "ref": strconv.Itoa(i)})
+	}
+	p := testenv.StartCutProxy(t, r.Addr, "chatrelay:taken:")
+	b := testenv.StartServer(t, p.Addr(), msgserver.Config{ID: "msg-b"})
+	dee := login(t, b, "dee")
+	for i := range 3 {
+		ev, _ := dee.Expect(map[string]any{"event": "chat"})
+		if ev.S("content") != fmt.Sprint("m", i) || ev["offline"] != true {
+			t.Fatalf("dee's event %d = %v, want m%d marked offline", i, ev, i)
+		}
+	}
+	if p.Cuts() != 1 {
+		t.Fatalf("the proxy cut %d connections, want 1: the test did not lose the take's reply", p.Cuts())
+	}
 }

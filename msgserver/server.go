@@ -327,7 +327,8 @@ func (s *Server) login(sess *session, r request) *clientError {
 	// user claimed but not here and store its message offline, after the
 	// inbox was taken: the watch notices, and the inbox is read again.
 	watch := s.watches.watch(r.Name)
-	c := s.logins.claim(r.Name, loc, s.newID().String(), r.Acks)
+	token := s.newID().String() // names the inbox take (store/take.go)
+	c := s.logins.claim(r.Name, loc, token, r.Acks)
 	if c.Err != nil {
 		return s.loginFailed(r.Name, watch, c.Err)
 	}
@@ -374,8 +375,11 @@ func (s *Server) login(sess *session, r request) *clientError {
 		s.log.Debug("login", "user", r.Name, "session", sess.id, "remote", sess.remote())
 	}
 	s.readInboxLate(sess, r.Name, r.Acks, inbox)
-	if c.InboxErr != nil && !storedMeanwhile {
-		s.inboxNotRead(r.Name, c.InboxErr)
+	switch {
+	case c.InboxErr != nil && !r.Acks:
+		s.retakeInbox(sess, r.Name, token, c.InboxErr)
+	case c.InboxErr != nil && !storedMeanwhile:
+		s.inboxNotRead(r.Name, c.InboxErr) // kept, not taken: it comes at the next login
 		return nil
 	}
 	if storedMeanwhile {
@@ -451,12 +455,26 @@ func (s *Server) readInboxAgain(sess *session, user string, acks bool, watch *in
 		sent[e.ev.ID] = true
 	}
 	var b sendq.Batch // one write for the whole inbox
-	for _, e := range s.inboxEvents(user, lines) {
-		if e.ev.ID != "" && sent[e.ev.ID] {
-			continue // read with the claim: sent already
-		}
-		_ = sess.queue(&b, e.appendLine)
+	s.queueInbox(&b, sess, user, lines, !acks, func(e *inboxEvent) bool {
+		return e.ev.ID != "" && sent[e.ev.ID] // read with the claim: sent already
+	})
+	b.Flush()
+}
+
+// retakeInbox runs a login's inbox take again under the same token: the
+// take may have run in Redis with its reply lost (a timeout), and the same
+// take returns what it took (store/take.go) instead of leaving it under
+// the take's key until that expires.
+func (s *Server) retakeInbox(sess *session, user, token string, first error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RedisTimeout)
+	defer cancel()
+	lines, err := s.store.TakeInbox(ctx, user, token)
+	if err != nil {
+		s.log.Warn("offline inbox not read, twice; what the take moved waits under its key for a minute, the rest for the next login", "user", user, "first", first, "err", err)
+		return
 	}
+	var b sendq.Batch
+	s.queueInbox(&b, sess, user, lines, true, nil)
 	b.Flush()
 }
 

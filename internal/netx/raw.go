@@ -23,8 +23,11 @@ import (
 // RawWrite make it without one. Waiting for readiness still goes through
 // the runtime's poller (syscall.RawConn), deadlines included.
 
-// RawRead reads from the non-blocking descriptor fd into p (not empty).
+// RawRead reads from the non-blocking descriptor fd into p.
 func RawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	if len(p) == 0 {
+		return 0, 0
+	}
 	for {
 		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 		switch errno {
@@ -37,9 +40,12 @@ func RawRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	}
 }
 
-// RawWrite writes p (not empty) to the non-blocking descriptor fd; it
-// returns how much the socket took (EAGAIN: nothing).
+// RawWrite writes p to the non-blocking descriptor fd; it returns how
+// much the socket took (EAGAIN: nothing).
 func RawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	if len(p) == 0 {
+		return 0, 0
+	}
 	for {
 		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 		switch errno {

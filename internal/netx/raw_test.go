@@ -99,3 +99,14 @@ func TestRawWriteFullSocket(t *testing.T) {
 	}
 	t.Fatalf("wrote %d bytes to a socket nobody reads without EAGAIN", total)
 }
+
+// An empty read or write is no system call and no panic, as with the
+// standard library.
+func TestRawEmpty(t *testing.T) {
+	if n, errno := netx.RawWrite(^uintptr(0), nil); n != 0 || errno != 0 {
+		t.Fatalf("empty write: %d, %v", n, errno)
+	}
+	if n, errno := netx.RawRead(^uintptr(0), []byte{}); n != 0 || errno != 0 {
+		t.Fatalf("empty read: %d, %v", n, errno)
+	}
+}
