@@ -445,17 +445,22 @@ func (q *Queue) flushLoop() {
 	for {
 		q.mu.Lock()
 		if len(q.buf) == 0 || q.werr != nil {
+			if deadline && q.werr == nil {
+				// An expired deadline would make every later inline write
+				// fall back to a writer goroutine. It is cleared while
+				// this goroutine still owns the connection's writes
+				// (writing): cleared after, it could clear the deadline
+				// of the next writer's blocking write.
+				q.mu.Unlock()
+				_ = q.conn.SetWriteDeadline(time.Time{})
+				deadline = false
+				continue
+			}
 			q.writing = false
 			if q.closed {
 				q.finishLocked()
 			}
-			failed := q.werr != nil
 			q.mu.Unlock()
-			if deadline && !failed {
-				// An expired deadline would make every later inline write
-				// fall back to this goroutine.
-				_ = q.conn.SetWriteDeadline(time.Time{})
-			}
 			return
 		}
 		out, items, oldest, carried := q.buf, q.items, q.oldest, q.carried
