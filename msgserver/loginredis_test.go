@@ -1,10 +1,8 @@
 package msgserver_test
 
 import (
-	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,69 +11,6 @@ import (
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/testenv"
 )
-
-// userCommands is a go-redis hook that records the commands touching the
-// keys of users whose name starts with prefix, and the round trips that
-// carry them.
-type userCommands struct {
-	prefix     string
-	mu         sync.Mutex
-	commands   []string // "name key"
-	roundTrips int
-}
-
-func (h *userCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *userCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.record([]redis.Cmder{cmd})
-		return next(ctx, cmd)
-	}
-}
-
-func (h *userCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.record(cmds)
-		return next(ctx, cmds)
-	}
-}
-
-func (h *userCommands) record(cmds []redis.Cmder) {
-	var got []string
-	for _, cmd := range cmds {
-		name := strings.ToLower(cmd.Name())
-		args := cmd.Args()
-		key := ""
-		switch {
-		case (name == "evalsha" || name == "eval") && len(args) > 3:
-			key, _ = args[3].(string)
-		case len(args) > 1:
-			key, _ = args[1].(string)
-		}
-		if strings.Contains(key, ":"+h.prefix) {
-			got = append(got, name+" "+key)
-		}
-	}
-	if len(got) == 0 {
-		return
-	}
-	h.mu.Lock()
-	h.commands = append(h.commands, got...)
-	h.roundTrips++
-	h.mu.Unlock()
-}
-
-func (h *userCommands) count(name string) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := 0
-	for _, c := range h.commands {
-		if strings.HasPrefix(c, name+" ") {
-			n++
-		}
-	}
-	return n
-}
 
 // What a login storm costs Redis, counted: users without offline messages
 // cost three plain commands each (the presence write and a look at the
@@ -86,7 +21,7 @@ func TestLoginRedisCommands(t *testing.T) {
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
-	h := &userCommands{prefix: "cost-"}
+	h := &testenv.CommandLog{Match: func(key string) bool { return strings.Contains(key, ":cost-") }}
 	rdb.AddHook(h)
 	s := testenv.StartServer(t, r.Addr, msgserver.Config{ID: "msg-a", Redis: rdb, RedisTimeout: 200 * time.Millisecond})
 	const n = 60
@@ -100,24 +35,23 @@ func TestLoginRedisCommands(t *testing.T) {
 	}
 	// The late read of each login (msgserver reads the inbox once more
 	// RedisTimeout+0.5s after the login).
-	testenv.Eventually(t, 10*time.Second, "the late inbox reads", func() bool { return h.count("exists") >= 2*n })
+	testenv.Eventually(t, 10*time.Second, "the late inbox reads", func() bool { return h.Count("exists") >= 2*n })
 	time.Sleep(100 * time.Millisecond) // anything a late read would send after its look
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.commands) != 3*n {
-		t.Errorf("%d logins sent %d commands, want %d (3 each): %q", n, len(h.commands), 3*n, h.commands)
+	commands, roundTrips := h.Take()
+	if len(commands) != 3*n {
+		t.Errorf("%d logins sent %d commands, want %d (3 each): %q", n, len(commands), 3*n, commands)
 	}
-	for _, c := range h.commands {
+	for _, c := range commands {
 		if !strings.HasPrefix(c, "set chatrelay:user:") && !strings.HasPrefix(c, "exists chatrelay:inbox:") {
 			t.Errorf("a login with an empty inbox sent %q; want only SET of presence and EXISTS of the inbox", c)
 		}
 	}
 	// One round trip per login at most for the claims (a lone login has
 	// its own; concurrent ones share), and the late reads share theirs.
-	if h.roundTrips > n+n/2 {
-		t.Errorf("%d logins took %d round trips, want at most %d", n, h.roundTrips, n+n/2)
+	if roundTrips > n+n/2 {
+		t.Errorf("%d logins took %d round trips, want at most %d", n, roundTrips, n+n/2)
 	}
-	t.Logf("%d logins: %d commands in %d round trips", n, len(h.commands), h.roundTrips)
+	t.Logf("%d logins: %d commands in %d round trips", n, len(commands), roundTrips)
 }
 
 // A message stored in a user's inbox just after its login read the inbox

@@ -5,7 +5,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,72 +14,13 @@ import (
 	"github.com/chatrelay/chatrelay/testenv"
 )
 
-// commandLog is a go-redis hook that records every command sent and every
-// round trip (a command alone or a pipeline).
-type commandLog struct {
-	mu         sync.Mutex
-	commands   []string // "name key", lower-case name
-	roundTrips int
-}
-
-func (l *commandLog) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (l *commandLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		l.record([]redis.Cmder{cmd})
-		return next(ctx, cmd)
-	}
-}
-
-func (l *commandLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		l.record(cmds)
-		return next(ctx, cmds)
-	}
-}
-
-// record logs the commands of one round trip that touch the store's keys
-// (not the connection's own HELLO and CLIENT).
-func (l *commandLog) record(cmds []redis.Cmder) {
-	var got []string
-	for _, cmd := range cmds {
-		name := strings.ToLower(cmd.Name())
-		args := cmd.Args()
-		key := ""
-		switch {
-		case (name == "evalsha" || name == "eval") && len(args) > 3:
-			key, _ = args[3].(string)
-		case len(args) > 1:
-			key, _ = args[1].(string)
-		}
-		if strings.HasPrefix(key, "chatrelay:") {
-			got = append(got, name+" "+key)
-		}
-	}
-	if len(got) == 0 {
-		return
-	}
-	l.mu.Lock()
-	l.commands = append(l.commands, got...)
-	l.roundTrips++
-	l.mu.Unlock()
-}
-
-func (l *commandLog) take() (commands []string, roundTrips int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	commands, roundTrips = l.commands, l.roundTrips
-	l.commands, l.roundTrips = nil, 0
-	return commands, roundTrips
-}
-
 // loggedStore is a store on a fresh Redis whose commands are logged.
-func loggedStore(t *testing.T) (*store.Store, *testenv.Redis, *commandLog) {
+func loggedStore(t *testing.T) (*store.Store, *testenv.Redis, *testenv.CommandLog) {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
 	t.Cleanup(func() { rdb.Close() })
-	log := &commandLog{}
+	log := &testenv.CommandLog{Match: func(key string) bool { return strings.HasPrefix(key, "chatrelay:") }}
 	rdb.AddHook(log)
 	return store.New(rdb, store.Config{PresenceTTL: time.Minute, RegistryTTL: 6 * time.Second, InboxMax: 10, InboxTTL: time.Hour}), r, log
 }
@@ -221,7 +161,7 @@ func TestClaimLoginsRoundTrips(t *testing.T) {
 		claims = append(claims, &store.Claim{User: "u" + strconv.Itoa(i), At: store.Location{Server: "msg-a", Session: "s"}, Token: "t" + strconv.Itoa(i)})
 	}
 	st.ClaimLogins(ctx, claims)
-	cmds, trips := log.take()
+	cmds, trips := log.Take()
 	if trips != 1 || len(cmds) != 2*len(claims) {
 		t.Fatalf("%d logins with empty inboxes: %d commands in %d round trips, want %d in 1: %q", len(claims), len(cmds), trips, 2*len(claims), cmds)
 	}
@@ -237,7 +177,7 @@ func TestClaimLoginsRoundTrips(t *testing.T) {
 	if _, err := r.Command("SCRIPT", "FLUSH"); err != nil {
 		t.Fatal(err)
 	}
-	log.take()
+	log.Take()
 	for _, c := range claims {
 		c.Token += "-2"
 	}
@@ -245,7 +185,7 @@ func TestClaimLoginsRoundTrips(t *testing.T) {
 	if c := claims[7]; c.InboxErr != nil || !reflect.DeepEqual(c.Inbox, []string{"m"}) {
 		t.Fatalf("u7 after SCRIPT FLUSH: inbox %q, %v; want [m]", c.Inbox, c.InboxErr)
 	}
-	cmds, trips = log.take()
+	cmds, trips = log.Take()
 	// SET and EXISTS per login; EVALSHA (NOSCRIPT) and EVAL for u7 alone.
 	if trips != 3 || len(cmds) != 2*len(claims)+2 {
 		t.Fatalf("logins, one with an inbox, after SCRIPT FLUSH: %d commands in %d round trips, want %d in 3: %q", len(cmds), trips, 2*len(claims)+2, cmds)
@@ -259,9 +199,9 @@ func TestClaimLoginsRoundTrips(t *testing.T) {
 	if err := st.PushInbox(ctx, "u9", []byte("m")); err != nil {
 		t.Fatal(err)
 	}
-	log.take()
+	log.Take()
 	st.ClaimLogins(ctx, claims)
-	if cmds, trips = log.take(); trips != 2 || cmds[len(cmds)-1] != "evalsha chatrelay:inbox:u9" {
+	if cmds, trips = log.Take(); trips != 2 || cmds[len(cmds)-1] != "evalsha chatrelay:inbox:u9" {
 		t.Fatalf("with the script loaded again: %q in %d round trips; want EVALSHA for u9's inbox in a second", cmds, trips)
 	}
 }
@@ -279,7 +219,7 @@ func TestReadInboxes(t *testing.T) {
 	if err := st.PushInbox(ctx, "kim", []byte("\x01k")); err != nil {
 		t.Fatal(err)
 	}
-	log.take()
+	log.Take()
 	reads := []*store.InboxRead{{User: "ann", Token: "r1"}, {User: "bob", Token: "r2"}, {User: "kim", Keep: true}}
 	st.ReadInboxes(ctx, reads)
 	if r0 := reads[0]; r0.Err != nil || !reflect.DeepEqual(r0.Lines, []string{"a0", "a1"}) {
@@ -297,7 +237,7 @@ func TestReadInboxes(t *testing.T) {
 	if got := lrange(t, r, "chatrelay:inbox:kim"); !reflect.DeepEqual(got, []string{"\x01k"}) {
 		t.Errorf("kim's kept inbox is %q after a read", got)
 	}
-	cmds, _ := log.take()
+	cmds, _ := log.Take()
 	scripts := 0
 	for _, c := range cmds {
 		if strings.HasPrefix(c, "eval") {
@@ -327,7 +267,7 @@ func TestRefreshAll(t *testing.T) {
 	if _, err := r.Command("SET", "chatrelay:user:other", "msg-b s2", "PX", "5000"); err != nil {
 		t.Fatal(err)
 	}
-	log.take()
+	log.Take()
 	lost, err := st.RefreshAll(ctx, []store.Record{{User: "mine", At: at}, {User: "other", At: at}, {User: "gone", At: at}})
 	if err != nil || !reflect.DeepEqual(lost, []string{"other"}) {
 		t.Fatalf("RefreshAll = %q, %v; want [other]", lost, err)
@@ -347,7 +287,7 @@ func TestRefreshAll(t *testing.T) {
 	if ms := pttl(t, r, "chatrelay:user:other"); ms > 5000 {
 		t.Errorf("other: PTTL %d after refresh; another server's record must not be extended", ms)
 	}
-	cmds, _ := log.take()
+	cmds, _ := log.Take()
 	// One call (its EVALSHA, and an EVAL if the script was not loaded).
 	if len(cmds) == 0 || len(cmds) > 2 || !strings.HasPrefix(cmds[len(cmds)-1], "eval") {
 		t.Errorf("commands %q: want one script call for the three users", cmds)
