@@ -58,6 +58,21 @@ func testLedger(tweak func(*Config)) *ledger {
 	return newLedger(&cfg, nil)
 }
 
+// upTwoLinks brings up two links on g, in slots 0 and 1; with stats (two),
+// the links report when they were last heard from there.
+func upTwoLinks(t *testing.T, g *ledger, stats ...*wire.LinkStats) (c0 *linkConn, relay0 *net.TCPConn, c1 *linkConn, relay1 *net.TCPConn) {
+	t.Helper()
+	c0, relay0 = testConn(t)
+	c1, relay1 = testConn(t)
+	c1.slot = 1
+	if len(stats) == 2 {
+		c0.stats, c1.stats = stats[0], stats[1]
+	}
+	g.up(c0)
+	g.up(c1)
+	return c0, relay0, c1, relay1
+}
+
 func fwd(n byte) *wire.Forward {
 	return &wire.Forward{ID: wire.ID{n}, Origin: "msg-a", Dest: "msg-b", Payload: []byte("x")}
 }
@@ -224,11 +239,7 @@ func onSlot(t *testing.T, slot int) string {
 // both links carry some.
 func TestLedgerSpreadsByRecipientOverTwoLinks(t *testing.T) {
 	g := testLedger(nil)
-	c0, relay0 := testConn(t)
-	c1, relay1 := testConn(t)
-	c1.slot = 1
-	g.up(c0)
-	g.up(c1)
+	_, relay0, _, relay1 := upTwoLinks(t, g)
 	u0, u1 := onSlot(t, 0), onSlot(t, 1)
 	_ = g.send(to(u0), fwd(1))
 	_ = g.send(to(u1), fwd(2))
@@ -242,11 +253,7 @@ func TestLedgerSpreadsByRecipientOverTwoLinks(t *testing.T) {
 // other at once, in order; new messages follow it there until it is back.
 func TestLedgerResendsOverTheOtherLinkAtOnce(t *testing.T) {
 	g := testLedger(nil)
-	c0, relay0 := testConn(t)
-	c1, relay1 := testConn(t)
-	c1.slot = 1
-	g.up(c0)
-	g.up(c1)
+	c0, relay0, _, relay1 := upTwoLinks(t, g)
 	u0, u1 := onSlot(t, 0), onSlot(t, 1)
 	_ = g.send(to(u0), fwd(1))
 	_ = g.send(to(u1), fwd(2))
@@ -272,11 +279,7 @@ func TestLedgerResendsOverTheOtherLinkAtOnce(t *testing.T) {
 // both relays have refused it is it held.
 func TestLedgerTriesTheOtherLinkOnANack(t *testing.T) {
 	g := testLedger(nil)
-	c0, relay0 := testConn(t)
-	c1, relay1 := testConn(t)
-	c1.slot = 1
-	g.up(c0)
-	g.up(c1)
+	c0, relay0, c1, relay1 := upTwoLinks(t, g)
 	u0 := onSlot(t, 0)
 	_ = g.send(to(u0), fwd(1))
 	expectSent(t, relay0, wire.ID{1})
@@ -296,11 +299,7 @@ func TestLedgerTriesTheOtherLinkOnANack(t *testing.T) {
 func TestLedgerMovesMessagesOffASilentLink(t *testing.T) {
 	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
 	var stats0, stats1 wire.LinkStats
-	c0, relay0 := testConn(t)
-	c1, relay1 := testConn(t)
-	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
-	g.up(c0)
-	g.up(c1)
+	_, relay0, _, relay1 := upTwoLinks(t, g, &stats0, &stats1)
 	u0 := onSlot(t, 0)
 	start := time.Now()
 	stats0.LastRecv.Store(start.UnixNano())
@@ -325,11 +324,7 @@ func TestLedgerMovesMessagesOffASilentLink(t *testing.T) {
 func TestLedgerLeavesMessagesWhenBothLinksAreSilent(t *testing.T) {
 	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
 	var stats0, stats1 wire.LinkStats
-	c0, relay0 := testConn(t)
-	c1, relay1 := testConn(t)
-	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
-	g.up(c0)
-	g.up(c1)
+	_, relay0, _, relay1 := upTwoLinks(t, g, &stats0, &stats1)
 	start := time.Now()
 	stats0.LastRecv.Store(start.UnixNano())
 	stats1.LastRecv.Store(start.UnixNano())
@@ -350,11 +345,7 @@ func TestLedgerStallThresholdFollowsAckLatency(t *testing.T) {
 	g := testLedger(func(c *Config) { c.StallAfter = 20 * time.Millisecond })
 	g.ackLatency = 50 * time.Millisecond // acks take 50 ms on average
 	var stats0, stats1 wire.LinkStats
-	c0, relay0 := testConn(t)
-	c1, relay1 := testConn(t)
-	c0.stats, c1.slot, c1.stats = &stats0, 1, &stats1
-	g.up(c0)
-	g.up(c1)
+	_, relay0, _, relay1 := upTwoLinks(t, g, &stats0, &stats1)
 	start := time.Now()
 	stats0.LastRecv.Store(start.UnixNano())
 	_ = g.send(to(onSlot(t, 0)), fwd(1))
