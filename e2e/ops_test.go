@@ -3,9 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -127,28 +125,6 @@ func TestFlagMistakesAreOneLine(t *testing.T) {
 	}
 }
 
-// adminPost sends an admin API request, with a bearer token if given.
-func adminPost(t *testing.T, url, token string) (int, map[string]any) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var m map[string]any
-	_ = json.Unmarshal(b, &m)
-	return resp.StatusCode, m
-}
-
 // Draining a message server process through its admin API (with a token
 // from --admin-token-file): its client is told to reconnect, moves to the
 // other server, and the drained process exits 0 by itself.
@@ -176,10 +152,10 @@ func TestDrainedServerExits(t *testing.T) {
 	peer := testenv.Dial(t, b.addr)
 	peer.Login("peer-user")
 
-	if code, _ := adminPost(t, "http://"+a.admin+"/admin/drain?timeout=1m", ""); code != http.StatusUnauthorized {
+	if code, _ := testenv.AdminCall(t, http.MethodPost, "http://"+a.admin+"/admin/drain?timeout=1m", ""); code != http.StatusUnauthorized {
 		t.Fatalf("drain without the token: HTTP %d", code)
 	}
-	if code, got := adminPost(t, "http://"+a.admin+"/admin/drain?timeout=1m", token); code != http.StatusAccepted {
+	if code, got := testenv.AdminCall(t, http.MethodPost, "http://"+a.admin+"/admin/drain?timeout=1m", token); code != http.StatusAccepted {
 		t.Fatalf("drain: HTTP %d %v", code, got)
 	}
 	u.Expect(map[string]any{"event": "reconnect", "code": "draining"})

@@ -2,8 +2,6 @@ package msgserver_test
 
 import (
 	"context"
-	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,33 +14,6 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/testenv"
 )
-
-// adminCall makes one admin API request and decodes the JSON answer.
-func adminCall(t *testing.T, method, url, token string) (int, map[string]any) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatalf("%s %s: HTTP %d, not JSON: %q", method, url, resp.StatusCode, b)
-	}
-	return resp.StatusCode, m
-}
 
 func adminServer(t *testing.T, s *testenv.InServer, token []byte) string {
 	t.Helper()
@@ -59,20 +30,20 @@ func TestAdminSessionAndKick(t *testing.T) {
 	apiA, apiB := adminServer(t, tr.a, nil), adminServer(t, tr.b, nil)
 	alice := login(t, tr.a, "alice")
 
-	code, got := adminCall(t, "GET", apiA+"/admin/sessions/alice", "")
+	code, got := testenv.AdminCall(t, "GET", apiA+"/admin/sessions/alice", "")
 	if code != http.StatusOK || got["user"] != "alice" || got["server"] != "msg-a" || got["session"] == "" || got["remote"] != alice.Conn().LocalAddr().String() {
 		t.Fatalf("GET session on msg-a: %d %v", code, got)
 	}
 	session := got["session"]
-	code, got = adminCall(t, "GET", apiB+"/admin/sessions/alice", "")
+	code, got = testenv.AdminCall(t, "GET", apiB+"/admin/sessions/alice", "")
 	if p, _ := got["presence"].(map[string]any); code != http.StatusNotFound || p["server"] != "msg-a" || p["session"] != session {
 		t.Fatalf("GET session on msg-b: %d %v; want 404 naming msg-a's session %v", code, got, session)
 	}
-	if code, got = adminCall(t, "POST", apiB+"/admin/sessions/alice/kick", ""); code != http.StatusNotFound {
+	if code, got = testenv.AdminCall(t, "POST", apiB+"/admin/sessions/alice/kick", ""); code != http.StatusNotFound {
 		t.Fatalf("kick on msg-b, where alice is not: %d %v", code, got)
 	}
 
-	code, got = adminCall(t, "POST", apiA+"/admin/sessions/alice/kick", "")
+	code, got = testenv.AdminCall(t, "POST", apiA+"/admin/sessions/alice/kick", "")
 	if code != http.StatusOK || got["kicked"] != true {
 		t.Fatalf("kick: %d %v", code, got)
 	}
@@ -84,11 +55,11 @@ func TestAdminSessionAndKick(t *testing.T) {
 		_, ok, err := store.New(tr.a.Redis, store.Config{}).Lookup(context.Background(), "alice")
 		return err == nil && !ok
 	})
-	if code, got = adminCall(t, "GET", apiA+"/admin/sessions/alice", ""); code != http.StatusNotFound || got["presence"] != nil {
+	if code, got = testenv.AdminCall(t, "GET", apiA+"/admin/sessions/alice", ""); code != http.StatusNotFound || got["presence"] != nil {
 		t.Fatalf("after the kick: %d %v", code, got)
 	}
 	login(t, tr.a, "alice") // a kick is not a ban
-	if code, got = adminCall(t, "GET", apiA+"/admin/sessions/"+strings.Repeat("x", 5000), ""); code != http.StatusNotFound {
+	if code, got = testenv.AdminCall(t, "GET", apiA+"/admin/sessions/"+strings.Repeat("x", 5000), ""); code != http.StatusNotFound {
 		t.Fatalf("an overlong name: %d %v", code, got)
 	}
 }
@@ -104,7 +75,7 @@ func TestAdminDrainMovesUsersWithoutOffline(t *testing.T) {
 	idle := testenv.Dial(t, tr.a.Addr) // connected, never logs in
 	bob := login(t, tr.b, "bob")
 
-	code, got := adminCall(t, "POST", api+"/admin/drain?timeout=1m", "")
+	code, got := testenv.AdminCall(t, "POST", api+"/admin/drain?timeout=1m", "")
 	if code != http.StatusAccepted || got["draining"] != true || got["sessions"] != float64(1) {
 		t.Fatalf("drain: %d %v", code, got)
 	}
@@ -158,15 +129,15 @@ func TestAdminDrainDeadline(t *testing.T) {
 	tr := startTier(t, nil)
 	api := adminServer(t, tr.a, nil)
 	stays := login(t, tr.a, "stays")
-	if code, got := adminCall(t, "POST", api+"/admin/drain?timeout=forever", ""); code != http.StatusBadRequest {
+	if code, got := testenv.AdminCall(t, "POST", api+"/admin/drain?timeout=forever", ""); code != http.StatusBadRequest {
 		t.Fatalf("a bad timeout: %d %v", code, got)
 	}
 	start := time.Now()
-	if code, got := adminCall(t, "POST", api+"/admin/drain?timeout=300ms", ""); code != http.StatusAccepted {
+	if code, got := testenv.AdminCall(t, "POST", api+"/admin/drain?timeout=300ms", ""); code != http.StatusAccepted {
 		t.Fatalf("drain: %d %v", code, got)
 	}
-	_, first := adminCall(t, "GET", api+"/admin/drain", "")
-	if code, again := adminCall(t, "POST", api+"/admin/drain?timeout=1h", ""); code != http.StatusAccepted || again["deadline"] != first["deadline"] {
+	_, first := testenv.AdminCall(t, "GET", api+"/admin/drain", "")
+	if code, again := testenv.AdminCall(t, "POST", api+"/admin/drain?timeout=1h", ""); code != http.StatusAccepted || again["deadline"] != first["deadline"] {
 		t.Errorf("second drain: %d %v; want the first one's deadline %v", code, again, first["deadline"])
 	}
 	stays.Expect(map[string]any{"event": "reconnect"})
@@ -201,15 +172,15 @@ func TestAdminAccess(t *testing.T) {
 	open := adminServer(t, tr.a, nil)
 	guarded := adminServer(t, tr.a, []byte(token))
 
-	if code, got := adminCall(t, "GET", open+"/admin/drain", ""); code != http.StatusOK || got["draining"] != false {
+	if code, got := testenv.AdminCall(t, "GET", open+"/admin/drain", ""); code != http.StatusOK || got["draining"] != false {
 		t.Fatalf("loopback without a token configured: %d %v", code, got)
 	}
 	for _, tok := range []string{"", "wrong", token[:len(token)-1], token + "x"} {
-		if code, got := adminCall(t, "GET", guarded+"/admin/drain", tok); code != http.StatusUnauthorized {
+		if code, got := testenv.AdminCall(t, "GET", guarded+"/admin/drain", tok); code != http.StatusUnauthorized {
 			t.Errorf("token %q: %d %v; want 401", tok, code, got)
 		}
 	}
-	if code, got := adminCall(t, "GET", guarded+"/admin/drain", token); code != http.StatusOK {
+	if code, got := testenv.AdminCall(t, "GET", guarded+"/admin/drain", token); code != http.StatusOK {
 		t.Errorf("the right token: %d %v", code, got)
 	}
 
@@ -234,7 +205,7 @@ func TestAdminAccess(t *testing.T) {
 		h.Listener.Close()
 		h.Listener = ln
 		h.Start()
-		code, got := adminCall(t, "POST", h.URL+"/admin/sessions/nobody/kick", c.send)
+		code, got := testenv.AdminCall(t, "POST", h.URL+"/admin/sessions/nobody/kick", c.send)
 		h.Close()
 		if code != c.want {
 			t.Errorf("from %s with %s: %d %v; want %d", ip, c.configured, code, got, c.want)
