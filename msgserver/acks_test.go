@@ -218,18 +218,27 @@ func TestLoginRaceAcrossServersReachesTheSession(t *testing.T) {
 			<-release
 		}
 	})
+	held := make(chan struct{}, 1)
+	msgserver.SetForwardHeldHook(tr.b.Server, func(user string) {
+		if user == "bob" {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+		}
+	})
 	alice := login(t, tr.a, "alice")
 	bob := testenv.Dial(t, tr.b.Addr)
 	bob.Send(map[string]any{"cmd": "login", "name": "bob"})
 	<-claimed
 	chatRef(alice, "bob", "during the login", "r1")
-	// The Forward reaches msg-b while bob's login is held open; msg-a
-	// waits for the answer.
-	testenv.Eventually(t, 5*time.Second, "the message forwarded", func() bool {
-		l := tr.a.Links()
-		return len(l) == 1 && l[0].Unacked == 1
-	})
-	time.Sleep(50 * time.Millisecond) // the scenario: the Forward is at msg-b before the login ends
+	// The Forward reaches msg-b while bob's login is held open, and msg-b
+	// holds it for the login.
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Forward was not held for bob's login")
+	}
 	let()
 	bob.Expect(map[string]any{"reply": "login", "ok": true})
 	ev, _ := bob.Expect(map[string]any{"event": "chat"})

@@ -298,6 +298,9 @@ func (s *Server) onForward(f wire.Forward, c *linkConn, b *sendq.Batch) {
 		}
 		switch s.watches.hold(it.ev.To, heldForward{c: c, f: f, it: it}) {
 		case holdHeld:
+			if f := s.onForwardHeld.Load(); f != nil {
+				(*f)(it.ev.To)
+			}
 			return // the login answers it
 		case holdNone:
 			s.answerForward(c, f, wire.AckNotHere)

@@ -4,3 +4,5 @@ package msgserver
 // claim and before its session is published: the window a login race
 // needs, held open by the test.
 func SetLoginClaimedHook(s *Server, f func(user string)) { s.loginClaimed = f }
+
+func SetForwardHeldHook(s *Server, f func(user string)) { s.onForwardHeld.Store(&f) }

@@ -72,6 +72,9 @@ type Server struct {
 	// loginClaimed, if set (tests), runs after a login's presence claim,
 	// before its session is published.
 	loginClaimed func(user string)
+	// onForwardHeld, if set (tests), runs when a Forward is held for a login
+	// in progress.
+	onForwardHeld atomic.Pointer[func(user string)] // set while serving: atomic
 }
 
 // New checks cfg and starts the server's background work: the relay link,
