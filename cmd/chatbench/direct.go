@@ -71,7 +71,7 @@ func runDirect(cfg xnodeConfig, stderr io.Writer) (*directResult, error) {
 		return nil, fmt.Errorf("find this binary to start the nodes: %w", err)
 	}
 	lifetime := (cfg.Warmup + cfg.Duration + 2*time.Minute).String()
-	a, err := startNode(exe, stderr, "--id", "a", "--peer-id", "b", "--listen", "127.0.0.1:0", "--link-listen", "127.0.0.1:0", "--lifetime", lifetime)
+	a, err := startNode(exe, stderr, "direct-node", "--id", "a", "--peer-id", "b", "--listen", "127.0.0.1:0", "--link-listen", "127.0.0.1:0", "--lifetime", lifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +80,7 @@ func runDirect(cfg xnodeConfig, stderr io.Writer) (*directResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node a: %w", err)
 	}
-	b, err := startNode(exe, stderr, "--id", "b", "--peer-id", "a", "--listen", "127.0.0.1:0", "--peer", linkAddr, "--lifetime", lifetime)
+	b, err := startNode(exe, stderr, "direct-node", "--id", "b", "--peer-id", "a", "--listen", "127.0.0.1:0", "--peer", linkAddr, "--lifetime", lifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -121,15 +121,16 @@ func runDirect(cfg xnodeConfig, stderr io.Writer) (*directResult, error) {
 	return res, nil
 }
 
-// childNode is a running direct-node process.
+// childNode is a running chatbench child process: a direct-node, or the
+// login-floor.
 type childNode struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	lines chan string // its stdout, line by line; closed at EOF
 }
 
-func startNode(exe string, stderr io.Writer, args ...string) (*childNode, error) {
-	cmd := exec.Command(exe, append([]string{"direct-node"}, args...)...)
+func startNode(exe string, stderr io.Writer, mode string, args ...string) (*childNode, error) {
+	cmd := exec.Command(exe, append([]string{mode}, args...)...)
 	cmd.Stderr = stderr
 	stdin, err := cmd.StdinPipe() // closing it (or our death) stops the node
 	if err != nil {
@@ -140,7 +141,7 @@ func startNode(exe string, stderr io.Writer, args ...string) (*childNode, error)
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start direct-node: %w", err)
+		return nil, fmt.Errorf("start %s: %w", mode, err)
 	}
 	c := &childNode{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
 	go func() {

@@ -41,10 +41,13 @@ type idleConfig struct {
 	PingEvery   time.Duration
 	OpenTimeout time.Duration
 	Prefix      string
-	SourceIPs   string      // "auto", "none" or a comma-separated list
-	KeyFile     string      // signs a token for each login (as msgserver token does); empty: name-only logins
-	TLS         *tls.Config // if set, the client port serves TLS (tlsFlag)
-	WS          bool        // Server is a web port: the sessions are WebSockets (ws.go)
+	SourceIPs   string        // "auto", "none" or a comma-separated list
+	KeyFile     string        // signs a token for each login (as msgserver token does); empty: name-only logins
+	TLS         *tls.Config   // if set, the client port serves TLS (tlsFlag)
+	WS          bool          // Server is a web port: the sessions are WebSockets (ws.go)
+	Tail        time.Duration // CPU per login counts this long past the last login
+	RedisPID    int           // if set, Redis's CPU per login is read from /proc/<pid> too
+	Floor       bool          // measure the login baseline (loginfloor.go) instead of Server
 	Progress    io.Writer
 }
 
@@ -58,13 +61,13 @@ const maxIdleFailures = 100
 
 func (c *idleConfig) validate() error {
 	var errs []error
-	if c.Server == "" {
-		errs = append(errs, errors.New("--server is required"))
+	if c.Server == "" && !c.Floor {
+		errs = append(errs, errors.New("--server is required (or --floor)"))
 	}
 	if c.Sessions < 1 || c.Sessions > 2_000_000 {
 		errs = append(errs, errors.New("--sessions must be in 1..2000000"))
 	}
-	if c.Metrics == "" && c.PID == 0 {
+	if c.Metrics == "" && c.PID == 0 && !c.Floor {
 		errs = append(errs, errors.New("give --metrics URL or --pid to read the server's RSS"))
 	}
 	if c.Concurrency < 1 || c.Concurrency > 10000 {
@@ -76,6 +79,10 @@ func (c *idleConfig) validate() error {
 	if c.Settle < 0 || c.Settle > time.Minute {
 		errs = append(errs, errors.New("--settle must be in [0, 1m]"))
 	}
+	if c.Tail < 0 {
+		errs = append(errs, errors.New("--tail must not be negative"))
+	}
+	c.Tail = min(c.Tail, c.Settle)
 	if c.PingEvery < time.Second {
 		errs = append(errs, errors.New("--ping-every must be at least 1s"))
 	}
@@ -107,17 +114,21 @@ type idleResult struct {
 	Notes           []string `json:"notes,omitempty"`
 	Cores           int      `json:"cores"`
 
-	// ServerCPUMsPer1k is the server's CPU time (user+system) while the
-	// sessions were opened, per 1 000 logins.
+	// ServerCPUMsPer1k is the server's CPU time (user+system) from the
+	// first connection to TailSeconds after the last login, per 1 000
+	// logins (ms per 1 000 = µs per login). The tail takes in what a login
+	// sets off for later: parking the idle session, the second inbox read.
 	ServerCPUMsPer1k float64 `json:"server_cpu_ms_per_1k_logins"`
+	RedisCPUMsPer1k  float64 `json:"redis_cpu_ms_per_1k_logins,omitempty"` // the same for Redis (--redis-pid)
+	TailSeconds      float64 `json:"tail_seconds"`
 	Tokens           string  `json:"tokens,omitempty"` // the tokens' algorithm, when logins carry them
 }
 
 func (r *idleResult) table(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tsessions\tlogged in\tfailed\topen s\tlogins/s\tserver CPU ms/1k logins\tRSS before MiB\tRSS after MiB\tKB/session\tdropped\tcores\t")
-	fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.0f\t%.0f\t%.1f\t%.1f\t%.2f\t%d\t%d\t\n",
-		r.Mode, r.Sessions, r.LoggedIn, r.Failed, r.OpenSeconds, r.LoginsPerSec, r.ServerCPUMsPer1k,
+	fmt.Fprintln(tw, "mode\tsessions\tlogged in\tfailed\topen s\tlogins/s\tserver CPU µs/login\tRedis CPU µs/login\tRSS before MiB\tRSS after MiB\tKB/session\tdropped\tcores\t")
+	fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.2f\t%.0f\t%.0f\t%.0f\t%.1f\t%.1f\t%.2f\t%d\t%d\t\n",
+		r.Mode, r.Sessions, r.LoggedIn, r.Failed, r.OpenSeconds, r.LoginsPerSec, r.ServerCPUMsPer1k, r.RedisCPUMsPer1k,
 		float64(r.RSSBeforeBytes)/(1<<20), float64(r.RSSAfterBytes)/(1<<20), r.RSSPerSessionKB,
 		r.Dropped, r.Cores)
 	tw.Flush()
@@ -138,7 +149,8 @@ func (r *idleResult) table(w io.Writer) {
 func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("chatbench idle", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cli.Usage(fs, "chatbench idle: open many idle logged-in sessions; report login rate and the server's RSS per session.")
+	cli.Usage(fs, "chatbench idle: open many idle logged-in sessions; report login rate, the server's CPU per login and RSS per session.\n"+
+		"With --floor, the same against the login baseline: a bare server that accepts, reads the login, answers and holds.")
 	var cfg idleConfig
 	fs.StringVar(&cfg.Server, "server", "127.0.0.1:7001", "message server client address")
 	fs.IntVar(&cfg.Sessions, "sessions", 10000, "sessions to open and log in")
@@ -156,6 +168,9 @@ func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	tlsCA := tlsFlag(fs)
 	fs.BoolVar(&cfg.WS, "ws", false, "--server is a web port (msgserver --http-listen): open WebSocket sessions")
+	fs.DurationVar(&cfg.Tail, "tail", 2*time.Second, "CPU per login counts this long past the last login (at most --settle): a login's later work, parking and the second inbox read, is in it")
+	fs.IntVar(&cfg.RedisPID, "redis-pid", 0, "Redis's pid: report its CPU per login too, over the same time")
+	fs.BoolVar(&cfg.Floor, "floor", false, "start the login baseline (chatbench login-floor) and measure it instead of --server")
 	if code, done := parseFlags(fs, args, stderr); done {
 		return code
 	}
@@ -170,6 +185,24 @@ func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	if !*quiet {
 		cfg.Progress = stderr
+	}
+	if cfg.Floor {
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(stderr, "chatbench:", err)
+			return 1
+		}
+		floor, err := startNode(exe, stderr, "login-floor")
+		if err != nil {
+			fmt.Fprintln(stderr, "chatbench:", err)
+			return 1
+		}
+		defer floor.stop()
+		if cfg.Server, err = floor.waitLine("ready ", 10*time.Second); err != nil {
+			fmt.Fprintln(stderr, "chatbench: login-floor:", err)
+			return 1
+		}
+		cfg.PID, cfg.Metrics, cfg.KeyFile, cfg.TLS, cfg.WS = floor.cmd.Process.Pid, "", "", nil, false
 	}
 	res, err := runIdle(cfg)
 	if err != nil {
@@ -266,8 +299,12 @@ type idleRun struct {
 }
 
 func runIdle(cfg idleConfig) (*idleResult, error) {
+	mode := "idle"
+	if cfg.Floor {
+		mode = "floor"
+	}
 	res := &idleResult{
-		Mode:        "idle",
+		Mode:        mode,
 		Server:      cfg.Server,
 		Sessions:    cfg.Sessions,
 		Concurrency: cfg.Concurrency,
@@ -316,13 +353,31 @@ func runIdle(cfg idleConfig) (*idleResult, error) {
 	defer r.closeAll()
 	cpu := r.cpuReader()
 	cpu0, cpuErr := cpu()
+	var redis0 time.Duration
+	if cfg.RedisPID != 0 {
+		redis0, err = procCPU(cfg.RedisPID)
+		cpuErr = errors.Join(cpuErr, err)
+	}
 	start := time.Now()
 	r.open()
 	res.LoggedIn, res.Failed = r.loggedIn.Load(), r.failed.Load()
-	if cpu1, err := cpu(); errors.Join(cpuErr, err) != nil {
-		res.Notes = append(res.Notes, fmt.Sprintf("server CPU not read: %v", errors.Join(cpuErr, err)))
+	time.Sleep(cfg.Tail)
+	res.TailSeconds = cfg.Tail.Seconds()
+	perLogin := func(d time.Duration) float64 { return d.Seconds() * 1e3 / (float64(res.LoggedIn) / 1e3) }
+	cpu1, err := cpu()
+	var redis1 time.Duration
+	if cfg.RedisPID != 0 {
+		var rerr error
+		redis1, rerr = procCPU(cfg.RedisPID)
+		err = errors.Join(err, rerr)
+	}
+	if err = errors.Join(cpuErr, err); err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("CPU not read: %v", err))
 	} else if res.LoggedIn > 0 {
-		res.ServerCPUMsPer1k = (cpu1 - cpu0).Seconds() * 1e3 / (float64(res.LoggedIn) / 1e3)
+		res.ServerCPUMsPer1k = perLogin(cpu1 - cpu0)
+		if cfg.RedisPID != 0 {
+			res.RedisCPUMsPer1k = perLogin(redis1 - redis0)
+		}
 	}
 	if last := r.lastLogin.Load(); last > 0 {
 		res.OpenSeconds = time.Unix(0, last).Sub(start).Seconds()
@@ -335,7 +390,7 @@ func runIdle(cfg idleConfig) (*idleResult, error) {
 	r.mu.Unlock()
 	r.progressf("opened %d sessions (%d failed) in %.2fs; settling %s", res.LoggedIn, res.Failed, res.OpenSeconds, cfg.Settle)
 
-	time.Sleep(cfg.Settle)
+	time.Sleep(cfg.Settle - cfg.Tail)
 	if after, err := rss.read(); err != nil {
 		// A server out of file descriptors cannot read its own /proc to
 		// export its RSS; /proc/<pid> read from here still works.

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -160,5 +162,28 @@ func TestDialFromOtherLoopbackAddress(t *testing.T) {
 	defer c.Close()
 	if a, ok := (<-accepted).(*net.TCPAddr); !ok || !a.IP.Equal(net.IPv4(127, 0, 0, 3)) {
 		t.Errorf("server saw the client at %v, want 127.0.0.3", a)
+	}
+}
+
+// chatbench idle --floor measures the login baseline: it starts the
+// login-floor process (the binary re-executes itself), logs every session
+// in there and reports that process's CPU per login and RSS.
+func TestIdleFloor(t *testing.T) {
+	bin := testenv.Build(t, "chatbench")
+	var stdout, stderr strings.Builder
+	cmd := exec.Command(bin, "idle", "--floor", "--sessions", "1000", "--settle", "100ms", "--hold", "0s", "--json", "--quiet")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("chatbench idle --floor: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	var res idleResult
+	if err := json.Unmarshal([]byte(stdout.String()), &res); err != nil {
+		t.Fatalf("result is not JSON: %v\n%s", err, stdout.String())
+	}
+	if res.Mode != "floor" || res.LoggedIn != 1000 || res.Failed != 0 {
+		t.Fatalf("mode %q, logged in %d, failed %d (%s); want floor, 1000, 0", res.Mode, res.LoggedIn, res.Failed, res.FirstError)
+	}
+	if res.ServerCPUMsPer1k <= 0 || res.RSSAfterBytes <= 0 || res.TailSeconds != 0.1 {
+		t.Errorf("CPU %.1f µs per login, RSS %d, tail %.2f s: not measured (the tail is the settle, 0.1 s, at most)", res.ServerCPUMsPer1k, res.RSSAfterBytes, res.TailSeconds)
 	}
 }

@@ -13,7 +13,9 @@
 // counts what was lost or shown twice.
 //
 // idle: opens many idle logged-in sessions on one message server and
-// reports the login rate and the server's resident memory per session.
+// reports the login rate, the server's CPU per login and its resident
+// memory per session; with --floor, the same against the login baseline
+// ("login-floor": accept, read the line, parse it, answer, hold).
 //
 // direct: the baseline the relay tier is measured against. It starts two
 // chatbench processes ("direct-node") joined by one direct TCP link, no
@@ -67,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runTransportsCmd(args[1:], stdout, stderr)
 	case "direct-node":
 		return runDirectNodeCmd(args[1:], stdout, stderr)
+	case "login-floor":
+		return runLoginFloorCmd(args[1:], stdout, stderr)
 	default:
 		fmt.Fprintln(stderr, usage)
 		return 2

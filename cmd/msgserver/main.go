@@ -26,6 +26,7 @@ import (
 	"github.com/chatrelay/chatrelay/health"
 	"github.com/chatrelay/chatrelay/internal/certs"
 	"github.com/chatrelay/chatrelay/internal/cli"
+	"github.com/chatrelay/chatrelay/internal/netx"
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/store"
 )
@@ -160,7 +161,7 @@ func run(args []string) int {
 		}
 	}
 
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := netx.Listen(*listen)
 	if err != nil {
 		log.Error("cannot listen for clients", "addr", *listen, "err", err)
 		return 1
@@ -240,7 +241,7 @@ func run(args []string) int {
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
 	if *httpListen != "" {
-		hl, err := net.Listen("tcp", *httpListen)
+		hl, err := netx.Listen(*httpListen)
 		if err != nil {
 			log.Error("cannot listen for the web port", "addr", *httpListen, "err", err)
 			srv.Close()
