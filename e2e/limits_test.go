@@ -41,6 +41,9 @@ func TestServerFullAtTheDescriptorLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer extra.Close()
+	// It speaks first, as clients do: the server's listener hands a
+	// connection over once it has sent something (TCP_DEFER_ACCEPT).
+	fmt.Fprintln(extra, `{"cmd":"login","name":"carol"}`)
 	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
 	got, err := io.ReadAll(bufio.NewReader(extra))
 	if want := `{"event":"closing","code":"server_full","reason":"server is at its limit of 40 connections"}` + "\n"; string(got) != want {
