@@ -144,14 +144,15 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 		}
 		return
 	}
+	var failed []string // users whose read failed: one warning for the batch, not one per login
+	var failure error
 	for i, in := range reads {
 		r := of[i]
 		if in.Err != nil {
-			if r.acks {
-				s.log.Warn("inbox not read again after login; what is in it comes at the next login", "user", r.user, "err", in.Err)
-			} else {
-				s.log.Warn("offline inbox not read again after login; it stays for the next login", "user", r.user, "err", in.Err)
+			if len(failed) < maxLoggedUsers {
+				failed = append(failed, r.user)
 			}
+			failure = in.Err
 			continue
 		}
 		if len(in.Lines) == 0 {
@@ -167,4 +168,17 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 		s.queueInbox(&b, r.sess, r.user, in.Lines, !r.acks, skip)
 		b.Flush()
 	}
+	if failure != nil {
+		n := 0
+		for _, in := range reads {
+			if in.Err != nil {
+				n++
+			}
+		}
+		s.log.Warn("inboxes not read again after login; what is in them comes at the next login",
+			"logins", n, "users", failed, "err", failure)
+	}
 }
+
+// maxLoggedUsers is how many user names one warning about a batch lists.
+const maxLoggedUsers = 10

@@ -520,8 +520,14 @@ func (g *ledger) abandon() []*delivery {
 type pendingIndex struct {
 	ring     []*pending // by sequence number modulo its length, a power of two
 	overflow map[wire.ID]*pending
+	peak     int // the most overflow has held since it was made
 	n        int // messages indexed
 }
+
+// overflowKeep is the most messages an emptied overflow map may have held
+// and be kept: a Go map does not shrink, so one that grew while the relay
+// was away (up to MaxUnacked messages, megabytes) is made anew once empty.
+const overflowKeep = 1024
 
 // newPendingIndex makes an index with a ring of at least twice window.
 func newPendingIndex(window int) pendingIndex {
@@ -561,6 +567,7 @@ func (x *pendingIndex) put(p *pending) {
 		*s = p
 	} else {
 		x.overflow[p.id] = p
+		x.peak = max(x.peak, len(x.overflow))
 	}
 	x.n++
 }
@@ -574,6 +581,14 @@ func (x *pendingIndex) delete(id wire.ID) {
 	if _, ok := x.overflow[id]; ok {
 		delete(x.overflow, id)
 		x.n--
+		x.shrink()
+	}
+}
+
+// shrink makes the overflow map anew if it is empty and once grew large.
+func (x *pendingIndex) shrink() {
+	if len(x.overflow) == 0 && x.peak > overflowKeep {
+		x.overflow, x.peak = make(map[wire.ID]*pending), 0
 	}
 }
 
@@ -592,6 +607,7 @@ func (x *pendingIndex) clear() {
 	clear(x.ring)
 	clear(x.overflow)
 	x.n = 0
+	x.shrink()
 }
 
 // pendingList is a list of pending messages linked through the messages

@@ -1,9 +1,11 @@
 package msgserver
 
 import (
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -410,5 +412,45 @@ func TestLedgerFindsMessagesSharingASlot(t *testing.T) {
 	x.clear()
 	if x.n != 0 || x.get(b.id) != nil {
 		t.Fatal("clear left a message")
+	}
+}
+
+// A ledger that held many messages out of its ring (the relay away, the
+// backlog growing) gives their memory back once they are all answered: a
+// Go map keeps its size after its entries are deleted.
+func TestPendingIndexGivesBackOverflowMemory(t *testing.T) {
+	x := newPendingIndex(8) // a ring of 64: nearly all go to the map
+	const n = 100_000
+	ps := make([]*pending, n)
+	for i := range ps {
+		var id wire.ID
+		id[0] = byte(i % 7) // not this ring's sequence numbers
+		binary.BigEndian.PutUint64(id[8:], uint64(i/7)*64)
+		ps[i] = &pending{id: id}
+		x.put(ps[i])
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	full := heap()
+	for _, p := range ps {
+		x.delete(p.id)
+	}
+	if x.n != 0 {
+		t.Fatalf("%d left indexed, want 0", x.n)
+	}
+	// The messages themselves are still referenced here: what the heap
+	// loses is the map of 100 000 entries, megabytes.
+	empty := heap()
+	runtime.KeepAlive(ps)
+	if full < empty || full-empty < 2<<20 {
+		t.Fatalf("heap %.1f MB full, %.1f MB once every message was answered: the index kept its map", float64(full)/(1<<20), float64(empty)/(1<<20))
+	}
+	x.put(&pending{id: wire.ID{9}})
+	if x.get(wire.ID{9}) == nil {
+		t.Fatal("the index made anew does not index")
 	}
 }

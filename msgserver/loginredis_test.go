@@ -1,8 +1,13 @@
 package msgserver_test
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -85,5 +90,54 @@ func TestLoginReadsInboxAgainLater(t *testing.T) {
 		if v, _ := r.Command("EXISTS", fmt.Sprintf("chatrelay:inbox:late-%02d", i)); v != ":0" {
 			t.Errorf("late-%02d: the inbox is still there after the late read", i)
 		}
+	}
+}
+
+// syncBuffer is a log destination the server's goroutines write to while
+// the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// When Redis is gone as the late inbox reads of a login storm fall due,
+// the operator gets a warning per batch of reads that failed, naming a few
+// users and counting the logins, not one warning per login.
+func TestLateReadFailuresAreLoggedPerBatch(t *testing.T) {
+	r := testenv.StartRedis(t)
+	var logs syncBuffer
+	s := testenv.StartServer(t, r.Addr, msgserver.Config{ID: "msg-a", RedisTimeout: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	const n = 20
+	for i := range n {
+		loginWith(t, s, fmt.Sprintf("gone-%02d", i), i%2 == 1, false)
+	}
+	r.Kill() // before the late reads, 0.7 s after each login
+	counted := regexp.MustCompile(`inboxes not read again after login.* logins=(\d+)`)
+	var lines int
+	testenv.Eventually(t, 10*time.Second, "a warning for every failed late read", func() bool {
+		sum := 0
+		ms := counted.FindAllStringSubmatch(logs.String(), -1)
+		for _, m := range ms {
+			k, _ := strconv.Atoi(m[1])
+			sum += k
+		}
+		lines = len(ms)
+		return sum == n
+	})
+	if lines > 5 {
+		t.Fatalf("%d warnings for %d failed late reads, want one per batch:\n%s", lines, n, logs.String())
 	}
 }
