@@ -33,6 +33,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "render-lab" {
 		os.Exit(renderLabMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "hand-back" {
+		os.Exit(handBackMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "gen-certs" {
 		os.Exit(genCertsMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
@@ -46,7 +49,8 @@ func run(args []string) int {
 		"       relay check --help               (health check for keepalived's vrrp_script)\n"+
 		"       relay render-keepalived --help   (a relay host's keepalived.conf from the topology)\n"+
 		"       relay render-lab --help          (the Vagrant lab's files from the topology)\n"+
-		"       relay gen-certs --help           (the lab's CA and certificates)",
+		"       relay gen-certs --help           (the lab's CA and certificates)\n"+
+		"       relay hand-back --help           (give a VIP back to the peer relay after a failover)",
 		os.Stdout, os.Stderr, cli.FromEnv(), cli.WithVersion())
 	var (
 		listen     = fs.String("listen", relay.DefaultLinkAddr, "link address message servers dial (host:port); listen on all addresses so the VIP is covered")

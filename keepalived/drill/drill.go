@@ -14,8 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -36,7 +38,7 @@ var Describe = map[string]string{
 	"cut-network":        "take the VIP holder's network interface down",
 	"sigstop-relay":      "freeze the relay process on the VIP holder for 3 s (SIGSTOP, then SIGCONT)",
 	"restart-old-master": "after a relay kill moved the VIP, start the old master's relay again",
-	"hand-back":          "two VIPs: after a relay kill put both VIPs on the peer and the relay is back, the peer hands the first VIP back (its release file)",
+	"hand-back":          "two VIPs: after a relay kill put both VIPs on the peer and the relay is back, the peer hands the first VIP back (relay hand-back)",
 	"kill-msgserver":     "SIGKILL message server msg-2",
 	"restart-redis":      "kill Redis and start it again, empty",
 }
@@ -366,7 +368,7 @@ func (d *drill) startTwoVIPs(master, backup string) error {
 	const attempts = 8
 	for attempt := 1; ; attempt++ {
 		for _, r := range d.spec.relays {
-			if err := writeTrack(d.trackFile(r), "1"); err != nil {
+			if err := keepalived.WriteTrackFile(d.trackFile(r), "1"); err != nil {
 				return err
 			}
 			if err := d.startKeepalived(r); err != nil {
@@ -379,7 +381,7 @@ func (d *drill) startTwoVIPs(master, backup string) error {
 			}
 		}
 		for _, r := range d.spec.relays {
-			if err := writeTrack(d.trackFile(r), "0"); err != nil {
+			if err := keepalived.WriteTrackFile(d.trackFile(r), "0"); err != nil {
 				return err
 			}
 		}
@@ -440,24 +442,22 @@ func (d *drill) handBack(master, backup string, t0 *time.Time) error {
 	if err := d.pause(time.Second); err != nil { // traffic on two links to one relay
 		return err
 	}
-	release := keepalived.ReleaseFile(d.trackFile(backup), d.spec.vip)
+	// As an operator does: relay hand-back on the relay holding both.
 	*t0 = time.Now()
-	if err := writeTrack(release, "1"); err != nil {
-		return err
+	out, err := d.lab.Run(backup, d.cfg.RelayBin, "hand-back", "--vip", d.spec.vip,
+		"--track-file", d.trackFile(backup), "--port", strconv.Itoa(d.spec.linkPort),
+		"--peer", net.JoinHostPort(d.spec.ip[master], strconv.Itoa(d.spec.linkPort)))
+	if err != nil {
+		return fmt.Errorf("relay hand-back on %s: %v\n%s", backup, err, out)
 	}
-	if err := d.waitVIP(master, d.spec.vip, 5*time.Second); err != nil {
-		return err
+	d.cfg.logf("hand-back: %s", strings.TrimSpace(out))
+	if !d.lab.HasAddr(master, d.spec.vip) {
+		return fmt.Errorf("relay hand-back on %s said %q, but %s is not on %s", backup, strings.TrimSpace(out), d.spec.vip, master)
 	}
-	return writeTrack(release, "0")
-}
-
-// writeTrack replaces a track file atomically, as relay-supervise.sh does.
-func writeTrack(path, v string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(v+"\n"), 0o644); err != nil {
-		return err
+	if data, err := os.ReadFile(keepalived.ReleaseFile(d.trackFile(backup), d.spec.vip)); err != nil || strings.TrimSpace(string(data)) != "0" {
+		return fmt.Errorf("relay hand-back left the release file at %q (%v), want 0: %s would never take the VIP again", data, err, backup)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 func (d *drill) startRelay(host string) error {
