@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/testenv"
 )
@@ -305,5 +307,44 @@ func TestReceiptWaitsForAnOfflineSender(t *testing.T) {
 	r, _ := alice.Expect(map[string]any{"event": "receipt"})
 	if r.S("id") != id || r.S("status") != "delivered" || r.S("from") != "bob" {
 		t.Fatalf("receipt = %v", r)
+	}
+}
+
+// An ack costs Redis a scan of the user's whole list of kept events, so
+// only ids the session was sent are looked for there: a client acking ids
+// it made up (within its request rate, a few hundred a second) costs Redis
+// nothing, and its real acks still remove what they name.
+func TestAckOfMadeUpIDsCostsRedisNothing(t *testing.T) {
+	r := testenv.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	scans := &testenv.CommandLog{Match: func(key string) bool { return key == "chatrelay:inbox:eve" }}
+	rdb.AddHook(scans)
+	s := testenv.StartServer(t, r.Addr, msgserver.Config{ID: "msg-a", Redis: rdb})
+	eve := loginWith(t, s, "eve", true, false)
+	bob := login(t, s, "bob")
+	bob.Chat("eve", "kept until acked")
+	got := events(t, eve, 1)
+	scans.Take()
+
+	made := make([]string, 200)
+	for i := range made {
+		made[i] = fmt.Sprintf("%032x", i+1)
+	}
+	for range 20 {
+		eve.Send(map[string]any{"cmd": "ack", "ids": made})
+		eve.Expect(map[string]any{"reply": "ack", "ok": true})
+	}
+	if cmds, _ := scans.Take(); len(cmds) != 0 {
+		t.Fatalf("acks of made-up ids sent %d commands on eve's list to Redis (%v), want none", len(cmds), cmds)
+	}
+
+	eve.Send(map[string]any{"cmd": "ack", "ids": append(made[:5:5], got[0].S("id"))})
+	eve.Expect(map[string]any{"reply": "ack", "ok": true})
+	if v, _ := r.Command("LLEN", "chatrelay:inbox:eve"); v != ":0" {
+		t.Fatalf("eve's list holds %s entries after she acked the one event, want 0", v)
+	}
+	if cmds, _ := scans.Take(); len(cmds) != 1 {
+		t.Fatalf("the real ack sent %v to Redis, want one scan", cmds)
 	}
 }

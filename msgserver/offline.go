@@ -118,7 +118,7 @@ func (s *Server) queueInbox(b *sendq.Batch, sess *session, user string, entries 
 		if skip != nil && skip(&e) {
 			continue
 		}
-		if err := sess.queue(b, e.appendLine); err != nil {
+		if err := sess.queueInboxEvent(b, &e); err != nil {
 			if taken {
 				s.restoreTaken(user, entries[i:])
 			}

@@ -340,6 +340,11 @@ func (s *Server) login(sess *session, r request) *clientError {
 	}
 	sess.name = r.Name
 	sess.acks.Store(r.Acks)
+	if r.Acks {
+		sess.ackable.Store(newAckable(s.maxAckable()))
+	} else {
+		sess.ackable.Store(nil)
+	}
 	sess.receipts.Store(r.Receipts)
 	inbox := s.inboxEvents(r.Name, c.Inbox)
 	// The reply and the offline messages are queued in the same critical

@@ -62,6 +62,9 @@ type session struct {
 	// pager sends a session with acks what it has kept in pages (acks.go);
 	// made at its first login with acks, nil for the others.
 	pager atomic.Pointer[pager]
+	// ackable is what a session with acks was sent and has not acked
+	// (acks.go); made at each login with acks, nil for the others.
+	ackable atomic.Pointer[ackable]
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
@@ -113,7 +116,20 @@ func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) error {
 func (s *session) sendReply(batch *sendq.Batch, r reply) { _ = s.queue(batch, r.appendLine) }
 
 func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) error {
-	return s.queue(batch, e.appendLine)
+	if err := s.queue(batch, e.appendLine); err != nil {
+		return err
+	}
+	s.ackable.Load().sent(e.ID)
+	return nil
+}
+
+// queueInboxEvent queues an event read from the inbox, as sendEvent does.
+func (s *session) queueInboxEvent(batch *sendq.Batch, e *inboxEvent) error {
+	if err := s.queue(batch, e.appendLine); err != nil {
+		return err
+	}
+	s.ackable.Load().sent(e.ev.ID)
+	return nil
 }
 
 // closeReason is why a session closes. Every close goes through
