@@ -341,6 +341,18 @@ func (s *Server) ack(sess *session, r request) *clientError {
 		}
 		sess.ackable.Load().acked(known)
 		removed = a.Removed
+		if d := sess.ackable.Load().charge(a.Scanned); d > 0 {
+			// Over its budget of Redis work: this client's next request
+			// waits (its reader does), no one else's.
+			s.m.ackThrottled()
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-sess.q.Done():
+			case <-s.ctx.Done():
+			}
+			t.Stop()
+		}
 	}
 	s.m.acked(len(removed))
 	s.pageAcked(sess, r.IDs)

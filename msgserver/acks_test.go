@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatrelay/chatrelay/msgserver"
@@ -346,5 +347,46 @@ func TestAckOfMadeUpIDsCostsRedisNothing(t *testing.T) {
 	}
 	if cmds, _ := scans.Take(); len(cmds) != 1 {
 		t.Fatalf("the real ack sent %v to Redis, want one scan", cmds)
+	}
+}
+
+// A client that keeps its list of kept events long and acks one event at
+// a time makes Redis scan the whole list for each: past its budget of that
+// work (8 MiB a second, bursts of 16 MiB) its next request waits, and the
+// wait is counted. Acking in batches, as clients should, costs one scan.
+func TestAcksOverTheirRedisBudgetWait(t *testing.T) {
+	r := testenv.StartRedis(t)
+	reg := prometheus.NewRegistry()
+	s := testenv.StartServer(t, r.Addr, msgserver.Config{ID: "msg-a", Metrics: msgserver.NewMetrics(reg)})
+	eve := loginWith(t, s, "eve", true, false)
+	bob := login(t, s, "bob")
+	const n = 250 // 1 MB kept: each ack of one event scans it all
+	big := strings.Repeat("x", 4000)
+	for i := range n {
+		chatRef(bob, "eve", big, strconv.Itoa(i))
+		bob.Expect(map[string]any{"reply": "chat", "ok": true, "ref": strconv.Itoa(i)})
+	}
+	got := events(t, eve, n)
+
+	var i int
+	for i = n - 1; i >= n-40 && counter(t, reg, "msgserver_ack_throttled_total") == 0; i-- {
+		eve.Send(map[string]any{"cmd": "ack", "id": got[i].S("id")})
+		eve.Expect(map[string]any{"reply": "ack", "ok": true})
+	}
+	if counter(t, reg, "msgserver_ack_throttled_total") == 0 {
+		t.Fatalf("%d acks of one event each, every one a scan of about 1 MB, and none waited", n-1-i)
+	}
+	ids := make([]string, 0, i+1)
+	for _, e := range got[:i+1] {
+		ids = append(ids, e.S("id"))
+	}
+	for len(ids) > 0 {
+		k := min(len(ids), 200) // a line holds about 200
+		eve.Send(map[string]any{"cmd": "ack", "ids": ids[:k]})
+		eve.Expect(map[string]any{"reply": "ack", "ok": true})
+		ids = ids[k:]
+	}
+	if v, _ := r.Command("LLEN", "chatrelay:inbox:eve"); v != ":0" {
+		t.Fatalf("eve's list holds %s entries after every event was acked, want 0", v)
 	}
 }

@@ -37,6 +37,7 @@ type Metrics struct {
 	loginFailures   *prometheus.CounterVec
 	redisLatency    *prometheus.HistogramVec
 	ackedEvents     prometheus.Counter
+	ackThrottles    prometheus.Counter
 }
 
 // NewMetrics registers the message server's metrics on reg.
@@ -110,6 +111,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ackedEvents: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_acked_events_total",
 			Help: "Events acked by clients with acks on (removed from their inboxes).",
+		}),
+		ackThrottles: f.NewCounter(prometheus.CounterOpts{
+			Name: "msgserver_ack_throttled_total",
+			Help: "Acks after which a client waited: its acks had made Redis scan more than its budget of kept events.",
 		}),
 		duplicates: f.NewCounter(prometheus.CounterOpts{
 			Name: "msgserver_duplicates_dropped_total",
@@ -272,6 +277,12 @@ func (m *Metrics) disconnect(reason string) {
 func (m *Metrics) acked(n int) {
 	if m != nil {
 		m.ackedEvents.Add(float64(n))
+	}
+}
+
+func (m *Metrics) ackThrottled() {
+	if m != nil {
+		m.ackThrottles.Inc()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -33,20 +34,24 @@ return v
 `)
 
 // ackScript removes the entries of KEYS[1] whose id is one of ARGV and
-// returns them, oldest first.
+// returns how many bytes of entries it read (the cost of the scan, as a
+// decimal string), then the entries removed, oldest first.
 var ackScript = redis.NewScript(`
 local want = {}
 for i = 1, #ARGV do want[ARGV[i]] = true end
 local v = redis.call('LRANGE', KEYS[1], 0, -1)
-local gone = {}
+local gone = {''}
+local scanned = 0
 for i = 1, #v do
+  scanned = scanned + #v[i]
   if want[string.sub(v[i], 2, 17)] then
     gone[#gone + 1] = v[i]
   end
 end
-for i = 1, #gone do
+for i = 2, #gone do
   redis.call('LREM', KEYS[1], 1, gone[i])
 end
+gone[1] = tostring(scanned)
 return gone
 `)
 
@@ -90,6 +95,7 @@ type Ack struct {
 	User    string
 	IDs     [][]byte
 	Removed []string
+	Scanned int64 // bytes of entries Redis read to find them: what the ack cost it
 	Err     error
 }
 
@@ -115,7 +121,11 @@ func (s *Store) AckAll(ctx context.Context, acks []*Ack) {
 			a.Err = s.fail(fmt.Errorf("ack events of %q: %w", a.User, err))
 			continue
 		}
-		a.Removed = v
+		if len(v) == 0 {
+			continue // not this script's reply: nothing removed
+		}
+		a.Scanned, _ = strconv.ParseInt(v[0], 10, 64)
+		a.Removed = v[1:]
 	}
 }
 
