@@ -115,21 +115,17 @@ func (s *session) queue(batch *sendq.Batch, fn func([]byte) []byte) error {
 
 func (s *session) sendReply(batch *sendq.Batch, r reply) { _ = s.queue(batch, r.appendLine) }
 
+// sendEvent queues an event. Its id is recorded as sent first: the client
+// may have it, and ack it, as soon as it is queued.
 func (s *session) sendEvent(batch *sendq.Batch, e *chatEvent) error {
-	if err := s.queue(batch, e.appendLine); err != nil {
-		return err
-	}
 	s.ackable.Load().sent(e.ID)
-	return nil
+	return s.queue(batch, e.appendLine)
 }
 
 // queueInboxEvent queues an event read from the inbox, as sendEvent does.
 func (s *session) queueInboxEvent(batch *sendq.Batch, e *inboxEvent) error {
-	if err := s.queue(batch, e.appendLine); err != nil {
-		return err
-	}
 	s.ackable.Load().sent(e.ev.ID)
-	return nil
+	return s.queue(batch, e.appendLine)
 }
 
 // closeReason is why a session closes. Every close goes through

@@ -13,9 +13,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -41,15 +43,22 @@ func runLoginFloorCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer ln.Close()
 	fmt.Fprintf(stdout, "ready %s\n", ln.Addr())
+	var stopping atomic.Bool
+	stop := func() { stopping.Store(true); ln.Close() }
 	go func() { // stdin closed (or the lifetime over): stop
 		_, _ = io.Copy(io.Discard, os.Stdin)
-		ln.Close()
+		stop()
 	}()
-	time.AfterFunc(*lifetime, func() { ln.Close() })
+	time.AfterFunc(*lifetime, stop)
+	log := slog.New(slog.NewTextHandler(stderr, nil))
 	var pp fastjson.ParserPool
 	for {
-		c, err := ln.Accept()
+		c, err := netx.Accept(ln, log, stopping.Load) // as the message server: a burst past the descriptor limit is retried
 		if err != nil {
+			fmt.Fprintln(stderr, "chatbench login-floor:", err)
+			return 1
+		}
+		if c == nil {
 			return 0
 		}
 		go floorSession(c, &pp)
