@@ -1,13 +1,11 @@
 package msgserver_test
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -93,31 +91,12 @@ func TestLoginReadsInboxAgainLater(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination the server's goroutines write to while
-// the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // When Redis is gone as the late inbox reads of a login storm fall due,
 // the operator gets a warning per batch of reads that failed, naming a few
 // users and counting the logins, not one warning per login.
 func TestLateReadFailuresAreLoggedPerBatch(t *testing.T) {
 	r := testenv.StartRedis(t)
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	s := testenv.StartServer(t, r.Addr, msgserver.Config{ID: "msg-a", RedisTimeout: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	const n = 20
