@@ -17,9 +17,6 @@ type ackable struct {
 	// over: more were sent unacked than limit (the store closes such a
 	// session first, with too_many_unacked): acks are not filtered.
 	over bool
-	// scan is the session's budget of Redis work for acks, in bytes of
-	// kept events scanned; made at the first ack.
-	scan *rate.Limiter
 }
 
 // The budget of Redis work a session's acks have: an ack scans the user's
@@ -91,19 +88,21 @@ func (a *ackable) acked(ids []string) {
 	for _, id := range ids {
 		delete(a.ids, id)
 	}
+	if len(a.ids) == 0 {
+		a.ids = nil // a map keeps its size: a drained backlog's would stay with the session
+	}
 }
 
-// charge takes an ack's cost (bytes Redis scanned) from the session's
-// budget and returns how long its next request is to wait.
-func (a *ackable) charge(scanned int64) time.Duration {
-	if a == nil || scanned <= 0 {
+// chargeAckScan takes an ack's cost (bytes Redis scanned) from the
+// connection's budget and returns how long its next request is to wait.
+// The budget is the connection's, not the login's: logging out and in
+// again does not refill it. Only the session's reader acks.
+func (s *session) chargeAckScan(scanned int64) time.Duration {
+	if scanned <= 0 {
 		return 0
 	}
-	a.mu.Lock()
-	if a.scan == nil {
-		a.scan = rate.NewLimiter(ackScanRate, ackScanBurst)
+	if s.ackScan == nil {
+		s.ackScan = rate.NewLimiter(ackScanRate, ackScanBurst)
 	}
-	r := a.scan.ReserveN(time.Now(), int(min(scanned, ackScanBurst)))
-	a.mu.Unlock()
-	return r.Delay()
+	return s.ackScan.ReserveN(time.Now(), int(min(scanned, ackScanBurst))).Delay()
 }

@@ -310,12 +310,15 @@ func (s *Server) ack(sess *session, r request) *clientError {
 		return errorf(CodeBadAck, "no id: {\"cmd\":\"ack\",\"id\":\"...\"} or \"ids\":[...]")
 	}
 	ids := make([][]byte, 0, len(r.IDs))
-	for _, x := range r.IDs {
+	for i, x := range r.IDs {
 		id, err := hex.DecodeString(x)
 		if err != nil || len(id) != wire.IDLen {
 			return errorf(CodeBadAck, "%q is not an event id (32 hex digits)", truncate(x, 40))
 		}
 		ids = append(ids, id)
+		// As the server wrote it (lower case), whatever case the client
+		// wrote it back in: the session and its pages know ids so.
+		r.IDs[i] = hex.EncodeToString(id)
 	}
 	// Only ids this session was sent cost Redis a look: an ack is a scan
 	// of the user's whole list there, and ids made up by the client would
@@ -341,7 +344,7 @@ func (s *Server) ack(sess *session, r request) *clientError {
 		}
 		sess.ackable.Load().acked(known)
 		removed = a.Removed
-		if d := sess.ackable.Load().charge(a.Scanned); d > 0 {
+		if d := sess.chargeAckScan(a.Scanned); d > 0 {
 			// Over its budget of Redis work: this client's next request
 			// waits (its reader does), no one else's.
 			s.m.ackThrottled()

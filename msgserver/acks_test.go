@@ -390,3 +390,19 @@ func TestAcksOverTheirRedisBudgetWait(t *testing.T) {
 		t.Fatalf("eve's list holds %s entries after every event was acked, want 0", v)
 	}
 }
+
+// An id is hex whatever its case: a client that writes ids back in upper
+// case (as .NET's Convert.ToHexString does) has its acks count.
+func TestAckInUpperCase(t *testing.T) {
+	r := testenv.StartRedis(t)
+	s := testenv.StartServer(t, r.Addr, msgserver.Config{ID: "msg-a"})
+	eve := loginWith(t, s, "eve", true, false)
+	bob := login(t, s, "bob")
+	bob.Chat("eve", "ack me in capitals")
+	got := events(t, eve, 1)
+	eve.Send(map[string]any{"cmd": "ack", "id": strings.ToUpper(got[0].S("id"))})
+	eve.Expect(map[string]any{"reply": "ack", "ok": true})
+	if v, _ := r.Command("LLEN", "chatrelay:inbox:eve"); v != ":0" {
+		t.Fatalf("eve's list holds %s entries after she acked the event in upper case, want 0", v)
+	}
+}

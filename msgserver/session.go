@@ -65,6 +65,9 @@ type session struct {
 	// ackable is what a session with acks was sent and has not acked
 	// (acks.go); made at each login with acks, nil for the others.
 	ackable atomic.Pointer[ackable]
+	// ackScan is the connection's budget of Redis work for acks
+	// (ackable.go), made at its first ack; the reader's only.
+	ackScan *rate.Limiter
 
 	closeOnce sync.Once
 	closed    atomic.Bool // set by the first close (or a failed write); no channel: 96 bytes less per session
