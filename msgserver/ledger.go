@@ -524,9 +524,10 @@ type pendingIndex struct {
 	n        int // messages indexed
 }
 
-// overflowKeep is the most messages an emptied overflow map may have held
-// and be kept: a Go map does not shrink, so one that grew while the relay
-// was away (up to MaxUnacked messages, megabytes) is made anew once empty.
+// overflowKeep is the most messages an overflow map may have held and be
+// kept as it is: a Go map does not shrink, so one that grew while the relay
+// was away (up to MaxUnacked messages, megabytes) is made anew, with what
+// it still holds, once that is under a quarter of its peak.
 const overflowKeep = 1024
 
 // newPendingIndex makes an index with a ring of at least twice window.
@@ -585,11 +586,18 @@ func (x *pendingIndex) delete(id wire.ID) {
 	}
 }
 
-// shrink makes the overflow map anew if it is empty and once grew large.
+// shrink makes the overflow map anew if it once grew large and now holds
+// under a quarter of that: a message held long does not keep the rest's
+// memory.
 func (x *pendingIndex) shrink() {
-	if len(x.overflow) == 0 && x.peak > overflowKeep {
-		x.overflow, x.peak = make(map[wire.ID]*pending), 0
+	if x.peak <= overflowKeep || len(x.overflow) >= x.peak/4 {
+		return
 	}
+	m := make(map[wire.ID]*pending, len(x.overflow))
+	for id, p := range x.overflow {
+		m[id] = p
+	}
+	x.overflow, x.peak = m, len(m)
 }
 
 func (x *pendingIndex) each(f func(*pending)) {

@@ -192,7 +192,8 @@ func runIdleCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "chatbench:", err)
 			return 1
 		}
-		floor, err := startNode(exe, stderr, "login-floor")
+		life := cfg.OpenTimeout + cfg.Settle + cfg.Hold + time.Minute // outlives the run
+		floor, err := startNode(exe, stderr, "login-floor", "--lifetime", life.String())
 		if err != nil {
 			fmt.Fprintln(stderr, "chatbench:", err)
 			return 1

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/cli"
@@ -31,13 +34,19 @@ func handBackMain(args []string, stdout, stderr io.Writer) int {
 		vipFlag   = fs.String("vip", "", "the VIP to hand back; required")
 		peer      = fs.String("peer", "", "the peer relay's own link address (host:port): it must answer before the VIP is let go; empty: not checked")
 		trackFile = fs.String("track-file", keepalived.DefaultTrackFile, "the relay's track file; the VIP's release file is beside it")
-		port      = fs.Int("port", defaultLinkPort(), "the link port the relay on the VIP answers on")
+		port      = fs.Int("port", 0, "the link port the relay on the VIP answers on (default: --peer's port, else 7000)")
 		timeout   = fs.Duration("timeout", 5*time.Second, "how long the peer has to take the VIP")
 	)
 	if code, done := fs.Parse(args); done {
 		return code
 	}
 	vip := net.ParseIP(*vipFlag)
+	if *port == 0 {
+		*port = defaultLinkPort()
+		if _, p, err := net.SplitHostPort(*peer); err == nil {
+			*port, _ = strconv.Atoi(p)
+		}
+	}
 	switch {
 	case vip == nil:
 		return fs.Fail("--vip must be an IP address, got %q", *vipFlag)
@@ -45,6 +54,11 @@ func handBackMain(args []string, stdout, stderr io.Writer) int {
 		return fs.Fail("--port must be in 1..65535")
 	case *timeout <= 0:
 		return fs.Fail("--timeout must be positive")
+	}
+	if *peer != "" {
+		if _, _, err := net.SplitHostPort(*peer); err != nil {
+			return fs.Fail("--peer must be host:port, the peer relay's own link address: %v", err)
+		}
 	}
 	h := handBack{
 		vip:     vip,
@@ -54,7 +68,11 @@ func handBackMain(args []string, stdout, stderr io.Writer) int {
 		timeout: *timeout,
 		hasAddr: relay.HasAddr,
 	}
-	took, err := h.run(context.Background())
+	// Interrupted (Ctrl-C, a lost terminal), it still clears the release
+	// file: left at 1, this relay's instance would stay in FAULT for good.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	took, err := h.run(ctx)
 	if err != nil {
 		fmt.Fprintln(stderr, "relay hand-back:", err)
 		return 1
@@ -96,7 +114,11 @@ func (h *handBack) run(ctx context.Context) (time.Duration, error) {
 		if err != nil {
 			return 0, fmt.Errorf("the peer relay does not answer at %s, so it could not serve %s: not handed back: %w", h.peer, h.vip, err)
 		}
+		remote := c.RemoteAddr().(*net.TCPAddr).IP
 		c.Close()
+		if here, err := h.hasAddr(remote); err != nil || here {
+			return 0, fmt.Errorf("--peer %s is an address of this host (the other VIP, or this relay's own): give the peer relay's own address: not handed back", h.peer)
+		}
 	}
 	if err := keepalived.WriteTrackFile(h.release, "1"); err != nil {
 		return 0, fmt.Errorf("release %s: %w", h.vip, err)
@@ -107,6 +129,11 @@ func (h *handBack) run(ctx context.Context) (time.Duration, error) {
 	// if nobody took it, its master again once keepalived sees no other).
 	if err := keepalived.WriteTrackFile(h.release, "0"); err != nil {
 		return 0, errors.Join(waitErr, fmt.Errorf("clear %s (write 0 to it by hand, or this relay will never take %s again): %w", h.release, h.vip, err))
+	}
+	if waitErr != nil {
+		if held, err := h.hasAddr(h.vip); err == nil && !held {
+			waitErr = fmt.Errorf("%w; %s has left this host (check --port, and which relay holds it)", waitErr, h.vip)
+		}
 	}
 	return took, waitErr
 }
@@ -134,7 +161,7 @@ func (h *handBack) waitPeer(ctx context.Context, start time.Time) (time.Duration
 			if !gone {
 				return 0, fmt.Errorf("%s did not leave this host in %s: is keepalived running here, and does its config track %s?", h.vip, h.timeout, h.release)
 			}
-			return 0, fmt.Errorf("nobody answered on %s within %s of releasing it (is keepalived running on the peer?): it comes back to this relay", h.onVIP, h.timeout)
+			return 0, fmt.Errorf("nobody answered on %s within %s of releasing it (is keepalived running on the peer, is its relay on this port?)", h.onVIP, h.timeout)
 		}
 		select {
 		case <-t.C:

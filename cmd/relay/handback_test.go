@@ -52,6 +52,22 @@ func TestHandBackFailures(t *testing.T) {
 			t.Fatalf("the release file was written (%v) though the peer is down", err)
 		}
 	})
+	t.Run("peer is this host", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0") // this host's relay, answering on the other VIP
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		h := base
+		h.peer = ln.Addr().String()
+		h.hasAddr = func(net.IP) (bool, error) { return true, nil } // the VIP and the "peer" are both here
+		if _, err := h.run(context.Background()); err == nil || !strings.Contains(err.Error(), "is an address of this host") {
+			t.Fatalf("err %v, want: --peer is this host", err)
+		}
+		if _, err := os.Stat(release); !os.IsNotExist(err) {
+			t.Fatalf("the release file was written (%v) with no other relay to take the VIP", err)
+		}
+	})
 	t.Run("nobody takes it", func(t *testing.T) {
 		h := base
 		var released atomic.Bool // keepalived: the VIP leaves once the file says 1

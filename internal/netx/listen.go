@@ -22,8 +22,8 @@ import (
 var keepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 9}
 
 // deferAccept is how long a connection may wait for its first bytes before
-// the kernel hands it to accept anyway (Linux rounds it to its SYN-ACK
-// retransmissions).
+// the kernel hands it to accept anyway. Linux rounds it up to its SYN-ACK
+// retransmissions (1+2+4+8 s): about 15 s.
 const deferAccept = 10 * time.Second
 
 // Listen listens for clients on the TCP address addr, as described above.
