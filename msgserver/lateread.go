@@ -136,6 +136,19 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(reads))*time.Microsecond)
 	defer cancel()
 	s.store.ReadInboxes(cctx, reads)
+	// A take that failed may have run, its reply lost: what it moved waits
+	// under its name, and only the same take gets it. Once more, then.
+	var again []*store.InboxRead
+	for _, in := range reads {
+		if in.Err != nil && ctx.Err() == nil {
+			again = append(again, in)
+		}
+	}
+	if len(again) > 0 {
+		actx, acancel := context.WithTimeout(ctx, s.cfg.RedisTimeout+time.Duration(len(again))*time.Microsecond)
+		s.store.TakeInboxesAgain(actx, again)
+		acancel()
+	}
 	if ctx.Err() != nil { // the server is closing: what was taken waits for the next login
 		for _, in := range reads {
 			if !in.Keep && in.Err == nil && len(in.Lines) > 0 {
@@ -175,7 +188,7 @@ func (l *lateReader) read(ctx context.Context, batch []lateRead) {
 				n++
 			}
 		}
-		s.log.Warn("inboxes not read again after login; what is in them comes at the next login",
+		s.log.Warn("inboxes not read again after login, twice; what a take moved waits under its name for a minute, the rest for the next login",
 			"logins", n, "users", failed, "err", failure)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/chatrelay/chatrelay/msgserver"
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/store"
@@ -302,5 +304,39 @@ func TestLoginGetsInboxWhoseTakeReplyWasLost(t *testing.T) {
 	}
 	if p.Cuts() != 1 {
 		t.Fatalf("the proxy cut %d connections, want 1: the test did not lose the take's reply", p.Cuts())
+	}
+}
+
+// The late inbox read of a login (for what others stored just after the
+// login's own read) is a named take too: when Redis ran it and its reply
+// was lost, it is taken again under the same name and the session gets
+// the messages, instead of their waiting under the take's name to expire.
+func TestLateReadGetsInboxWhoseTakeReplyWasLost(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ctx := testenv.WithTimeout(t, 10*time.Second)
+	// The take script is loaded (straight, not through the proxy), so what
+	// the proxy cuts is a take Redis ran.
+	direct := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { direct.Close() })
+	if _, err := store.New(direct, store.Config{}).TakeInbox(ctx, "warm", "warm-1"); err != nil {
+		t.Fatal(err)
+	}
+	p := testenv.StartCutProxy(t, r.Addr, "chatrelay:taken:")
+	b := testenv.StartServer(t, p.Addr(), msgserver.Config{ID: "msg-b", RedisTimeout: 200 * time.Millisecond})
+	dee := login(t, b, "dee") // an empty inbox: the login takes nothing
+	for i := range 3 { // stored just after the login read the inbox, as a racing sender does
+		line := fmt.Sprintf(`{"event":"chat","from":"x","to":"dee","content":"m%d","ts":1}`, i)
+		if _, err := r.Command("RPUSH", "chatrelay:inbox:dee", line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		ev, _ := dee.Expect(map[string]any{"event": "chat"})
+		if ev.S("content") != fmt.Sprint("m", i) {
+			t.Fatalf("dee's event %d = %v, want m%d", i, ev, i)
+		}
+	}
+	if p.Cuts() != 1 {
+		t.Fatalf("the proxy cut %d connections, want 1: the test did not lose the late take's reply", p.Cuts())
 	}
 }

@@ -114,6 +114,17 @@ func (s *Store) ReadInboxes(ctx context.Context, reads []*InboxRead) {
 	s.takeInboxes(ctx, some)
 }
 
+// TakeInboxesAgain runs again the takes (and reads) of reads that failed,
+// with the same tokens: a take whose reply was lost returns what it moved
+// then. It does not look first which inboxes exist, as ReadInboxes does:
+// the take that ran has renamed the inbox away.
+func (s *Store) TakeInboxesAgain(ctx context.Context, reads []*InboxRead) {
+	for _, r := range reads {
+		r.Lines, r.Err = nil, nil
+	}
+	s.takeInboxes(ctx, reads)
+}
+
 // takeInboxes runs the take script (the read script, for reads that
 // Keep) of every read, one pipeline per script.
 func (s *Store) takeInboxes(ctx context.Context, reads []*InboxRead) {
