@@ -324,7 +324,8 @@ func TestLateReadGetsInboxWhoseTakeReplyWasLost(t *testing.T) {
 	p := testenv.StartCutProxy(t, r.Addr, "chatrelay:taken:")
 	b := testenv.StartServer(t, p.Addr(), msgserver.Config{ID: "msg-b", RedisTimeout: 200 * time.Millisecond})
 	dee := login(t, b, "dee") // an empty inbox: the login takes nothing
-	for i := range 3 {        // stored just after the login read the inbox, as a racing sender does
+	// Stored just after the login read the inbox, as a racing sender does.
+	for i := range 3 {
 		line := fmt.Sprintf(`{"event":"chat","from":"x","to":"dee","content":"m%d","ts":1}`, i)
 		if _, err := r.Command("RPUSH", "chatrelay:inbox:dee", line); err != nil {
 			t.Fatal(err)
