@@ -309,13 +309,11 @@ func (s *Server) ack(sess *session, r request) *clientError {
 	if len(r.IDs) == 0 {
 		return errorf(CodeBadAck, "no id: {\"cmd\":\"ack\",\"id\":\"...\"} or \"ids\":[...]")
 	}
-	ids := make([][]byte, 0, len(r.IDs))
 	for i, x := range r.IDs {
 		id, err := hex.DecodeString(x)
 		if err != nil || len(id) != wire.IDLen {
 			return errorf(CodeBadAck, "%q is not an event id (32 hex digits)", truncate(x, 40))
 		}
-		ids = append(ids, id)
 		// As the server wrote it (lower case), whatever case the client
 		// wrote it back in: the session and its pages know ids so.
 		r.IDs[i] = hex.EncodeToString(id)
@@ -327,10 +325,9 @@ func (s *Server) ack(sess *session, r request) *clientError {
 	// an earlier session, removes nothing, as before: the event comes
 	// again, and its ack then counts.
 	known := sess.ackable.Load().known(r.IDs)
-	ids = ids[:0]
-	for _, x := range known {
-		id, _ := hex.DecodeString(x)
-		ids = append(ids, id)
+	ids := make([][]byte, len(known))
+	for i, x := range known {
+		ids[i], _ = hex.DecodeString(x) // checked above
 	}
 	var removed []string
 	if len(ids) > 0 {

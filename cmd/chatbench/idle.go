@@ -82,7 +82,6 @@ func (c *idleConfig) validate() error {
 	if c.Tail < 0 {
 		errs = append(errs, errors.New("--tail must not be negative"))
 	}
-	c.Tail = min(c.Tail, c.Settle)
 	if c.PingEvery < time.Second {
 		errs = append(errs, errors.New("--ping-every must be at least 1s"))
 	}
@@ -362,8 +361,9 @@ func runIdle(cfg idleConfig) (*idleResult, error) {
 	start := time.Now()
 	r.open()
 	res.LoggedIn, res.Failed = r.loggedIn.Load(), r.failed.Load()
-	time.Sleep(cfg.Tail)
-	res.TailSeconds = cfg.Tail.Seconds()
+	tail := min(cfg.Tail, cfg.Settle) // within the settle
+	time.Sleep(tail)
+	res.TailSeconds = tail.Seconds()
 	perLogin := func(d time.Duration) float64 { return d.Seconds() * 1e3 / (float64(res.LoggedIn) / 1e3) }
 	cpu1, err := cpu()
 	var redis1 time.Duration
@@ -391,7 +391,7 @@ func runIdle(cfg idleConfig) (*idleResult, error) {
 	r.mu.Unlock()
 	r.progressf("opened %d sessions (%d failed) in %.2fs; settling %s", res.LoggedIn, res.Failed, res.OpenSeconds, cfg.Settle)
 
-	time.Sleep(cfg.Settle - cfg.Tail)
+	time.Sleep(cfg.Settle - tail)
 	if after, err := rss.read(); err != nil {
 		// A server out of file descriptors cannot read its own /proc to
 		// export its RSS; /proc/<pid> read from here still works.
